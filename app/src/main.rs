@@ -1,0 +1,185 @@
+//! `kstreams-count`: the Kafka Streams word count on the kstreams engine, plus console tools.
+//!
+//! Delivery guarantee: at-least-once output with exact state. Every key's count in the store
+//! counts each input record once, also across restarts, because each task persists its input
+//! offset in the same RocksDB batch as its counts and every changelog record names the input
+//! offset it came from. Records on `counts-topic` may repeat after a crash, but the last value
+//! written per key is always its exact count.
+
+mod console;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use kstreams_engine::{DeserializationErrorPolicy, KafkaStreams, StreamsBuilder, StreamsConfig, StringSerde};
+use tracing::{error, info};
+
+#[derive(Parser, Debug)]
+#[command(name = "kstreams-count", version, about = "Counts records per key, like the Kafka Streams word count", args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the word count (the default when no subcommand is given).
+    Run(RunArgs),
+    /// Read `key:value` lines from stdin and produce them to a topic (the console producer).
+    Produce(console::ProduceArgs),
+    /// Print a topic's records as `key value` lines (the console consumer).
+    Consume(console::ConsumeArgs),
+    /// Create a topic if it does not exist.
+    CreateTopic(console::CreateTopicArgs),
+}
+
+/// Parses `KAFKA_BROKER`-style addresses: `host` or `host:port` (default port 9092).
+pub fn broker_arg(value: &str) -> Result<String, String> {
+    kstreams_engine::normalize_bootstrap_servers(value)
+}
+
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
+    /// Kafka broker(s): host or host:port, comma separated.
+    #[arg(long = "broker", env = "KAFKA_BROKER", default_value = "localhost:9092", value_parser = broker_arg)]
+    broker: String,
+    /// Application id: consumer group, prefix of internal topics, state sub-directory.
+    #[arg(long, env = "APPLICATION_ID", default_value = "counts-app")]
+    application_id: String,
+    /// Root of the state stores.
+    #[arg(long, env = "STATE_DIR", default_value = "/data/count-store")]
+    state_dir: PathBuf,
+    /// Topic to read `key:value` records from.
+    #[arg(long, env = "INPUT_TOPIC", default_value = "input-topic")]
+    input_topic: String,
+    /// Topic to write `key -> count` to.
+    #[arg(long, env = "OUTPUT_TOPIC", default_value = "counts-topic")]
+    output_topic: String,
+    /// Name of the state store (and of its changelog topic).
+    #[arg(long, env = "STORE_NAME", default_value = "count-store")]
+    store_name: String,
+    /// How often to flush, persist state and offsets, and commit (Kafka Streams' commit.interval.ms).
+    #[arg(long, env = "COMMIT_INTERVAL_MS", default_value_t = 30_000)]
+    commit_interval_ms: u64,
+    /// Static membership id (group.instance.id), e.g. the pod name; unset = dynamic membership.
+    #[arg(long, env = "GROUP_INSTANCE_ID")]
+    group_instance_id: Option<String>,
+    /// What to do with a record whose key or value is not valid UTF-8: log-and-continue or fail.
+    #[arg(long, env = "DESERIALIZATION_ERROR_POLICY", default_value = "log-and-continue")]
+    deserialization_error_policy: String,
+    /// Replication factor of the changelog topics the engine creates (-1: broker default).
+    #[arg(long, env = "REPLICATION_FACTOR", default_value_t = 1, allow_negative_numbers = true)]
+    replication_factor: i32,
+    /// Address of /metrics, /health/live and /health/ready; "off" disables it.
+    #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:9102")]
+    metrics_address: String,
+    /// Bound on a clean shutdown (flush, commit, close stores).
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
+    shutdown_timeout_ms: u64,
+    /// Group session timeout.
+    #[arg(long, env = "SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    session_timeout_ms: u64,
+}
+
+impl RunArgs {
+    fn streams_config(&self) -> anyhow::Result<StreamsConfig> {
+        let mut config = StreamsConfig::new(&self.application_id, &self.broker);
+        config.state_dir = self.state_dir.clone();
+        config.commit_interval = Duration::from_millis(self.commit_interval_ms);
+        config.group_instance_id = self.group_instance_id.clone();
+        config.deserialization_error_policy = self.deserialization_error_policy.parse::<DeserializationErrorPolicy>()?;
+        config.replication_factor = self.replication_factor;
+        config.metrics_address = match self.metrics_address.as_str() {
+            "off" => None,
+            address => Some(address.parse::<SocketAddr>().map_err(|e| {
+                anyhow::anyhow!("invalid setting `metrics-address`: `{address}` is not host:port or \"off\" ({e})")
+            })?),
+        };
+        config.shutdown_timeout = Duration::from_millis(self.shutdown_timeout_ms);
+        config.session_timeout = Duration::from_millis(self.session_timeout_ms);
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = args.streams_config()?;
+    let builder = StreamsBuilder::new();
+    builder
+        .stream(&args.input_topic, StringSerde, StringSerde)
+        .group_by_key()
+        .count(&args.store_name)
+        .to_stream()
+        .map_values(|count| count.to_string())
+        .to(&args.output_topic, StringSerde, StringSerde);
+    let topology = builder.build()?;
+
+    let mut streams = tokio::select! {
+        started = KafkaStreams::start(topology, config) => started?,
+        _ = shutdown_signal() => {
+            info!("signal received before start-up finished; exiting");
+            return Ok(());
+        }
+    };
+    tokio::select! {
+        error = streams.failed() => {
+            // Close what can be closed, then report the cause.
+            let cause = anyhow::Error::new(error);
+            if let Err(close_error) = streams.close().await {
+                error!("closing after failure: {close_error}");
+            }
+            Err(cause)
+        }
+        _ = shutdown_signal() => {
+            info!("signal received: flushing, committing and closing stores");
+            streams.close().await.context("clean shutdown")?;
+            info!("shut down cleanly");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("start the Tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            None => run(cli.run).await,
+            Some(Command::Run(args)) => run(args).await,
+            Some(Command::Produce(args)) => console::produce(args).await,
+            Some(Command::Consume(args)) => console::consume(args).await,
+            Some(Command::CreateTopic(args)) => console::create_topic(args).await,
+        }
+    });
+    // Do not wait for stray blocking work (e.g. a broker that never answered).
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("kstreams-count: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Engine settings: defaults like Kafka Streams', and validation that names the bad setting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::{EngineError, Result};
+
+/// What to do with a record whose key or value cannot be deserialized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeserializationErrorPolicy {
+    /// Skip the record: count it in `kstreams_records_skipped_total{reason="deserialization_error"}`
+    /// and log it with its partition and offset. Kafka Streams' `LogAndContinueExceptionHandler`.
+    #[default]
+    LogAndContinue,
+    /// Stop the instance with an error naming the partition and offset; nothing after the bad
+    /// record is committed. Kafka Streams' `LogAndFailExceptionHandler`.
+    Fail,
+}
+
+impl FromStr for DeserializationErrorPolicy {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "log-and-continue" => Ok(Self::LogAndContinue),
+            "fail" => Ok(Self::Fail),
+            other => Err(EngineError::InvalidConfig {
+                setting: "deserialization-error-policy",
+                reason: format!("`{other}` is not one of `log-and-continue`, `fail`"),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for DeserializationErrorPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::LogAndContinue => "log-and-continue",
+            Self::Fail => "fail",
+        })
+    }
+}
+
+/// Everything an engine instance needs to run. Build with [`StreamsConfig::new`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct StreamsConfig {
+    /// Consumer group id, prefix of internal topics, and directory under `state_dir`.
+    pub application_id: String,
+    /// Kafka bootstrap servers, `host:port[,host:port...]`.
+    pub bootstrap_servers: String,
+    /// Root of all state: tasks live in `<state_dir>/<application_id>/<task_id>/`.
+    pub state_dir: PathBuf,
+    /// How often tasks flush, write their state and offsets, and commit to the group.
+    pub commit_interval: Duration,
+    /// Static membership id (`group.instance.id`), e.g. the StatefulSet pod name.
+    pub group_instance_id: Option<String>,
+    /// What a record that cannot be deserialized does.
+    pub deserialization_error_policy: DeserializationErrorPolicy,
+    /// Replication factor for the changelog topics the engine creates (-1: broker default).
+    pub replication_factor: i32,
+    /// Where `/metrics` and the health endpoints listen; `None` disables the server.
+    pub metrics_address: Option<SocketAddr>,
+    /// Bound on a clean shutdown (flush, commit, close stores).
+    pub shutdown_timeout: Duration,
+    /// Session timeout of the group membership.
+    pub session_timeout: Duration,
+    /// Extra librdkafka settings applied to the consumer and producers (`key=value`).
+    pub client_overrides: Vec<(String, String)>,
+}
+
+impl StreamsConfig {
+    /// Settings with Kafka Streams' defaults for everything but the application id and brokers.
+    pub fn new(application_id: impl Into<String>, bootstrap_servers: impl Into<String>) -> Self {
+        Self {
+            application_id: application_id.into(),
+            bootstrap_servers: bootstrap_servers.into(),
+            state_dir: PathBuf::from("/tmp/kafka-streams"),
+            commit_interval: Duration::from_secs(30),
+            group_instance_id: None,
+            deserialization_error_policy: DeserializationErrorPolicy::default(),
+            replication_factor: 1,
+            metrics_address: None,
+            shutdown_timeout: Duration::from_secs(30),
+            session_timeout: Duration::from_secs(10),
+            client_overrides: Vec::new(),
+        }
+    }
+
+    /// Checks every setting; the error names the first one that is wrong and why.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |setting, reason: String| Err(EngineError::InvalidConfig { setting, reason });
+        if self.application_id.is_empty() {
+            return invalid("application-id", "must not be empty".into());
+        }
+        if let Some(bad) = self
+            .application_id
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return invalid(
+                "application-id",
+                format!(
+                    "`{}` contains {bad:?}; only ASCII letters, digits, '.', '_' and '-' are allowed \
+                     (it names topics and a directory)",
+                    self.application_id
+                ),
+            );
+        }
+        if self.application_id.len() > 200 {
+            return invalid("application-id", "must be at most 200 characters".into());
+        }
+        if self.bootstrap_servers.trim().is_empty() {
+            return invalid("broker", "no bootstrap server given (set KAFKA_BROKER or --broker)".into());
+        }
+        for server in self.bootstrap_servers.split(',') {
+            parse_host_port(server.trim()).map_err(|reason| EngineError::InvalidConfig {
+                setting: "broker",
+                reason,
+            })?;
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return invalid("state-dir", "must not be empty".into());
+        }
+        if self.commit_interval.is_zero() {
+            return invalid("commit-interval-ms", "must be greater than 0".into());
+        }
+        if self.replication_factor == 0 || self.replication_factor < -1 {
+            return invalid(
+                "replication-factor",
+                format!("{} is neither -1 (broker default) nor positive", self.replication_factor),
+            );
+        }
+        if let Some(id) = &self.group_instance_id {
+            if id.trim().is_empty() {
+                return invalid("group-instance-id", "must not be blank when set".into());
+            }
+        }
+        if self.shutdown_timeout.is_zero() {
+            return invalid("shutdown-timeout-ms", "must be greater than 0".into());
+        }
+        if self.session_timeout < Duration::from_secs(1) {
+            return invalid("session-timeout-ms", "must be at least 1000".into());
+        }
+        Ok(())
+    }
+
+    /// The group id: the application id, as in Kafka Streams.
+    pub fn group_id(&self) -> &str {
+        &self.application_id
+    }
+
+    /// `<application_id>-<store>-changelog`.
+    pub fn changelog_topic(&self, store: &str) -> String {
+        format!("{}-{}-changelog", self.application_id, store)
+    }
+}
+
+/// Turns `KAFKA_BROKER`-style input (`host` or `host:port`, comma separated) into bootstrap
+/// servers, adding the default port 9092 where none is given.
+pub fn normalize_bootstrap_servers(input: &str) -> std::result::Result<String, String> {
+    let mut out = Vec::new();
+    for server in input.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (host, port) = parse_host_port(server)?;
+        out.push(format!("{host}:{}", port.unwrap_or(9092)));
+    }
+    if out.is_empty() {
+        return Err("no broker address given".into());
+    }
+    Ok(out.join(","))
+}
+
+fn parse_host_port(server: &str) -> std::result::Result<(&str, Option<u16>), String> {
+    if server.is_empty() {
+        return Err("empty broker address".into());
+    }
+    if server.contains("://") {
+        return Err(format!("`{server}`: give host or host:port, without a scheme"));
+    }
+    match server.rsplit_once(':') {
+        None => Ok((server, None)),
+        Some((host, port)) if !host.is_empty() => port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .map(|p| (host, Some(p)))
+            .ok_or_else(|| format!("`{server}`: `{port}` is not a port number (1-65535)")),
+        Some(_) => Err(format!("`{server}`: missing host")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> StreamsConfig {
+        StreamsConfig::new("counts-app", "localhost:9092")
+    }
+
+    fn setting_of(config: &StreamsConfig) -> &'static str {
+        match config.validate() {
+            Err(EngineError::InvalidConfig { setting, .. }) => setting,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_kafka_streams_and_validate() {
+        let c = valid();
+        c.validate().unwrap();
+        assert_eq!(c.commit_interval, Duration::from_secs(30));
+        assert_eq!(c.deserialization_error_policy, DeserializationErrorPolicy::LogAndContinue);
+        assert_eq!(c.group_id(), "counts-app");
+        assert_eq!(c.changelog_topic("count-store"), "counts-app-count-store-changelog");
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        let mut c = valid();
+        c.application_id = "".into();
+        assert_eq!(setting_of(&c), "application-id");
+        c.application_id = "has space".into();
+        assert_eq!(setting_of(&c), "application-id");
+        let mut c = valid();
+        c.bootstrap_servers = "host:notaport".into();
+        assert_eq!(setting_of(&c), "broker");
+        let mut c = valid();
+        c.commit_interval = Duration::ZERO;
+        assert_eq!(setting_of(&c), "commit-interval-ms");
+        let mut c = valid();
+        c.replication_factor = 0;
+        assert_eq!(setting_of(&c), "replication-factor");
+        let mut c = valid();
+        c.group_instance_id = Some(" ".into());
+        assert_eq!(setting_of(&c), "group-instance-id");
+        let mut c = valid();
+        c.state_dir = PathBuf::new();
+        assert_eq!(setting_of(&c), "state-dir");
+    }
+
+    #[test]
+    fn broker_gets_default_port() {
+        assert_eq!(normalize_bootstrap_servers("kafka").unwrap(), "kafka:9092");
+        assert_eq!(normalize_bootstrap_servers("kafka:19092").unwrap(), "kafka:19092");
+        assert_eq!(normalize_bootstrap_servers("a, b:1").unwrap(), "a:9092,b:1");
+        assert!(normalize_bootstrap_servers("").is_err());
+        assert!(normalize_bootstrap_servers("a:0").is_err());
+        assert!(normalize_bootstrap_servers("tcp://a:1").is_err());
+        assert!(normalize_bootstrap_servers(":9092").is_err());
+    }
+
+    #[test]
+    fn policy_parses_documented_names_only() {
+        assert_eq!("fail".parse::<DeserializationErrorPolicy>().unwrap(), DeserializationErrorPolicy::Fail);
+        assert_eq!(
+            "log-and-continue".parse::<DeserializationErrorPolicy>().unwrap(),
+            DeserializationErrorPolicy::LogAndContinue
+        );
+        assert!("skip".parse::<DeserializationErrorPolicy>().is_err());
+    }
+}

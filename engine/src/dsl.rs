@@ -1,0 +1,298 @@
+//! The typed DSL (`stream -> group_by_key -> count -> to_stream -> map_values -> to`), compiled
+//! into one processor per task on top of the processor API.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::error::{EngineError, Result};
+use crate::processor::{InputRecord, Processor, ProcessorContext, ProcessorFactory, RecordError, StoreId};
+use crate::serde::{I64Serde, Serde};
+
+/// What the engine runs: one source topic, the stores its tasks own, and a processor factory.
+#[derive(Clone)]
+pub struct Topology {
+    pub(crate) source_topic: String,
+    pub(crate) stores: Vec<String>,
+    pub(crate) sink_topics: Vec<String>,
+    pub(crate) processor_factory: ProcessorFactory,
+}
+
+impl Topology {
+    /// A topology written directly against the processor API. `stores[i]` is `StoreId(i)`.
+    pub fn from_processor(
+        source_topic: impl Into<String>,
+        stores: Vec<String>,
+        sink_topics: Vec<String>,
+        processor_factory: ProcessorFactory,
+    ) -> Result<Self> {
+        let topology = Topology {
+            source_topic: source_topic.into(),
+            stores,
+            sink_topics,
+            processor_factory,
+        };
+        topology.validate()?;
+        Ok(topology)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.source_topic.is_empty() {
+            return Err(EngineError::Topology("the source topic name is empty".into()));
+        }
+        for (i, store) in self.stores.iter().enumerate() {
+            if store.is_empty() || store == crate::task_store::OFFSETS_CF || store == "default" {
+                return Err(EngineError::Topology(format!("`{store}` cannot name a store")));
+            }
+            if self.stores[..i].contains(store) {
+                return Err(EngineError::Topology(format!("store `{store}` is added twice")));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn source_topic(&self) -> &str {
+        &self.source_topic
+    }
+
+    pub fn stores(&self) -> &[String] {
+        &self.stores
+    }
+
+    /// One line for logs: `input-topic -> [count-store] -> counts-topic`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} -> [{}] -> {}",
+            self.source_topic,
+            self.stores.join(", "),
+            self.sink_topics.join(", ")
+        )
+    }
+
+    pub(crate) fn new_processor(&self) -> Box<dyn Processor> {
+        (self.processor_factory)()
+    }
+}
+
+type Emit<K, V> = Box<dyn FnMut(K, V, &mut ProcessorContext<'_>) -> Result<(), RecordError> + Send>;
+type Wire<K, V> = Arc<dyn Fn(Emit<K, V>) -> Box<dyn Processor> + Send + Sync>;
+
+#[derive(Default)]
+struct BuilderState {
+    source_topic: Option<String>,
+    stores: Vec<String>,
+    sink: Option<(String, ProcessorFactory)>,
+    errors: Vec<String>,
+}
+
+/// Starts a DSL topology. One source stream and one sink per topology.
+#[derive(Default)]
+pub struct StreamsBuilder {
+    state: Rc<RefCell<BuilderState>>,
+}
+
+impl StreamsBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads `topic` with the given key and value serdes.
+    pub fn stream<K: 'static, V: 'static>(
+        &self,
+        topic: &str,
+        key_serde: impl Serde<K>,
+        value_serde: impl Serde<V>,
+    ) -> KStream<K, V> {
+        let mut state = self.state.borrow_mut();
+        if state.source_topic.replace(topic.to_string()).is_some() {
+            state.errors.push("only one source stream per topology is supported".into());
+        }
+        let key_serde: Arc<dyn Serde<K>> = Arc::new(key_serde);
+        let value_serde: Arc<dyn Serde<V>> = Arc::new(value_serde);
+        let source_keys = key_serde.clone();
+        let wire: Wire<K, V> = Arc::new(move |downstream| {
+            Box::new(SourceProcessor {
+                key_serde: source_keys.clone(),
+                value_serde: value_serde.clone(),
+                downstream,
+            })
+        });
+        KStream {
+            builder: self.state.clone(),
+            wire,
+            key_serde,
+        }
+    }
+
+    /// Finishes the topology.
+    pub fn build(self) -> Result<Topology> {
+        let state = self.state.take();
+        if let Some(error) = state.errors.first() {
+            return Err(EngineError::Topology(error.clone()));
+        }
+        let source_topic = state
+            .source_topic
+            .ok_or_else(|| EngineError::Topology("no source stream; call stream()".into()))?;
+        let (sink_topic, processor_factory) = state
+            .sink
+            .ok_or_else(|| EngineError::Topology("no sink; call to() on a stream".into()))?;
+        Topology::from_processor(source_topic, state.stores, vec![sink_topic], processor_factory)
+    }
+}
+
+/// Turns raw records into typed ones. Like Kafka Streams' DSL, records with a null key or
+/// value are skipped (and counted) rather than passed on.
+struct SourceProcessor<K, V> {
+    key_serde: Arc<dyn Serde<K>>,
+    value_serde: Arc<dyn Serde<V>>,
+    downstream: Emit<K, V>,
+}
+
+impl<K: 'static, V: 'static> Processor for SourceProcessor<K, V> {
+    fn process(&mut self, record: &InputRecord, ctx: &mut ProcessorContext<'_>) -> Result<(), RecordError> {
+        let key_bytes = record.key.as_deref().ok_or(RecordError::NullKey)?;
+        let value_bytes = record.value.as_deref().ok_or(RecordError::NullValue)?;
+        let key = self
+            .key_serde
+            .deserialize(key_bytes)
+            .map_err(|e| RecordError::Deserialization { part: "key", reason: e.0 })?;
+        let value = self
+            .value_serde
+            .deserialize(value_bytes)
+            .map_err(|e| RecordError::Deserialization { part: "value", reason: e.0 })?;
+        (self.downstream)(key, value, ctx)
+    }
+}
+
+/// A stream of typed records.
+pub struct KStream<K, V> {
+    builder: Rc<RefCell<BuilderState>>,
+    wire: Wire<K, V>,
+    key_serde: Arc<dyn Serde<K>>,
+}
+
+impl<K: 'static, V: 'static> KStream<K, V> {
+    /// Transforms each value, keeping the key.
+    pub fn map_values<V2: 'static>(self, f: impl Fn(V) -> V2 + Send + Sync + 'static) -> KStream<K, V2> {
+        let f = Arc::new(f);
+        let upstream = self.wire;
+        let wire: Wire<K, V2> = Arc::new(move |mut downstream: Emit<K, V2>| {
+            let f = f.clone();
+            upstream(Box::new(move |k: K, v: V, ctx: &mut ProcessorContext<'_>| downstream(k, f(v), ctx)))
+        });
+        KStream {
+            builder: self.builder,
+            wire,
+            key_serde: self.key_serde,
+        }
+    }
+
+    /// Groups by the existing key (no repartition needed).
+    pub fn group_by_key(self) -> KGroupedStream<K, V> {
+        KGroupedStream { stream: self }
+    }
+
+    /// Writes every record to `topic`, serialized with the given serdes. Ends the topology.
+    pub fn to(self, topic: &str, key_serde: impl Serde<K>, value_serde: impl Serde<V>) {
+        let topic = topic.to_string();
+        let key_serde = Arc::new(key_serde);
+        let value_serde = Arc::new(value_serde);
+        let wire = self.wire;
+        let sink_topic = topic.clone();
+        let factory: ProcessorFactory = Arc::new(move || {
+            let (topic, key_serde, value_serde) = (topic.clone(), key_serde.clone(), value_serde.clone());
+            wire(Box::new(move |k: K, v: V, ctx: &mut ProcessorContext<'_>| {
+                ctx.forward(&topic, &key_serde.serialize(&k), &value_serde.serialize(&v))
+            }))
+        });
+        let mut state = self.builder.borrow_mut();
+        if state.sink.replace((sink_topic, factory)).is_some() {
+            state.errors.push("only one sink per topology is supported".into());
+        }
+    }
+}
+
+/// A stream grouped by key, ready to aggregate.
+pub struct KGroupedStream<K, V> {
+    stream: KStream<K, V>,
+}
+
+impl<K: 'static, V: 'static> KGroupedStream<K, V> {
+    /// Counts records per key in the store `store_name` (values as 8-byte big-endian i64).
+    pub fn count(self, store_name: &str) -> KTable<K, i64> {
+        let store = {
+            let mut state = self.stream.builder.borrow_mut();
+            state.stores.push(store_name.to_string());
+            StoreId(state.stores.len() - 1)
+        };
+        let upstream = self.stream.wire;
+        let key_serde = self.stream.key_serde.clone();
+        let wire: Wire<K, i64> = Arc::new(move |mut downstream: Emit<K, i64>| {
+            let key_serde = key_serde.clone();
+            upstream(Box::new(move |key: K, _value: V, ctx: &mut ProcessorContext<'_>| {
+                let key_bytes = key_serde.serialize(&key);
+                let previous = match ctx.get(store, &key_bytes)? {
+                    Some(bytes) => I64Serde
+                        .deserialize(&bytes)
+                        .map_err(|e| RecordError::Failed(format!("corrupt count in store: {e}")))?,
+                    None => 0,
+                };
+                let count = previous + 1;
+                ctx.put(store, &key_bytes, &I64Serde.serialize(&count))?;
+                downstream(key, count, ctx)
+            }))
+        });
+        KTable {
+            stream: KStream {
+                builder: self.stream.builder,
+                wire,
+                key_serde: self.stream.key_serde,
+            },
+        }
+    }
+}
+
+/// The changelog of an aggregation: every update to a key.
+pub struct KTable<K, V> {
+    stream: KStream<K, V>,
+}
+
+impl<K: 'static, V: 'static> KTable<K, V> {
+    /// The stream of updates to this table.
+    pub fn to_stream(self) -> KStream<K, V> {
+        self.stream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serde::StringSerde;
+
+    #[test]
+    fn word_count_topology_describes_itself() {
+        let builder = StreamsBuilder::new();
+        builder
+            .stream("input-topic", StringSerde, StringSerde)
+            .group_by_key()
+            .count("count-store")
+            .to_stream()
+            .map_values(|n| n.to_string())
+            .to("counts-topic", StringSerde, StringSerde);
+        let topology = builder.build().unwrap();
+        assert_eq!(topology.describe(), "input-topic -> [count-store] -> counts-topic");
+        assert_eq!(topology.stores(), ["count-store"]);
+    }
+
+    #[test]
+    fn topology_without_sink_or_with_two_sources_is_refused() {
+        let builder = StreamsBuilder::new();
+        let _ = builder.stream::<String, String>("a", StringSerde, StringSerde);
+        assert!(matches!(builder.build(), Err(EngineError::Topology(_))));
+
+        let builder = StreamsBuilder::new();
+        let _ = builder.stream::<String, String>("a", StringSerde, StringSerde);
+        builder.stream("b", StringSerde, StringSerde).to("c", StringSerde, StringSerde);
+        assert!(matches!(builder.build(), Err(EngineError::Topology(_))));
+    }
+}

@@ -1,0 +1,127 @@
+//! The engine's error type: one variant per failed operation, so callers can match on what went wrong.
+
+use std::path::PathBuf;
+
+use crate::task_id::TaskId;
+
+/// Everything the engine can fail with.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A setting is missing or has a value the engine cannot use.
+    #[error("invalid setting `{setting}`: {reason}")]
+    InvalidConfig { setting: &'static str, reason: String },
+
+    /// Another process holds the lock on this application's state directory.
+    #[error(
+        "state directory {path} is locked by another running instance \
+         (each instance needs its own state dir; stop the other one or pass a different --state-dir)"
+    )]
+    StateDirLocked { path: PathBuf },
+
+    /// A file-system operation on the state directory failed.
+    #[error("state directory {path}: {source}")]
+    StateDirIo {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// RocksDB failed to open, read or write a task's store.
+    #[error("task {task}: RocksDB at {path}: {source}")]
+    Store {
+        task: TaskId,
+        path: PathBuf,
+        #[source]
+        source: rocksdb::Error,
+    },
+
+    /// The topology was assembled in a way the engine cannot run.
+    #[error("invalid topology: {0}")]
+    Topology(String),
+
+    /// An existing internal topic does not have the layout the engine needs.
+    #[error(
+        "internal topic `{topic}` has {actual} partitions but source topic `{source_topic}` has \
+         {expected}; delete the internal topic or fix the source topic's partition count"
+    )]
+    InternalTopicPartitions {
+        topic: String,
+        source_topic: String,
+        expected: usize,
+        actual: usize,
+    },
+
+    /// A Kafka client operation (admin, consume, produce, commit) failed.
+    #[error("kafka {operation}: {source}")]
+    Kafka {
+        operation: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+
+    /// Records could not be delivered to the broker.
+    #[error("task {task}: producing to `{topic}` failed: {reason}")]
+    Produce {
+        task: TaskId,
+        topic: String,
+        reason: String,
+    },
+
+    /// A record's key or value could not be deserialized and the policy is `fail`.
+    #[error(
+        "task {task}: cannot deserialize record at partition {partition} offset {offset}: {reason} \
+         (deserialization-error-policy is `fail`)"
+    )]
+    Deserialization {
+        task: TaskId,
+        partition: i32,
+        offset: i64,
+        reason: String,
+    },
+
+    /// A processor returned an error it did not want skipped.
+    #[error("task {task}: processing record at partition {partition} offset {offset} failed: {reason}")]
+    Processing {
+        task: TaskId,
+        partition: i32,
+        offset: i64,
+        reason: String,
+    },
+
+    /// A task actor stopped unexpectedly.
+    #[error("task {task} failed: {reason}")]
+    TaskFailed { task: TaskId, reason: String },
+
+    /// Talking to an actor failed (it stopped, or did not answer).
+    #[error("actor {actor}: {reason}")]
+    Actor { actor: &'static str, reason: String },
+
+    /// The metrics/health HTTP server could not start.
+    #[error("metrics server on {address}: {source}")]
+    MetricsServer {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Shutdown did not finish within its bound.
+    #[error("shutdown did not finish within {0:?}")]
+    ShutdownTimeout(std::time::Duration),
+}
+
+/// The engine's result type.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+impl EngineError {
+    pub(crate) fn kafka(operation: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
+        move |source| EngineError::Kafka { operation, source }
+    }
+
+    pub(crate) fn actor(actor: &'static str, reason: impl std::fmt::Display) -> Self {
+        EngineError::Actor {
+            actor,
+            reason: reason.to_string(),
+        }
+    }
+}

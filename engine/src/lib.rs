@@ -1,0 +1,47 @@
+//! A stateful, partition-parallel stream processing engine for Kafka: one task per input
+//! partition, RocksDB state per task restored from compacted changelogs, and a typed DSL.
+//!
+//! ```no_run
+//! use kstreams_engine::{KafkaStreams, StreamsBuilder, StreamsConfig, StringSerde};
+//! # async fn run() -> kstreams_engine::Result<()> {
+//! let builder = StreamsBuilder::new();
+//! builder
+//!     .stream("input-topic", StringSerde, StringSerde)
+//!     .group_by_key()
+//!     .count("count-store")
+//!     .to_stream()
+//!     .map_values(|count| count.to_string())
+//!     .to("counts-topic", StringSerde, StringSerde);
+//! let streams = KafkaStreams::start(builder.build()?, StreamsConfig::new("counts-app", "localhost:9092")).await?;
+//! streams.close().await
+//! # }
+//! ```
+
+pub mod assignment;
+pub mod config;
+pub mod dsl;
+pub mod error;
+pub mod http;
+pub mod internal_topics;
+pub mod metrics;
+pub mod offsets;
+mod poller;
+pub mod processor;
+mod rebalance;
+pub mod record_collector;
+pub mod restore;
+pub mod serde;
+pub mod state_directory;
+pub mod streams;
+pub mod supervisor;
+pub mod task;
+pub mod task_id;
+pub mod task_store;
+
+pub use config::{normalize_bootstrap_servers, DeserializationErrorPolicy, StreamsConfig};
+pub use dsl::{KGroupedStream, KStream, KTable, StreamsBuilder, Topology};
+pub use error::{EngineError, Result};
+pub use processor::{InputRecord, Processor, ProcessorContext, RecordError, StoreId};
+pub use serde::{I64Serde, Serde, SerdeError, StringSerde};
+pub use streams::KafkaStreams;
+pub use task_id::TaskId;

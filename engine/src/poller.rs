@@ -1,0 +1,116 @@
+//! The consumer's polling loop, on its own thread: fetches input, hands each poll's records to
+//! the supervisor, commits on the interval, and resumes partitions whose tasks have restored.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use ractor::ActorRef;
+use tokio::runtime::Handle;
+use tracing::{debug, info, warn};
+
+use crate::error::Result;
+use crate::processor::InputRecord;
+use crate::rebalance::RebalanceListener;
+use crate::supervisor::{ask, PollerCommand, SupervisorMsg};
+
+/// Most records handed to tasks per poll round.
+const MAX_RECORDS_PER_ROUND: usize = 2_000;
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+
+pub struct Poller {
+    pub(crate) consumer: BaseConsumer<RebalanceListener>,
+    pub(crate) supervisor: ActorRef<SupervisorMsg>,
+    pub(crate) runtime: Handle,
+    pub(crate) commands: Receiver<PollerCommand>,
+    pub(crate) shutdown: Arc<AtomicBool>,
+    pub(crate) commit_interval: Duration,
+}
+
+impl Poller {
+    /// Runs until `shutdown` is set, then commits, stops the tasks and leaves the group.
+    pub fn run(self) -> Result<()> {
+        let mut last_commit = Instant::now();
+        while !self.shutdown.load(Ordering::Relaxed) {
+            self.apply_commands();
+            let batches = self.poll_round();
+            if !batches.is_empty() {
+                self.runtime
+                    .block_on(ask(&self.supervisor, "supervisor", |reply| SupervisorMsg::Process(batches, reply)))??;
+            }
+            if last_commit.elapsed() >= self.commit_interval {
+                self.commit()?;
+                last_commit = Instant::now();
+            }
+        }
+        info!("shutting down: final commit");
+        self.commit()?;
+        self.runtime
+            .block_on(ask(&self.supervisor, "supervisor", SupervisorMsg::StopAll))?;
+        self.consumer.unsubscribe();
+        info!("left the group; all tasks closed");
+        Ok(())
+    }
+
+    fn apply_commands(&self) {
+        for command in self.commands.try_iter() {
+            match command {
+                PollerCommand::Resume(partition) => {
+                    let tpl = self.consumer.context().partition_list([(partition, None)]);
+                    match self.consumer.resume(&tpl) {
+                        Ok(()) => debug!(partition, "input resumed"),
+                        Err(e) => debug!(partition, "resume skipped: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn poll_round(&self) -> BTreeMap<i32, Vec<InputRecord>> {
+        let mut batches: BTreeMap<i32, Vec<InputRecord>> = BTreeMap::new();
+        let mut timeout = POLL_TIMEOUT;
+        for _ in 0..MAX_RECORDS_PER_ROUND {
+            match self.consumer.poll(timeout) {
+                Some(Ok(message)) => {
+                    batches.entry(message.partition()).or_default().push(InputRecord {
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        timestamp: message.timestamp().to_millis(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        value: message.payload().map(<[u8]>::to_vec),
+                    });
+                    timeout = Duration::ZERO;
+                }
+                Some(Err(e)) => {
+                    warn!("consumer: {e}");
+                    break;
+                }
+                None => break,
+            }
+        }
+        batches
+    }
+
+    fn commit(&self) -> Result<()> {
+        let offsets = self
+            .runtime
+            .block_on(ask(&self.supervisor, "supervisor", SupervisorMsg::CommitAll))??;
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let tpl = self
+            .consumer
+            .context()
+            .partition_list(offsets.into_iter().map(|(p, o)| (p, Some(o))));
+        // State and offsets are already durable in each task's store, and a task skips input it
+        // has applied, so a failed group commit only means re-reading some input later.
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
+            warn!("committing offsets to the group failed (will retry next interval): {e}");
+        }
+        Ok(())
+    }
+}

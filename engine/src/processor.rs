@@ -1,0 +1,98 @@
+//! The processor API: what a processor receives (a record, its task's stores and output) and
+//! how it reports a record it cannot handle.
+
+use std::sync::Arc;
+
+use crate::record_collector::RecordCollector;
+use crate::task_store::TaskStore;
+
+/// A record read from the source topic, as raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputRecord {
+    pub partition: i32,
+    pub offset: i64,
+    /// Milliseconds since the epoch, when the broker gave one.
+    pub timestamp: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Why a processor did not process a record. The first four are skipped (counted and logged);
+/// `Deserialization` follows the configured policy; `Failed` stops the task.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record has a null key")]
+    NullKey,
+    #[error("record has a null value")]
+    NullValue,
+    #[error("cannot deserialize {part}: {reason}")]
+    Deserialization { part: &'static str, reason: String },
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl RecordError {
+    /// The `reason` label of `kstreams_records_skipped_total`.
+    pub fn skip_reason(&self) -> &'static str {
+        match self {
+            RecordError::NullKey => "null_key",
+            RecordError::NullValue => "null_value",
+            RecordError::Deserialization { .. } => "deserialization_error",
+            RecordError::Failed(_) => "processing_error",
+        }
+    }
+}
+
+/// Index of a state store within its topology (the order stores were added).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StoreId(pub usize);
+
+/// Handles one record at a time for one task. One instance exists per task.
+pub trait Processor: Send + 'static {
+    fn process(&mut self, record: &InputRecord, ctx: &mut ProcessorContext<'_>) -> Result<(), RecordError>;
+}
+
+/// Makes a fresh processor for each task.
+pub type ProcessorFactory = Arc<dyn Fn() -> Box<dyn Processor> + Send + Sync>;
+
+/// A processor's view of its task while it handles one record: the task's stores (reads see
+/// the task's own uncommitted writes) and its output. Every store write is also sent to the
+/// store's changelog, tagged with the input offset it came from.
+pub struct ProcessorContext<'a> {
+    pub(crate) store: &'a mut TaskStore,
+    pub(crate) collector: &'a mut RecordCollector,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+}
+
+impl ProcessorContext<'_> {
+    /// The partition of the record being processed (also the task's partition).
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// The offset of the record being processed.
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+
+    /// Reads a key from a store.
+    pub fn get(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>, RecordError> {
+        self.store.get(store, key).map_err(|e| RecordError::Failed(e.to_string()))
+    }
+
+    /// Writes a key to a store and its changelog.
+    pub fn put(&mut self, store: StoreId, key: &[u8], value: &[u8]) -> Result<(), RecordError> {
+        self.store.put(store, key, value);
+        self.collector
+            .send_changelog(store, self.partition, key, value, self.offset)
+            .map_err(|e| RecordError::Failed(e.to_string()))
+    }
+
+    /// Sends a record to an output topic (partitioned by key).
+    pub fn forward(&mut self, topic: &str, key: &[u8], value: &[u8]) -> Result<(), RecordError> {
+        self.collector
+            .send_output(topic, key, value)
+            .map_err(|e| RecordError::Failed(e.to_string()))
+    }
+}

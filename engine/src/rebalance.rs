@@ -1,0 +1,106 @@
+//! The consumer's rebalance listener: turns librdkafka's callbacks into Assigned / Revoked /
+//! Lost events for the supervisor, and blocks each callback until the supervisor is done.
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use ractor::ActorRef;
+use tokio::runtime::Handle;
+use tracing::{error, warn};
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::http::Health;
+
+use crate::assignment::AssignmentEvent;
+use crate::supervisor::{ask, CommitOffsets, SupervisorMsg};
+
+/// Context of the instance's group consumer.
+pub struct RebalanceListener {
+    pub(crate) supervisor: ActorRef<SupervisorMsg>,
+    pub(crate) runtime: Handle,
+    pub(crate) source_topic: String,
+    pub(crate) health: Arc<Health>,
+}
+
+impl ClientContext for RebalanceListener {}
+
+impl RebalanceListener {
+    fn source_partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements()
+            .iter()
+            .filter(|e| e.topic() == self.source_topic)
+            .map(|e| e.partition())
+            .collect()
+    }
+
+    fn tell_supervisor(&self, event: AssignmentEvent) -> Option<CommitOffsets> {
+        let result = self
+            .runtime
+            .block_on(ask(&self.supervisor, "supervisor", |reply| SupervisorMsg::Rebalance(event, reply)));
+        match result {
+            Ok(Ok(offsets)) => Some(offsets),
+            Ok(Err(e)) | Err(e) => {
+                error!("handling the assignment change failed: {e}");
+                None
+            }
+        }
+    }
+
+    /// A list of `(source_topic, partition)` entries, optionally at offsets.
+    pub(crate) fn partition_list(&self, partitions: impl IntoIterator<Item = (i32, Option<i64>)>) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (partition, offset) in partitions {
+            match offset {
+                Some(offset) => {
+                    let _ = tpl.add_partition_offset(&self.source_topic, partition, Offset::Offset(offset));
+                }
+                None => {
+                    tpl.add_partition(&self.source_topic, partition);
+                }
+            }
+        }
+        tpl
+    }
+}
+
+impl ConsumerContext for RebalanceListener {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let partitions = self.source_partitions(tpl);
+            if consumer.assignment_lost() {
+                self.tell_supervisor(AssignmentEvent::Lost(partitions));
+                return;
+            }
+            let offsets = self.tell_supervisor(AssignmentEvent::Revoked(partitions)).unwrap_or_default();
+            if !offsets.is_empty() {
+                let tpl = self.partition_list(offsets.into_iter().map(|(p, o)| (p, Some(o))));
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                    warn!("committing offsets of revoked partitions failed: {e}");
+                }
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let partitions = self.source_partitions(tpl);
+                if partitions.is_empty() {
+                    self.health.joined.store(true, Ordering::Relaxed);
+                    return;
+                }
+                // Input waits until each task has restored; the supervisor resumes it.
+                let paused = self.partition_list(partitions.iter().map(|p| (*p, None)));
+                if let Err(e) = consumer.pause(&paused) {
+                    warn!("pausing newly assigned partitions failed: {e}");
+                }
+                self.tell_supervisor(AssignmentEvent::Assigned(partitions));
+                // Only now are the new tasks counted as restoring, so readiness cannot flicker.
+                self.health.joined.store(true, Ordering::Relaxed);
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => warn!("rebalance error: {e}"),
+        }
+    }
+}

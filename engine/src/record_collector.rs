@@ -1,0 +1,179 @@
+//! A task's writer to Kafka: its changelog records (tagged with the input offset) and output
+//! records, through the task's own idempotent producer, tracking how far each changelog got.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+
+use crate::config::StreamsConfig;
+use crate::error::{EngineError, Result};
+use crate::offsets::INPUT_OFFSET_HEADER;
+use crate::processor::StoreId;
+use crate::task_id::TaskId;
+
+#[derive(Default)]
+struct Deliveries {
+    /// Per changelog topic: one past the highest offset the broker acknowledged.
+    changelog_next: HashMap<String, i64>,
+    first_error: Option<String>,
+}
+
+/// Receives delivery reports on the producer's polling thread.
+#[derive(Clone, Default)]
+struct DeliveryTracker {
+    deliveries: Arc<Mutex<Deliveries>>,
+    changelog_topics: Arc<Vec<String>>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let mut deliveries = self.deliveries.lock().expect("delivery lock poisoned");
+        match result {
+            Ok(message) => {
+                if self.changelog_topics.iter().any(|t| t == message.topic()) {
+                    let next = deliveries
+                        .changelog_next
+                        .entry(message.topic().to_string())
+                        .or_insert(0);
+                    *next = (*next).max(message.offset() + 1);
+                }
+            }
+            Err((error, message)) => {
+                deliveries
+                    .first_error
+                    .get_or_insert_with(|| format!("{error} (topic {})", message.topic()));
+            }
+        }
+    }
+}
+
+/// Sends a task's records and reports, after a flush, where its changelogs stand.
+pub struct RecordCollector {
+    task: TaskId,
+    producer: ThreadedProducer<DeliveryTracker>,
+    tracker: DeliveryTracker,
+    changelog_records_sent: u64,
+    output_records_sent: u64,
+}
+
+impl RecordCollector {
+    pub fn new(task: TaskId, config: &StreamsConfig, store_names: &[String]) -> Result<Self> {
+        let tracker = DeliveryTracker {
+            deliveries: Arc::default(),
+            changelog_topics: Arc::new(store_names.iter().map(|s| config.changelog_topic(s)).collect()),
+        };
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.bootstrap_servers)
+            .set("client.id", format!("{}-{task}-producer", config.application_id))
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000");
+        for (key, value) in &config.client_overrides {
+            client.set(key, value);
+        }
+        let producer = client
+            .create_with_context(tracker.clone())
+            .map_err(EngineError::kafka("create producer"))?;
+        Ok(Self {
+            task,
+            producer,
+            tracker,
+            changelog_records_sent: 0,
+            output_records_sent: 0,
+        })
+    }
+
+    fn send(&self, topic: &str, record: BaseRecord<'_, [u8], [u8], ()>) -> Result<()> {
+        let mut record = record;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    // Backpressure: the local queue drains as the broker acknowledges.
+                    std::thread::sleep(Duration::from_millis(5));
+                    record = returned;
+                }
+                Err((error, _)) => {
+                    return Err(EngineError::Produce {
+                        task: self.task,
+                        topic: topic.to_string(),
+                        reason: error.to_string(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Sends a store update to the store's changelog partition, tagged with its input offset.
+    pub fn send_changelog(
+        &mut self,
+        store: StoreId,
+        partition: i32,
+        key: &[u8],
+        value: &[u8],
+        input_offset: i64,
+    ) -> Result<()> {
+        let topic = self.tracker.changelog_topics[store.0].clone();
+        let offset_bytes = input_offset.to_be_bytes();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: INPUT_OFFSET_HEADER,
+            value: Some(&offset_bytes[..]),
+        });
+        let record = BaseRecord::to(&topic)
+            .partition(partition)
+            .key(key)
+            .payload(value)
+            .headers(headers);
+        self.send(&topic, record)?;
+        self.changelog_records_sent += 1;
+        Ok(())
+    }
+
+    /// Sends an output record, partitioned by its key.
+    pub fn send_output(&mut self, topic: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        self.send(topic, BaseRecord::to(topic).key(key).payload(value))?;
+        self.output_records_sent += 1;
+        Ok(())
+    }
+
+    /// Waits until every record sent so far is acknowledged, or reports the first failure.
+    pub fn flush(&mut self, timeout: Duration) -> Result<()> {
+        let flushed = self.producer.flush(timeout);
+        let deliveries = self.tracker.deliveries.lock().expect("delivery lock poisoned");
+        if let Some(reason) = &deliveries.first_error {
+            return Err(EngineError::Produce {
+                task: self.task,
+                topic: "(see reason)".into(),
+                reason: reason.clone(),
+            });
+        }
+        flushed.map_err(EngineError::kafka("flush producer"))
+    }
+
+    /// One past the highest acknowledged offset of a store's changelog, if anything was sent.
+    pub fn changelog_next(&self, store: StoreId) -> Option<i64> {
+        let deliveries = self.tracker.deliveries.lock().expect("delivery lock poisoned");
+        deliveries
+            .changelog_next
+            .get(&self.tracker.changelog_topics[store.0])
+            .copied()
+    }
+
+    /// Records sent so far: (changelog, output).
+    pub fn sent(&self) -> (u64, u64) {
+        (self.changelog_records_sent, self.output_records_sent)
+    }
+}

@@ -1,0 +1,193 @@
+//! `KafkaStreams`: starts an engine instance (state dir lock, metrics server, broker checks,
+//! internal topics, supervisor, consumer loop) and stops it within a bound.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use ractor::{Actor, ActorRef};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tracing::{error, info};
+
+use crate::config::StreamsConfig;
+use crate::dsl::Topology;
+use crate::error::{EngineError, Result};
+use crate::http::{self, Health};
+use crate::internal_topics::{ensure_changelog_topics, wait_for_source_topic};
+use crate::metrics::EngineMetrics;
+use crate::poller::Poller;
+use crate::rebalance::RebalanceListener;
+use crate::state_directory::StateDirectory;
+use crate::supervisor::{ask, Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::task::TaskStatus;
+
+/// A running engine instance.
+pub struct KafkaStreams {
+    config: Arc<StreamsConfig>,
+    metrics: EngineMetrics,
+    health: Arc<Health>,
+    metrics_address: Option<SocketAddr>,
+    shutdown: Arc<AtomicBool>,
+    poller: Option<JoinHandle<Result<()>>>,
+    supervisor: ActorRef<SupervisorMsg>,
+    fatal: UnboundedReceiver<EngineError>,
+    _state_directory: Arc<StateDirectory>,
+}
+
+impl KafkaStreams {
+    /// Validates the settings, locks the state directory, waits for the broker and the source
+    /// topic, prepares the changelog topics and joins the group. Must run on a multi-threaded
+    /// Tokio runtime.
+    pub async fn start(topology: Topology, config: StreamsConfig) -> Result<Self> {
+        config.validate()?;
+        let config = Arc::new(config);
+        let state_directory = Arc::new(StateDirectory::lock(&config.state_dir, &config.application_id)?);
+        let leftover = state_directory.existing_tasks()?;
+        info!(
+            "application `{}`: {} | state in {} (task dirs found: {})",
+            config.application_id,
+            topology.describe(),
+            state_directory.app_dir().display(),
+            if leftover.is_empty() { "none".to_string() } else { leftover.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ") }
+        );
+        let metrics = EngineMetrics::new(&config.application_id);
+        let health = Arc::new(Health::new());
+        let metrics_address = match config.metrics_address {
+            Some(address) => Some(http::serve(address, metrics.clone(), health.clone()).await?.0),
+            None => None,
+        };
+
+        let partitions = wait_for_source_topic(&config, topology.source_topic()).await?;
+        ensure_changelog_topics(&config, topology.source_topic(), topology.stores(), partitions).await?;
+
+        let (poller_tx, poller_rx) = crossbeam_channel::unbounded();
+        let (fatal_tx, fatal) = unbounded_channel();
+        let topology = Arc::new(topology);
+        let (supervisor, _) = Actor::spawn(
+            None,
+            Supervisor,
+            SupervisorArgs {
+                topology: topology.clone(),
+                config: config.clone(),
+                metrics: metrics.clone(),
+                state_directory: state_directory.clone(),
+                poller: poller_tx,
+                fatal: fatal_tx.clone(),
+            },
+        )
+        .await
+        .map_err(|e| EngineError::actor("supervisor", e))?;
+
+        let runtime = Handle::current();
+        let consumer = Self::consumer(&config, RebalanceListener {
+            supervisor: supervisor.clone(),
+            runtime: runtime.clone(),
+            source_topic: topology.source_topic().to_string(),
+            health: health.clone(),
+        })?;
+        consumer
+            .subscribe(&[topology.source_topic()])
+            .map_err(EngineError::kafka("subscribe"))?;
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let poller = Poller {
+            consumer,
+            supervisor: supervisor.clone(),
+            runtime,
+            commands: poller_rx,
+            shutdown: shutdown.clone(),
+            commit_interval: config.commit_interval,
+        };
+        let poller = std::thread::Builder::new()
+            .name("kstreams-poller".into())
+            .spawn(move || {
+                let result = poller.run();
+                if let Err(e) = &result {
+                    error!("consumer loop stopped: {e}");
+                    let _ = fatal_tx.send(EngineError::actor("poller", e));
+                }
+                result
+            })
+            .map_err(|e| EngineError::actor("poller", e))?;
+        info!("joined group `{}`; waiting for an assignment", config.group_id());
+        Ok(Self {
+            config,
+            metrics,
+            health,
+            metrics_address,
+            shutdown,
+            poller: Some(poller),
+            supervisor,
+            fatal,
+            _state_directory: state_directory,
+        })
+    }
+
+    fn consumer(config: &StreamsConfig, listener: RebalanceListener) -> Result<BaseConsumer<RebalanceListener>> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.bootstrap_servers)
+            .set("group.id", config.group_id())
+            .set("client.id", format!("{}-consumer", config.application_id))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", config.session_timeout.as_millis().to_string());
+        if let Some(id) = &config.group_instance_id {
+            client.set("group.instance.id", id);
+        }
+        for (key, value) in &config.client_overrides {
+            client.set(key, value);
+        }
+        client
+            .create_with_context(listener)
+            .map_err(EngineError::kafka("create consumer"))
+    }
+
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.metrics
+    }
+
+    /// Where `/metrics` is served, if enabled.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_address
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.health.is_ready(&self.metrics)
+    }
+
+    /// The tasks this instance runs now.
+    pub async fn tasks(&self) -> Result<Vec<TaskStatus>> {
+        ask(&self.supervisor, "supervisor", SupervisorMsg::Status).await
+    }
+
+    /// Resolves when the instance fails for good (a task or the consumer loop).
+    pub async fn failed(&mut self) -> EngineError {
+        match self.fatal.recv().await {
+            Some(error) => error,
+            None => EngineError::actor("supervisor", "stopped"),
+        }
+    }
+
+    /// Commits, closes every task and leaves the group, within `shutdown_timeout`.
+    pub async fn close(mut self) -> Result<()> {
+        let timeout = self.config.shutdown_timeout;
+        self.shutdown.store(true, Ordering::Relaxed);
+        let poller = self.poller.take();
+        let finished = tokio::time::timeout(timeout, tokio::task::spawn_blocking(move || poller.map(|p| p.join())))
+            .await
+            .map_err(|_| EngineError::ShutdownTimeout(timeout))?;
+        self.health.alive.store(false, Ordering::Relaxed);
+        self.supervisor.stop(None);
+        match finished {
+            Ok(Some(Ok(result))) => result,
+            Ok(Some(Err(_))) => Err(EngineError::actor("poller", "panicked")),
+            Ok(None) => Ok(()),
+            Err(e) => Err(EngineError::actor("poller", e)),
+        }
+    }
+}

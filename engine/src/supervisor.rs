@@ -1,0 +1,257 @@
+//! The supervisor actor: owns the partition assignment, starts a task actor per assigned
+//! partition, stops revoked ones after their commit, routes batches, and reports task failures.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use futures::future::join_all;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{debug, error, info};
+
+use crate::assignment::{AssignmentChange, AssignmentEvent};
+use crate::config::StreamsConfig;
+use crate::dsl::Topology;
+use crate::error::{EngineError, Result};
+use crate::metrics::EngineMetrics;
+use crate::processor::InputRecord;
+use crate::state_directory::StateDirectory;
+use crate::task::{StreamTask, TaskArgs, TaskMsg, TaskPhase, TaskStatus};
+use crate::task_id::TaskId;
+
+/// How long a task may take to stop once asked.
+const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Requests from the supervisor to the consumer's polling loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollerCommand {
+    /// The task for this partition has restored: start fetching its input.
+    Resume(i32),
+}
+
+/// Input offsets to commit to the group, per partition.
+pub type CommitOffsets = Vec<(i32, i64)>;
+
+pub enum SupervisorMsg {
+    /// An assignment change from the rebalance callback; answered once tasks are started/stopped.
+    Rebalance(AssignmentEvent, RpcReplyPort<Result<CommitOffsets>>),
+    /// Records from one poll, grouped by partition; answered once every task processed its own.
+    Process(BTreeMap<i32, Vec<InputRecord>>, RpcReplyPort<Result<()>>),
+    /// Commit every running task; answered with the offsets to commit to the group.
+    CommitAll(RpcReplyPort<Result<CommitOffsets>>),
+    /// A task finished restoring.
+    TaskRunning(TaskId),
+    /// Stop every task without committing (after a final CommitAll on shutdown).
+    StopAll(RpcReplyPort<()>),
+    /// The tasks and their phases.
+    Status(RpcReplyPort<Vec<TaskStatus>>),
+}
+
+pub struct SupervisorArgs {
+    pub topology: Arc<Topology>,
+    pub config: Arc<StreamsConfig>,
+    pub metrics: EngineMetrics,
+    pub state_directory: Arc<StateDirectory>,
+    pub poller: Sender<PollerCommand>,
+    pub fatal: UnboundedSender<EngineError>,
+}
+
+struct TaskEntry {
+    task: TaskId,
+    actor: ActorRef<TaskMsg>,
+    phase: TaskPhase,
+}
+
+pub struct SupervisorState {
+    args: SupervisorArgs,
+    tasks: BTreeMap<i32, TaskEntry>,
+}
+
+pub struct Supervisor;
+
+/// Asks an actor and waits for its answer, turning messaging failures into engine errors.
+pub(crate) async fn ask<M, T>(
+    actor: &ActorRef<M>,
+    name: &'static str,
+    build: impl FnOnce(RpcReplyPort<T>) -> M,
+) -> Result<T>
+where
+    M: ractor::Message,
+    T: Send + 'static,
+{
+    match actor.call(build, None).await {
+        Ok(ractor::rpc::CallResult::Success(value)) => Ok(value),
+        Ok(other) => Err(EngineError::actor(name, format!("no answer ({other:?})"))),
+        Err(error) => Err(EngineError::actor(name, error)),
+    }
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<SupervisorMsg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
+        Ok(SupervisorState {
+            args,
+            tasks: BTreeMap::new(),
+        })
+    }
+
+    async fn handle(&self, myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Rebalance(event, reply) => {
+                let result = state.rebalance(&myself, event).await;
+                let _ = reply.send(result);
+            }
+            SupervisorMsg::Process(batches, reply) => {
+                let _ = reply.send(state.process(batches).await);
+            }
+            SupervisorMsg::CommitAll(reply) => {
+                let partitions: Vec<i32> = state.tasks.keys().copied().collect();
+                let result = state.commit(&partitions).await;
+                match &result {
+                    Ok(_) => state.args.metrics.commits.inc(),
+                    Err(_) => state.args.metrics.commit_failures.inc(),
+                }
+                let _ = reply.send(result);
+            }
+            SupervisorMsg::TaskRunning(task) => {
+                if let Some(entry) = state.tasks.get_mut(&task.partition).filter(|e| e.task == task) {
+                    entry.phase = TaskPhase::Running;
+                    let _ = state.args.poller.send(PollerCommand::Resume(task.partition));
+                }
+            }
+            SupervisorMsg::StopAll(reply) => {
+                let partitions: Vec<i32> = state.tasks.keys().copied().collect();
+                state.stop(&partitions).await;
+                let _ = reply.send(());
+            }
+            SupervisorMsg::Status(reply) => {
+                let asks = state.tasks.values().map(|e| ask(&e.actor, "task", TaskMsg::Status));
+                let statuses = join_all(asks).await.into_iter().filter_map(Result::ok).collect();
+                let _ = reply.send(statuses);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(&self, _myself: ActorRef<SupervisorMsg>, event: SupervisionEvent, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, reason) = event {
+            let failed = state
+                .tasks
+                .iter()
+                .find(|(_, e)| e.actor.get_id() == cell.get_id())
+                .map(|(p, e)| (*p, e.task));
+            if let Some((partition, task)) = failed {
+                state.tasks.remove(&partition);
+                error!(%task, "task failed: {reason}");
+                let _ = state.args.fatal.send(EngineError::TaskFailed {
+                    task,
+                    reason: reason.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SupervisorState {
+    async fn rebalance(&mut self, myself: &ActorRef<SupervisorMsg>, event: AssignmentEvent) -> Result<CommitOffsets> {
+        let owned: BTreeSet<i32> = self.tasks.keys().copied().collect();
+        let change = AssignmentChange::plan(&owned, &event);
+        let metrics = &self.args.metrics;
+        metrics.rebalances.inc();
+        let task_ids = |ps: &[i32]| ps.iter().map(|p| TaskId::new(0, *p).to_string()).collect::<Vec<_>>().join(", ");
+        let mut offsets = Vec::new();
+        match &event {
+            AssignmentEvent::Assigned(_) => {
+                info!("assignment change: added [{}], now owning {} tasks", task_ids(&change.start), owned.len() + change.start.len());
+                for &partition in &change.start {
+                    self.start_task(myself, partition).await?;
+                }
+                metrics.tasks_assigned.inc_by(change.start.len() as u64);
+            }
+            AssignmentEvent::Revoked(_) => {
+                info!("assignment change: revoked [{}] (committing before handing over)", task_ids(&change.stop));
+                offsets = self.commit(&change.stop).await?;
+                self.stop(&change.stop).await;
+                metrics.tasks_revoked.inc_by(change.stop.len() as u64);
+            }
+            AssignmentEvent::Lost(_) => {
+                info!("assignment change: lost [{}] (dropping uncommitted state)", task_ids(&change.stop));
+                self.stop(&change.stop).await;
+                metrics.tasks_lost.inc_by(change.stop.len() as u64);
+            }
+        }
+        Ok(offsets)
+    }
+
+    async fn start_task(&mut self, myself: &ActorRef<SupervisorMsg>, partition: i32) -> Result<()> {
+        let task = TaskId::new(0, partition);
+        let args = TaskArgs {
+            task,
+            topology: self.args.topology.clone(),
+            config: self.args.config.clone(),
+            metrics: self.args.metrics.clone(),
+            task_dir: self.args.state_directory.task_dir(task),
+            supervisor: myself.clone(),
+        };
+        let (actor, _) = Actor::spawn_linked(None, StreamTask, args, myself.get_cell())
+            .await
+            .map_err(|e| EngineError::TaskFailed {
+                task,
+                reason: format!("could not start: {e}"),
+            })?;
+        self.tasks.insert(
+            partition,
+            TaskEntry {
+                task,
+                actor,
+                phase: TaskPhase::Restoring,
+            },
+        );
+        Ok(())
+    }
+
+    async fn process(&mut self, batches: BTreeMap<i32, Vec<InputRecord>>) -> Result<()> {
+        let mut asks = Vec::new();
+        for (partition, records) in batches {
+            match self.tasks.get(&partition) {
+                Some(entry) if entry.phase == TaskPhase::Running => {
+                    asks.push(ask(&entry.actor, "task", move |reply| TaskMsg::Process(records, reply)));
+                }
+                _ => debug!(partition, "dropping {} records for a partition without a running task", records.len()),
+            }
+        }
+        for result in join_all(asks).await {
+            result??;
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, partitions: &[i32]) -> Result<CommitOffsets> {
+        let asks = partitions.iter().filter_map(|p| {
+            let entry = self.tasks.get(p)?;
+            Some(async move { (*p, ask(&entry.actor, "task", TaskMsg::Commit).await) })
+        });
+        let mut offsets = Vec::new();
+        for (partition, result) in join_all(asks).await {
+            if let Some(offset) = result?? {
+                offsets.push((partition, offset));
+            }
+        }
+        Ok(offsets)
+    }
+
+    async fn stop(&mut self, partitions: &[i32]) {
+        let stops = partitions.iter().filter_map(|p| self.tasks.remove(p)).map(|entry| async move {
+            if let Err(e) = entry.actor.stop_and_wait(None, Some(TASK_STOP_TIMEOUT)).await {
+                error!(task = %entry.task, "task did not stop cleanly: {e}");
+            }
+        });
+        join_all(stops).await;
+    }
+}

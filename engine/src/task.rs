@@ -1,0 +1,261 @@
+//! The task actor: owns one partition's store, changelog writer and processor; restores, then
+//! processes the batches it is given, and commits (flush, one write batch, report the offset).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::{info, warn};
+
+use crate::config::{DeserializationErrorPolicy, StreamsConfig};
+use crate::dsl::Topology;
+use crate::error::{EngineError, Result};
+use crate::metrics::EngineMetrics;
+use crate::offsets::InputPosition;
+use crate::processor::{InputRecord, Processor, ProcessorContext, RecordError, StoreId};
+use crate::record_collector::RecordCollector;
+use crate::restore::restore_task;
+use crate::supervisor::SupervisorMsg;
+use crate::task_id::TaskId;
+use crate::task_store::{StoredOffsets, TaskStore};
+
+/// How long a commit waits for the broker to acknowledge the task's records.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskPhase {
+    Restoring,
+    Running,
+}
+
+/// What a task reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskStatus {
+    pub task: TaskId,
+    pub phase: TaskPhase,
+    pub next_offset: Option<i64>,
+}
+
+pub enum TaskMsg {
+    /// Sent to itself once started: restore, then tell the supervisor it is running.
+    Restore,
+    /// Process these records (in offset order), then answer.
+    Process(Vec<InputRecord>, RpcReplyPort<Result<()>>),
+    /// Flush, persist state and offsets, and answer with the input offset to commit.
+    Commit(RpcReplyPort<Result<Option<i64>>>),
+    Status(RpcReplyPort<TaskStatus>),
+}
+
+pub struct TaskArgs {
+    pub task: TaskId,
+    pub topology: Arc<Topology>,
+    pub config: Arc<StreamsConfig>,
+    pub metrics: EngineMetrics,
+    pub task_dir: PathBuf,
+    pub supervisor: ActorRef<SupervisorMsg>,
+}
+
+pub struct TaskState {
+    task: TaskId,
+    config: Arc<StreamsConfig>,
+    metrics: EngineMetrics,
+    labels: [String; 2],
+    supervisor: ActorRef<SupervisorMsg>,
+    store: TaskStore,
+    collector: RecordCollector,
+    processor: Box<dyn Processor>,
+    phase: TaskPhase,
+    position: InputPosition,
+    changelog_next: Vec<Option<i64>>,
+    /// Skip reasons already logged for this task (each is logged once per partition).
+    logged_skips: HashSet<&'static str>,
+    /// Records sent so far, to update the write counters by difference.
+    reported_sent: (u64, u64),
+}
+
+pub struct StreamTask;
+
+impl Actor for StreamTask {
+    type Msg = TaskMsg;
+    type State = TaskState;
+    type Arguments = TaskArgs;
+
+    async fn pre_start(&self, myself: ActorRef<TaskMsg>, args: TaskArgs) -> Result<TaskState, ActorProcessingErr> {
+        let TaskArgs {
+            task,
+            topology,
+            config,
+            metrics,
+            task_dir,
+            supervisor,
+        } = args;
+        let store = tokio::task::block_in_place(|| TaskStore::open(task, &task_dir, topology.stores()))?;
+        let collector = RecordCollector::new(task, &config, topology.stores())?;
+        let changelog_next = store.read_offsets()?.changelog_next;
+        metrics.tasks_restoring.inc();
+        myself.cast(TaskMsg::Restore)?;
+        Ok(TaskState {
+            task,
+            labels: EngineMetrics::task_labels(task),
+            config,
+            metrics,
+            supervisor,
+            store,
+            collector,
+            processor: topology.new_processor(),
+            phase: TaskPhase::Restoring,
+            position: InputPosition::default(),
+            changelog_next,
+            logged_skips: HashSet::new(),
+            reported_sent: (0, 0),
+        })
+    }
+
+    async fn handle(&self, _myself: ActorRef<TaskMsg>, msg: TaskMsg, state: &mut TaskState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TaskMsg::Restore => {
+                tokio::task::block_in_place(|| state.restore())?;
+                state.supervisor.cast(SupervisorMsg::TaskRunning(state.task))?;
+            }
+            TaskMsg::Process(records, reply) => {
+                let result = tokio::task::block_in_place(|| state.process(&records));
+                if let Err(error) = result {
+                    let message = error.to_string();
+                    let _ = reply.send(Err(error));
+                    return Err(message.into());
+                }
+                let _ = reply.send(Ok(()));
+            }
+            TaskMsg::Commit(reply) => {
+                let result = tokio::task::block_in_place(|| state.commit());
+                let _ = reply.send(result);
+            }
+            TaskMsg::Status(reply) => {
+                let _ = reply.send(TaskStatus {
+                    task: state.task,
+                    phase: state.phase,
+                    next_offset: state.position.next(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<TaskMsg>, state: &mut TaskState) -> Result<(), ActorProcessingErr> {
+        match state.phase {
+            TaskPhase::Restoring => state.metrics.tasks_restoring.dec(),
+            TaskPhase::Running => state.metrics.tasks_running.dec(),
+        }
+        let labels = [state.labels[0].as_str(), state.labels[1].as_str()];
+        state.metrics.restore_remaining.with_label_values(&labels).set(0);
+        if state.store.dirty_keys() > 0 {
+            info!(task = %state.task, "closing with {} uncommitted keys dropped", state.store.dirty_keys());
+        }
+        Ok(())
+    }
+}
+
+impl TaskState {
+    fn restore(&mut self) -> Result<()> {
+        let outcome = restore_task(self.task, &self.config, &mut self.store, &self.metrics)?;
+        let stored: StoredOffsets = self.store.read_offsets()?;
+        self.position = InputPosition::resume(stored.input_next, outcome.input_next);
+        self.changelog_next = stored.changelog_next;
+        self.phase = TaskPhase::Running;
+        self.metrics.tasks_restoring.dec();
+        self.metrics.tasks_running.inc();
+        info!(
+            task = %self.task,
+            "running: restored {} records, resuming input at offset {}",
+            outcome.records,
+            self.position.next().map_or("(committed)".to_string(), |o| o.to_string())
+        );
+        Ok(())
+    }
+
+    fn process(&mut self, records: &[InputRecord]) -> Result<()> {
+        let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
+        let mut processed = 0u64;
+        for record in records {
+            if !self.position.needs(record.offset) {
+                continue;
+            }
+            let mut ctx = ProcessorContext {
+                store: &mut self.store,
+                collector: &mut self.collector,
+                partition: record.partition,
+                offset: record.offset,
+            };
+            match self.processor.process(record, &mut ctx) {
+                Ok(()) => processed += 1,
+                Err(error) => self.handle_record_error(record, error)?,
+            }
+            self.position.advance(record.offset);
+        }
+        self.metrics.records_processed.with_label_values(&labels).inc_by(processed);
+        let sent = self.collector.sent();
+        self.metrics
+            .changelog_records
+            .with_label_values(&labels)
+            .inc_by(sent.0 - self.reported_sent.0);
+        self.metrics
+            .output_records
+            .with_label_values(&labels)
+            .inc_by(sent.1 - self.reported_sent.1);
+        self.reported_sent = sent;
+        Ok(())
+    }
+
+    fn handle_record_error(&mut self, record: &InputRecord, error: RecordError) -> Result<()> {
+        let (task, partition, offset) = (self.task, record.partition, record.offset);
+        match &error {
+            RecordError::Deserialization { .. } if self.config.deserialization_error_policy == DeserializationErrorPolicy::Fail => {
+                return Err(EngineError::Deserialization {
+                    task,
+                    partition,
+                    offset,
+                    reason: error.to_string(),
+                });
+            }
+            RecordError::Failed(reason) => {
+                return Err(EngineError::Processing {
+                    task,
+                    partition,
+                    offset,
+                    reason: reason.clone(),
+                });
+            }
+            RecordError::Deserialization { .. } => {
+                warn!(%task, partition, offset, "skipping record: {error} (deserialization-error-policy is log-and-continue)");
+            }
+            RecordError::NullKey | RecordError::NullValue => {
+                if self.logged_skips.insert(error.skip_reason()) {
+                    warn!(%task, partition, offset, "skipping record: {error}; further ones on this partition are only counted in kstreams_records_skipped_total");
+                }
+            }
+        }
+        self.metrics
+            .records_skipped
+            .with_label_values(&[self.labels[0].as_str(), self.labels[1].as_str(), error.skip_reason()])
+            .inc();
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<Option<i64>> {
+        if self.phase != TaskPhase::Running {
+            return Ok(None);
+        }
+        self.collector.flush(FLUSH_TIMEOUT)?;
+        for (index, next) in self.changelog_next.iter_mut().enumerate() {
+            *next = self.collector.changelog_next(StoreId(index)).max(*next);
+        }
+        self.store.commit(&StoredOffsets {
+            input_next: self.position.next(),
+            changelog_next: self.changelog_next.clone(),
+        })?;
+        Ok(self.position.next())
+    }
+}

@@ -1,0 +1,239 @@
+//! A task's state: one RocksDB per task, one column family per store plus `offsets`, with a
+//! write-back cache so that state and offsets reach disk together in one write batch.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, DB};
+
+use crate::error::{EngineError, Result};
+use crate::offsets::{changelog_offset_key, decode_offset, encode_offset, INPUT_OFFSET_KEY};
+use crate::processor::StoreId;
+use crate::task_id::TaskId;
+
+/// Column family holding the task's offsets.
+pub const OFFSETS_CF: &str = "offsets";
+
+/// What a task's store says it has applied.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoredOffsets {
+    /// Next input offset to process.
+    pub input_next: Option<i64>,
+    /// Per store (by `StoreId`), the next changelog offset to restore from.
+    pub changelog_next: Vec<Option<i64>>,
+}
+
+/// An update read back from a changelog: a key and its new value, `None` for a delete.
+pub type ChangelogUpdate = (Vec<u8>, Option<Vec<u8>>);
+
+/// One task's RocksDB plus the writes not yet committed.
+pub struct TaskStore {
+    task: TaskId,
+    path: PathBuf,
+    db: DB,
+    store_names: Vec<String>,
+    /// Per store: writes since the last commit (`None` = delete).
+    dirty: Vec<HashMap<Vec<u8>, Option<Vec<u8>>>>,
+}
+
+impl TaskStore {
+    /// Opens (or creates) the task's RocksDB at `path` with one column family per store.
+    pub fn open(task: TaskId, path: &Path, store_names: &[String]) -> Result<Self> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_keep_log_file_num(2);
+        let families = store_names
+            .iter()
+            .map(String::as_str)
+            .chain([OFFSETS_CF])
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&options, path, families).map_err(|source| EngineError::Store {
+            task,
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            task,
+            path: path.to_path_buf(),
+            db,
+            store_names: store_names.to_vec(),
+            dirty: vec![HashMap::new(); store_names.len()],
+        })
+    }
+
+    fn store_error(&self) -> impl FnOnce(rocksdb::Error) -> EngineError + '_ {
+        |source| EngineError::Store {
+            task: self.task,
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created when the store opens")
+    }
+
+    pub fn store_names(&self) -> &[String] {
+        &self.store_names
+    }
+
+    /// Reads a key, seeing this task's own uncommitted writes.
+    pub fn get(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(pending) = self.dirty[store.0].get(key) {
+            return Ok(pending.clone());
+        }
+        let cf = self.cf(&self.store_names[store.0]);
+        self.db.get_cf(cf, key).map_err(self.store_error())
+    }
+
+    /// Buffers a write until the next commit.
+    pub fn put(&mut self, store: StoreId, key: &[u8], value: &[u8]) {
+        self.dirty[store.0].insert(key.to_vec(), Some(value.to_vec()));
+    }
+
+    /// Number of keys written since the last commit.
+    pub fn dirty_keys(&self) -> usize {
+        self.dirty.iter().map(HashMap::len).sum()
+    }
+
+    /// The offsets persisted by the last commit or restore.
+    pub fn read_offsets(&self) -> Result<StoredOffsets> {
+        let cf = self.cf(OFFSETS_CF);
+        let read = |key: &[u8]| -> Result<Option<i64>> {
+            Ok(self
+                .db
+                .get_cf(cf, key)
+                .map_err(self.store_error())?
+                .and_then(|bytes| decode_offset(&bytes)))
+        };
+        let input_next = read(INPUT_OFFSET_KEY)?;
+        let changelog_next = self
+            .store_names
+            .iter()
+            .map(|name| read(&changelog_offset_key(name)))
+            .collect::<Result<_>>()?;
+        Ok(StoredOffsets {
+            input_next,
+            changelog_next,
+        })
+    }
+
+    /// Writes the buffered state and the given offsets in one atomic batch.
+    pub fn commit(&mut self, offsets: &StoredOffsets) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (name, dirty) in self.store_names.iter().zip(&self.dirty) {
+            let cf = self.cf(name);
+            for (key, value) in dirty {
+                match value {
+                    Some(value) => batch.put_cf(cf, key, value),
+                    None => batch.delete_cf(cf, key),
+                }
+            }
+        }
+        self.put_offsets(&mut batch, offsets);
+        self.db.write(batch).map_err(self.store_error())?;
+        self.dirty.iter_mut().for_each(HashMap::clear);
+        Ok(())
+    }
+
+    fn put_offsets(&self, batch: &mut WriteBatch, offsets: &StoredOffsets) {
+        let cf = self.cf(OFFSETS_CF);
+        if let Some(next) = offsets.input_next {
+            batch.put_cf(cf, INPUT_OFFSET_KEY, encode_offset(next));
+        }
+        for (name, next) in self.store_names.iter().zip(&offsets.changelog_next) {
+            if let Some(next) = next {
+                batch.put_cf(cf, changelog_offset_key(name), encode_offset(*next));
+            }
+        }
+    }
+
+    /// Applies restored changelog updates to one store, together with how far the restore got,
+    /// in one atomic batch (so an interrupted restore resumes where it stopped).
+    pub fn apply_restored(
+        &mut self,
+        store: StoreId,
+        updates: &[ChangelogUpdate],
+        offsets: &StoredOffsets,
+    ) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        let cf = self.cf(&self.store_names[store.0]);
+        for (key, value) in updates {
+            match value {
+                Some(value) => batch.put_cf(cf, key, value),
+                None => batch.delete_cf(cf, key),
+            }
+        }
+        self.put_offsets(&mut batch, offsets);
+        self.db.write(batch).map_err(self.store_error())
+    }
+
+    /// Approximate on-disk size of the task's live data, in bytes.
+    pub fn approximate_size_bytes(&self) -> u64 {
+        self.store_names
+            .iter()
+            .filter_map(|name| {
+                self.db
+                    .property_int_value_cf(self.cf(name), "rocksdb.estimate-live-data-size")
+                    .ok()
+                    .flatten()
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_writes_state_and_offsets_together_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = TaskId::new(0, 1);
+        let stores = vec!["count-store".to_string()];
+        {
+            let mut store = TaskStore::open(task, dir.path(), &stores).unwrap();
+            assert_eq!(store.read_offsets().unwrap(), StoredOffsets {
+                input_next: None,
+                changelog_next: vec![None]
+            });
+            store.put(StoreId(0), b"foo", b"1");
+            assert_eq!(store.get(StoreId(0), b"foo").unwrap(), Some(b"1".to_vec()));
+            assert_eq!(store.dirty_keys(), 1);
+            let offsets = StoredOffsets {
+                input_next: Some(7),
+                changelog_next: vec![Some(3)],
+            };
+            store.commit(&offsets).unwrap();
+            assert_eq!(store.dirty_keys(), 0);
+            store.put(StoreId(0), b"bar", b"uncommitted");
+        }
+        let store = TaskStore::open(task, dir.path(), &stores).unwrap();
+        assert_eq!(store.get(StoreId(0), b"foo").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.get(StoreId(0), b"bar").unwrap(), None, "uncommitted writes are not on disk");
+        assert_eq!(store.read_offsets().unwrap().input_next, Some(7));
+        assert_eq!(store.read_offsets().unwrap().changelog_next, vec![Some(3)]);
+    }
+
+    #[test]
+    fn restored_updates_apply_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = TaskStore::open(TaskId::new(0, 0), dir.path(), &["s".to_string()]).unwrap();
+        let offsets = StoredOffsets {
+            input_next: Some(2),
+            changelog_next: vec![Some(3)],
+        };
+        let updates = vec![
+            (b"a".to_vec(), Some(b"1".to_vec())),
+            (b"b".to_vec(), Some(b"1".to_vec())),
+            (b"a".to_vec(), None),
+        ];
+        store.apply_restored(StoreId(0), &updates, &offsets).unwrap();
+        assert_eq!(store.get(StoreId(0), b"a").unwrap(), None);
+        assert_eq!(store.get(StoreId(0), b"b").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.read_offsets().unwrap(), offsets);
+    }
+}

@@ -1,0 +1,7 @@
+# Shared settings for the project's scripts (sourced, not run).
+# Build outputs and the broker live in caches outside the checkout, reused between runs.
+export KSTREAMS_CACHE="${KSTREAMS_CACHE:-$HOME/.cache/kstreams}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$KSTREAMS_CACHE/target}"
+export TANSU_VERSION=0.6.0
+export TANSU_BIN="${TANSU_BIN:-$KSTREAMS_CACHE/tansu-$TANSU_VERSION/bin/tansu}"
+export PATH="$HOME/.cargo/bin:$PATH"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit tests, and integration tests against real tansu brokers
+# (each test starts its own on a free port) with real RocksDB state.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+source "$here/env.sh"
+cd "$here/.."
+
+"$here/install-deps.sh"
+echo "==> building (target dir $CARGO_TARGET_DIR)"
+cargo build --workspace --all-targets --locked
+echo "==> testing"
+cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-2}" "$@"

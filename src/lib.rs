@@ -1,0 +1,416 @@
+//! Test and benchmark support: a local tansu broker per test on a free port, the
+//! `kstreams-count` binary as a child process, and topic / record / metrics helpers.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use tempfile::TempDir;
+
+/// A raw record to produce: key, value, and an explicit partition if wanted.
+pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>, Option<i32>);
+
+/// A name no other test uses: `<prefix>-<random>`.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand::random::<u64>())
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `condition` every 100 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The tansu binary: `$TANSU_BIN`, else where `scripts/install-broker.sh` puts it.
+pub fn tansu_bin() -> PathBuf {
+    let path = std::env::var_os("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/kstreams/tansu-0.6.0/bin/tansu")
+    });
+    assert!(
+        path.is_file(),
+        "tansu broker not found at {} (run scripts/install-broker.sh or set TANSU_BIN)",
+        path.display()
+    );
+    path
+}
+
+/// The `kstreams-count` binary: `$KSTREAMS_COUNT_BIN`, else beside this test's target dir.
+pub fn app_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("KSTREAMS_COUNT_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = profile_dir.join("kstreams-count");
+    assert!(
+        path.is_file(),
+        "{} not found: build it first (cargo build -p kstreams-count) or set KSTREAMS_COUNT_BIN",
+        path.display()
+    );
+    path
+}
+
+/// A tansu broker with sqlite storage in its own temp dir; killed on drop.
+pub struct Broker {
+    pub port: u16,
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Broker {
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("broker.log")).unwrap();
+        let child = Command::new(tansu_bin())
+            .current_dir(dir.path())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        let broker = Broker { port, child, _dir: dir };
+        wait_until("the broker to accept connections", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        broker
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", self.address());
+        config
+    }
+
+    fn admin(&self) -> AdminClient<DefaultClientContext> {
+        self.client().create().unwrap()
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let results = runtime
+            .block_on(self.admin().create_topics([&topic], &AdminOptions::new()))
+            .unwrap();
+        for result in results {
+            result.unwrap_or_else(|(name, code)| panic!("create topic {name}: {code}"));
+        }
+    }
+
+    /// Partition count, or `None` if the topic does not exist.
+    pub fn partitions(&self, topic: &str) -> Option<usize> {
+        let consumer: BaseConsumer = self.client().create().unwrap();
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.partitions().len())
+    }
+
+    /// One config value of a topic, as the broker describes it.
+    pub fn topic_config(&self, topic: &str, key: &str) -> Option<String> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let results = runtime
+            .block_on(self.admin().describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new()))
+            .unwrap();
+        results.into_iter().flatten().find_map(|resource| resource.get(key).and_then(|e| e.value.clone()))
+    }
+
+    /// Produces records (idempotent, lz4) and waits until all are acknowledged.
+    pub fn produce(&self, topic: &str, records: impl IntoIterator<Item = RawRecord>) {
+        let producer: ThreadedProducer<DefaultProducerContext> = self
+            .client()
+            .set("enable.idempotence", "true")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "10")
+            .create()
+            .unwrap();
+        for (key, value, partition) in records {
+            let mut record = BaseRecord::<[u8], [u8]>::to(topic);
+            record.key = key.as_deref();
+            record.payload = value.as_deref();
+            record.partition = partition;
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                        producer.poll(Duration::from_millis(10));
+                        record = r;
+                    }
+                    Err((e, _)) => panic!("produce: {e}"),
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(60)).unwrap();
+    }
+
+    /// Produces `key:value` style string records, partitioned by key.
+    pub fn produce_strings<'a>(&self, topic: &str, records: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        self.produce(
+            topic,
+            records
+                .into_iter()
+                .map(|(k, v)| (Some(k.as_bytes().to_vec()), Some(v.as_bytes().to_vec()), None)),
+        )
+    }
+
+    /// Total records in a topic (high minus low watermark, summed over partitions).
+    pub fn record_count(&self, topic: &str) -> i64 {
+        let consumer: BaseConsumer = self.client().create().unwrap();
+        (0..self.partitions(topic).unwrap_or(0) as i32)
+            .map(|p| {
+                let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+                high - low
+            })
+            .sum()
+    }
+
+    /// Every record of a topic as it is now: (key, value) pairs in partition order.
+    pub fn read_all(&self, topic: &str) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+        let consumer: BaseConsumer = self
+            .client()
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let partitions = self.partitions(topic).unwrap_or(0) as i32;
+        let mut remaining = HashMap::new();
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions {
+            let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+            if high > low {
+                remaining.insert(p, high);
+                assignment.add_partition_offset(topic, p, Offset::Offset(low)).unwrap();
+            }
+        }
+        let mut records = Vec::new();
+        if remaining.is_empty() {
+            return records;
+        }
+        consumer.assign(&assignment).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !remaining.is_empty() {
+            assert!(Instant::now() < deadline, "reading {topic} did not reach its end: {remaining:?} left");
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                records.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
+                if remaining.get(&m.partition()).is_some_and(|high| m.offset() + 1 >= *high) {
+                    remaining.remove(&m.partition());
+                }
+            }
+        }
+        records
+    }
+
+    /// The last value per key of a string topic.
+    pub fn latest_values(&self, topic: &str) -> HashMap<String, String> {
+        let text = |b: Option<Vec<u8>>| String::from_utf8(b.unwrap_or_default()).unwrap();
+        self.read_all(topic).into_iter().map(|(k, v)| (text(k), text(v))).collect()
+    }
+
+    /// Waits until the last count per key on `topic` equals `expected`; returns the mismatches
+    /// of the last read if it never does.
+    pub fn wait_for_counts(&self, topic: &str, expected: &HashMap<String, u64>, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let actual = self.latest_values(topic);
+            let wrong: Vec<String> = expected
+                .iter()
+                .filter(|(k, n)| actual.get(*k) != Some(&n.to_string()))
+                .map(|(k, n)| format!("{k}: expected {n}, got {:?}", actual.get(k)))
+                .chain(actual.keys().filter(|k| !expected.contains_key(*k)).map(|k| format!("{k}: unexpected key")))
+                .collect();
+            if wrong.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("{} keys wrong, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How to run one `kstreams-count` instance.
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    pub application_id: String,
+    pub input_topic: String,
+    pub output_topic: String,
+    pub state_dir: PathBuf,
+    pub extra_args: Vec<String>,
+}
+
+/// A running `kstreams-count` process with its log in a file; killed on drop.
+pub struct App {
+    child: Child,
+    pub metrics_port: u16,
+    log_path: PathBuf,
+    _log_dir: TempDir,
+}
+
+impl App {
+    pub fn spawn(broker: &str, options: &AppOptions) -> Self {
+        let metrics_port = free_port();
+        let log_dir = tempfile::tempdir().unwrap();
+        let log_path = log_dir.path().join("app.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(app_bin())
+            .env_remove("KAFKA_BROKER")
+            .env("RUST_LOG", "info")
+            .args(["--broker", broker, "--application-id", &options.application_id])
+            .args(["--input-topic", &options.input_topic, "--output-topic", &options.output_topic])
+            .arg("--state-dir")
+            .arg(&options.state_dir)
+            .args(["--commit-interval-ms", "500", "--session-timeout-ms", "6000"])
+            .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
+            .args(&options.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start kstreams-count");
+        App {
+            child,
+            metrics_port,
+            log_path,
+            _log_dir: log_dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// `GET path` on the metrics port: (status code, body).
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.split(' ').nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((status, body))
+    }
+
+    /// Sum of every series of a metric whose labels contain all of `label_filters`.
+    pub fn metric(&self, name: &str, label_filters: &[&str]) -> Option<f64> {
+        let (_, body) = self.http_get("/metrics")?;
+        Some(metric_sum(&body, name, label_filters))
+    }
+
+    pub fn is_ready(&self) -> bool {
+        matches!(self.http_get("/health/ready"), Some((200, _)))
+    }
+
+    /// Waits for readiness, failing early (with the log) if the process exits.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.is_ready() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("kstreams-count exited ({status}) before ready; log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "not ready after {timeout:?}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.wait_exit(timeout)
+            .unwrap_or_else(|| panic!("no exit within {timeout:?} of SIGTERM; log:\n{}", self.log()))
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sums a metric's series in Prometheus text format, keeping series whose label text contains
+/// every filter (e.g. `reason="null_key"`).
+pub fn metric_sum(text: &str, name: &str, label_filters: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && label_filters.iter().all(|f| labels.contains(f))).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// `count` records over `keys` keys (`key-<n>`), with the expected count per key.
+pub fn word_count_input(count: usize, keys: usize) -> (Vec<(String, String)>, HashMap<String, u64>) {
+    let mut expected: HashMap<String, u64> = HashMap::new();
+    let records = (0..count)
+        .map(|i| {
+            let key = format!("key-{}", (i * 7919) % keys);
+            *expected.entry(key.clone()).or_default() += 1;
+            (key, format!("value-{i}"))
+        })
+        .collect();
+    (records, expected)
+}
