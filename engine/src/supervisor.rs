@@ -83,7 +83,8 @@ where
 {
     match actor.call(build, None).await {
         Ok(ractor::rpc::CallResult::Success(value)) => Ok(value),
-        Ok(other) => Err(EngineError::actor(name, format!("no answer ({other:?})"))),
+        Ok(ractor::rpc::CallResult::Timeout) => Err(EngineError::actor(name, "timed out")),
+        Ok(ractor::rpc::CallResult::SenderError) => Err(EngineError::actor(name, "stopped without answering")),
         Err(error) => Err(EngineError::actor(name, error)),
     }
 }
@@ -162,7 +163,7 @@ impl SupervisorState {
     async fn rebalance(&mut self, myself: &ActorRef<SupervisorMsg>, event: AssignmentEvent) -> Result<CommitOffsets> {
         let owned: BTreeSet<i32> = self.tasks.keys().copied().collect();
         let change = AssignmentChange::plan(&owned, &event);
-        let metrics = &self.args.metrics;
+        let metrics = self.args.metrics.clone();
         metrics.rebalances.inc();
         let task_ids = |ps: &[i32]| ps.iter().map(|p| TaskId::new(0, *p).to_string()).collect::<Vec<_>>().join(", ");
         let mut offsets = Vec::new();

@@ -177,7 +177,6 @@ impl TaskState {
     }
 
     fn process(&mut self, records: &[InputRecord]) -> Result<()> {
-        let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
         let mut processed = 0u64;
         for record in records {
             if !self.position.needs(record.offset) {
@@ -195,6 +194,7 @@ impl TaskState {
             }
             self.position.advance(record.offset);
         }
+        let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
         self.metrics.records_processed.with_label_values(&labels).inc_by(processed);
         let sent = self.collector.sent();
         self.metrics
