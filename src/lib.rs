@@ -18,6 +18,9 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{Offset, TopicPartitionList};
 use tempfile::TempDir;
 
+/// A record as read back: key and value bytes.
+pub type ReadRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// A raw record to produce: key, value, and an explicit partition if wanted.
 pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>, Option<i32>);
 
@@ -28,23 +31,33 @@ pub fn unique(prefix: &str) -> String {
 
 /// A TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `condition` every 100 ms until it holds; panics naming `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 /// The tansu binary: `$TANSU_BIN`, else where `scripts/install-broker.sh` puts it.
 pub fn tansu_bin() -> PathBuf {
-    let path = std::env::var_os("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/kstreams/tansu-0.6.0/bin/tansu")
-    });
+    let path = std::env::var_os("TANSU_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/kstreams/tansu-0.6.0/bin/tansu")
+        });
     assert!(
         path.is_file(),
         "tansu broker not found at {} (run scripts/install-broker.sh or set TANSU_BIN)",
@@ -87,16 +100,28 @@ impl Broker {
         let log = std::fs::File::create(dir.path().join("broker.log")).unwrap();
         let child = Command::new(tansu_bin())
             .current_dir(dir.path())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start tansu");
-        let broker = Broker { port, child, _dir: dir };
-        wait_until("the broker to accept connections", Duration::from_secs(20), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        let broker = Broker {
+            port,
+            child,
+            _dir: dir,
+        };
+        wait_until(
+            "the broker to accept connections",
+            Duration::from_secs(20),
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
         broker
     }
 
@@ -116,7 +141,10 @@ impl Broker {
 
     pub fn create_topic(&self, name: &str, partitions: i32) {
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let results = runtime
             .block_on(self.admin().create_topics([&topic], &AdminOptions::new()))
             .unwrap();
@@ -128,7 +156,9 @@ impl Broker {
     /// Partition count, or `None` if the topic does not exist.
     pub fn partitions(&self, topic: &str) -> Option<usize> {
         let consumer: BaseConsumer = self.client().create().unwrap();
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
         metadata
             .topics()
             .iter()
@@ -138,11 +168,20 @@ impl Broker {
 
     /// One config value of a topic, as the broker describes it.
     pub fn topic_config(&self, topic: &str, key: &str) -> Option<String> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let results = runtime
-            .block_on(self.admin().describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new()))
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
             .unwrap();
-        results.into_iter().flatten().find_map(|resource| resource.get(key).and_then(|e| e.value.clone()))
+        let results = runtime
+            .block_on(
+                self.admin()
+                    .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new()),
+            )
+            .unwrap();
+        results
+            .into_iter()
+            .flatten()
+            .find_map(|resource| resource.get(key).and_then(|e| e.value.clone()))
     }
 
     /// Produces records (idempotent, lz4) and waits until all are acknowledged.
@@ -162,7 +201,10 @@ impl Broker {
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
-                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                    Err((
+                        KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                        r,
+                    )) => {
                         producer.poll(Duration::from_millis(10));
                         record = r;
                     }
@@ -174,12 +216,20 @@ impl Broker {
     }
 
     /// Produces `key:value` style string records, partitioned by key.
-    pub fn produce_strings<'a>(&self, topic: &str, records: impl IntoIterator<Item = (&'a str, &'a str)>) {
+    pub fn produce_strings<'a>(
+        &self,
+        topic: &str,
+        records: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) {
         self.produce(
             topic,
-            records
-                .into_iter()
-                .map(|(k, v)| (Some(k.as_bytes().to_vec()), Some(v.as_bytes().to_vec()), None)),
+            records.into_iter().map(|(k, v)| {
+                (
+                    Some(k.as_bytes().to_vec()),
+                    Some(v.as_bytes().to_vec()),
+                    None,
+                )
+            }),
         )
     }
 
@@ -188,14 +238,16 @@ impl Broker {
         let consumer: BaseConsumer = self.client().create().unwrap();
         (0..self.partitions(topic).unwrap_or(0) as i32)
             .map(|p| {
-                let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .unwrap();
                 high - low
             })
             .sum()
     }
 
     /// Every record of a topic as it is now: (key, value) pairs in partition order.
-    pub fn read_all(&self, topic: &str) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+    pub fn read_all(&self, topic: &str) -> Vec<ReadRecord> {
         let consumer: BaseConsumer = self
             .client()
             .set("group.id", unique("reader"))
@@ -206,10 +258,14 @@ impl Broker {
         let mut remaining = HashMap::new();
         let mut assignment = TopicPartitionList::new();
         for p in 0..partitions {
-            let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
             if high > low {
                 remaining.insert(p, high);
-                assignment.add_partition_offset(topic, p, Offset::Offset(low)).unwrap();
+                assignment
+                    .add_partition_offset(topic, p, Offset::Offset(low))
+                    .unwrap();
             }
         }
         let mut records = Vec::new();
@@ -219,10 +275,16 @@ impl Broker {
         consumer.assign(&assignment).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         while !remaining.is_empty() {
-            assert!(Instant::now() < deadline, "reading {topic} did not reach its end: {remaining:?} left");
+            assert!(
+                Instant::now() < deadline,
+                "reading {topic} did not reach its end: {remaining:?} left"
+            );
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
                 records.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
-                if remaining.get(&m.partition()).is_some_and(|high| m.offset() + 1 >= *high) {
+                if remaining
+                    .get(&m.partition())
+                    .is_some_and(|high| m.offset() + 1 >= *high)
+                {
                     remaining.remove(&m.partition());
                 }
             }
@@ -233,12 +295,20 @@ impl Broker {
     /// The last value per key of a string topic.
     pub fn latest_values(&self, topic: &str) -> HashMap<String, String> {
         let text = |b: Option<Vec<u8>>| String::from_utf8(b.unwrap_or_default()).unwrap();
-        self.read_all(topic).into_iter().map(|(k, v)| (text(k), text(v))).collect()
+        self.read_all(topic)
+            .into_iter()
+            .map(|(k, v)| (text(k), text(v)))
+            .collect()
     }
 
     /// Waits until the last count per key on `topic` equals `expected`; returns the mismatches
     /// of the last read if it never does.
-    pub fn wait_for_counts(&self, topic: &str, expected: &HashMap<String, u64>, timeout: Duration) -> Result<(), String> {
+    pub fn wait_for_counts(
+        &self,
+        topic: &str,
+        expected: &HashMap<String, u64>,
+        timeout: Duration,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             let actual = self.latest_values(topic);
@@ -246,13 +316,22 @@ impl Broker {
                 .iter()
                 .filter(|(k, n)| actual.get(*k) != Some(&n.to_string()))
                 .map(|(k, n)| format!("{k}: expected {n}, got {:?}", actual.get(k)))
-                .chain(actual.keys().filter(|k| !expected.contains_key(*k)).map(|k| format!("{k}: unexpected key")))
+                .chain(
+                    actual
+                        .keys()
+                        .filter(|k| !expected.contains_key(*k))
+                        .map(|k| format!("{k}: unexpected key")),
+                )
                 .collect();
             if wrong.is_empty() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(format!("{} keys wrong, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]));
+                return Err(format!(
+                    "{} keys wrong, e.g. {:?}",
+                    wrong.len(),
+                    &wrong[..wrong.len().min(5)]
+                ));
             }
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -293,11 +372,26 @@ impl App {
         let child = Command::new(app_bin())
             .env_remove("KAFKA_BROKER")
             .env("RUST_LOG", "info")
-            .args(["--broker", broker, "--application-id", &options.application_id])
-            .args(["--input-topic", &options.input_topic, "--output-topic", &options.output_topic])
+            .args([
+                "--broker",
+                broker,
+                "--application-id",
+                &options.application_id,
+            ])
+            .args([
+                "--input-topic",
+                &options.input_topic,
+                "--output-topic",
+                &options.output_topic,
+            ])
             .arg("--state-dir")
             .arg(&options.state_dir)
-            .args(["--commit-interval-ms", "500", "--session-timeout-ms", "6000"])
+            .args([
+                "--commit-interval-ms",
+                "500",
+                "--session-timeout-ms",
+                "6000",
+            ])
             .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
             .args(&options.extra_args)
             .stdin(Stdio::null())
@@ -330,7 +424,9 @@ impl App {
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
         let status = response.split(' ').nth(1)?.parse().ok()?;
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())?;
         Some((status, body))
     }
 
@@ -349,18 +445,31 @@ impl App {
         let deadline = Instant::now() + timeout;
         while !self.is_ready() {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("kstreams-count exited ({status}) before ready; log:\n{}", self.log());
+                panic!(
+                    "kstreams-count exited ({status}) before ready; log:\n{}",
+                    self.log()
+                );
             }
-            assert!(Instant::now() < deadline, "not ready after {timeout:?}; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "not ready after {timeout:?}; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        self.wait_exit(timeout)
-            .unwrap_or_else(|| panic!("no exit within {timeout:?} of SIGTERM; log:\n{}", self.log()))
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.wait_exit(timeout).unwrap_or_else(|| {
+            panic!(
+                "no exit within {timeout:?} of SIGTERM; log:\n{}",
+                self.log()
+            )
+        })
     }
 
     /// Waits up to `timeout` for the process to exit.
@@ -397,13 +506,17 @@ pub fn metric_sum(text: &str, name: &str, label_filters: &[&str]) -> f64 {
         .filter_map(|line| {
             let (series, value) = line.rsplit_once(' ')?;
             let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
-            (metric == name && label_filters.iter().all(|f| labels.contains(f))).then(|| value.parse::<f64>().ok())?
+            (metric == name && label_filters.iter().all(|f| labels.contains(f)))
+                .then(|| value.parse::<f64>().ok())?
         })
         .sum()
 }
 
 /// `count` records over `keys` keys (`key-<n>`), with the expected count per key.
-pub fn word_count_input(count: usize, keys: usize) -> (Vec<(String, String)>, HashMap<String, u64>) {
+pub fn word_count_input(
+    count: usize,
+    keys: usize,
+) -> (Vec<(String, String)>, HashMap<String, u64>) {
     let mut expected: HashMap<String, u64> = HashMap::new();
     let records = (0..count)
         .map(|i| {

@@ -25,7 +25,11 @@ fn create_topics(broker: &Broker, options: &AppOptions) {
 }
 
 fn record(key: Option<&[u8]>, value: &[u8], partition: i32) -> kstreams_suite::RawRecord {
-    (key.map(<[u8]>::to_vec), Some(value.to_vec()), Some(partition))
+    (
+        key.map(<[u8]>::to_vec),
+        Some(value.to_vec()),
+        Some(partition),
+    )
 }
 
 fn expected(pairs: &[(&str, u64)]) -> HashMap<String, u64> {
@@ -39,20 +43,36 @@ fn null_keys_are_skipped_counted_and_logged_once_per_partition() {
     let options = options(&root);
     create_topics(&broker, &options);
     let mut records = vec![record(None, b"no key", 2); 5];
-    records.extend([record(Some(b"foo"), b"bar", 2), record(Some(b"foo"), b"baz", 2), record(Some(b"john"), b"doe", 1)]);
+    records.extend([
+        record(Some(b"foo"), b"bar", 2),
+        record(Some(b"foo"), b"baz", 2),
+        record(Some(b"john"), b"doe", 1),
+    ]);
     broker.produce(&options.input_topic, records);
 
     let mut app = App::spawn(&broker.address(), &options);
     broker
-        .wait_for_counts(&options.output_topic, &expected(&[("foo", 2), ("john", 1)]), TIMEOUT)
+        .wait_for_counts(
+            &options.output_topic,
+            &expected(&[("foo", 2), ("john", 1)]),
+            TIMEOUT,
+        )
         .unwrap_or_else(|e| panic!("{e}; log:\n{}", app.log()));
     wait_until("5 null-key skips in the metric", TIMEOUT, || {
         app.metric("kstreams_records_skipped_total", &[r#"reason="null_key""#]) == Some(5.0)
     });
     let log = app.log();
     let null_key_lines: Vec<&str> = log.lines().filter(|l| l.contains("null key")).collect();
-    assert_eq!(null_key_lines.len(), 1, "one log line per partition; log:\n{log}");
-    assert!(null_key_lines[0].contains("partition=2") && null_key_lines[0].contains("offset=0"), "{}", null_key_lines[0]);
+    assert_eq!(
+        null_key_lines.len(),
+        1,
+        "one log line per partition; log:\n{log}"
+    );
+    assert!(
+        null_key_lines[0].contains("partition=2") && null_key_lines[0].contains("offset=0"),
+        "{}",
+        null_key_lines[0]
+    );
     assert!(app.terminate(Duration::from_secs(30)).success());
 }
 
@@ -76,13 +96,17 @@ fn invalid_utf8_is_skipped_with_partition_and_offset_by_default() {
         .wait_for_counts(&options.output_topic, &expected(&[("hello", 2)]), TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}; log:\n{}", app.log()));
     wait_until("2 deserialization skips in the metric", TIMEOUT, || {
-        app.metric("kstreams_records_skipped_total", &[r#"reason="deserialization_error""#]) == Some(2.0)
+        app.metric(
+            "kstreams_records_skipped_total",
+            &[r#"reason="deserialization_error""#],
+        ) == Some(2.0)
     });
     let log = app.log();
     for offset in [1, 2] {
         assert!(
-            log.lines()
-                .any(|l| l.contains("cannot deserialize") && l.contains("partition=3") && l.contains(&format!("offset={offset}"))),
+            log.lines().any(|l| l.contains("cannot deserialize")
+                && l.contains("partition=3")
+                && l.contains(&format!("offset={offset}"))),
             "no log line for offset {offset}:\n{log}"
         );
     }
@@ -98,7 +122,11 @@ fn invalid_utf8_stops_the_instance_under_the_fail_policy() {
     create_topics(&broker, &options);
     broker.produce(
         &options.input_topic,
-        [record(Some(b"foo"), b"bar", 1), record(Some(b"foo"), &[0xff], 1), record(Some(b"foo"), b"after", 1)],
+        [
+            record(Some(b"foo"), b"bar", 1),
+            record(Some(b"foo"), &[0xff], 1),
+            record(Some(b"foo"), b"after", 1),
+        ],
     );
     let mut app = App::spawn(&broker.address(), &options);
     let status = app
@@ -106,17 +134,32 @@ fn invalid_utf8_stops_the_instance_under_the_fail_policy() {
         .unwrap_or_else(|| panic!("still running under the fail policy; log:\n{}", app.log()));
     assert!(!status.success());
     let log = app.log();
-    assert!(log.contains("partition 1 offset 1"), "the error names partition and offset:\n{log}");
-    assert!(log.contains("deserialization-error-policy is `fail`"), "{log}");
+    assert!(
+        log.contains("partition 1 offset 1"),
+        "the error names partition and offset:\n{log}"
+    );
+    assert!(
+        log.contains("deserialization-error-policy is `fail`"),
+        "{log}"
+    );
     // The record after the bad one was never counted.
-    assert_eq!(broker.latest_values(&options.output_topic).get("foo").map(String::as_str), Some("1"));
+    assert_eq!(
+        broker
+            .latest_values(&options.output_topic)
+            .get("foo")
+            .map(String::as_str),
+        Some("1")
+    );
 }
 
 #[test]
 fn wrong_settings_fail_at_start_up_naming_the_setting() {
     let cases: [(&[&str], &str); 4] = [
         (&["--commit-interval-ms", "0"], "commit-interval-ms"),
-        (&["--deserialization-error-policy", "skip"], "deserialization-error-policy"),
+        (
+            &["--deserialization-error-policy", "skip"],
+            "deserialization-error-policy",
+        ),
         (&["--application-id", "has space"], "application-id"),
         (&["--metrics-address", "nowhere"], "metrics-address"),
     ];
@@ -130,11 +173,20 @@ fn wrong_settings_fail_at_start_up_naming_the_setting() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args:?} accepted");
-        assert!(stderr.contains(&format!("invalid setting `{setting}`")), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid setting `{setting}`")),
+            "{args:?}: {stderr}"
+        );
     }
-    let output = Command::new(app_bin()).args(["--broker", "host:99999"]).output().unwrap();
+    let output = Command::new(app_bin())
+        .args(["--broker", "host:99999"])
+        .output()
+        .unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--broker"), "clap names the flag");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--broker"),
+        "clap names the flag"
+    );
 }
 
 #[test]
@@ -143,16 +195,29 @@ fn unreachable_broker_is_retried_with_backoff_until_it_appears() {
     let root = tempfile::tempdir().unwrap();
     let options = options(&root);
     let mut app = App::spawn(&format!("127.0.0.1:{port}"), &options);
-    wait_until("two logged retries", TIMEOUT, || app.log().matches("unreachable").count() >= 2);
-    assert!(app.is_running(), "gave up instead of retrying; log:\n{}", app.log());
+    wait_until("two logged retries", TIMEOUT, || {
+        app.log().matches("unreachable").count() >= 2
+    });
+    assert!(
+        app.is_running(),
+        "gave up instead of retrying; log:\n{}",
+        app.log()
+    );
     assert!(app.log().contains("retrying in"), "{}", app.log());
     assert!(!app.log().contains("panicked"), "{}", app.log());
 
     let broker = Broker::start_on(port);
     create_topics(&broker, &options);
-    broker.produce_strings(&options.input_topic, [("foo", "bar"), ("hello", "world"), ("foo", "baz")]);
+    broker.produce_strings(
+        &options.input_topic,
+        [("foo", "bar"), ("hello", "world"), ("foo", "baz")],
+    );
     broker
-        .wait_for_counts(&options.output_topic, &expected(&[("foo", 2), ("hello", 1)]), TIMEOUT)
+        .wait_for_counts(
+            &options.output_topic,
+            &expected(&[("foo", 2), ("hello", 1)]),
+            TIMEOUT,
+        )
         .unwrap_or_else(|e| panic!("{e}; log:\n{}", app.log()));
     assert!(app.terminate(Duration::from_secs(30)).success());
 }
@@ -170,7 +235,13 @@ fn a_state_dir_held_by_a_running_instance_is_refused() {
         .wait_exit(Duration::from_secs(30))
         .unwrap_or_else(|| panic!("second instance kept running; log:\n{}", second.log()));
     assert!(!status.success());
-    assert!(second.log().contains("is locked by another running instance"), "{}", second.log());
+    assert!(
+        second
+            .log()
+            .contains("is locked by another running instance"),
+        "{}",
+        second.log()
+    );
     assert!(first.is_running());
     assert!(first.terminate(Duration::from_secs(30)).success());
 }

@@ -73,8 +73,15 @@ fn counts_20000_records_over_500_keys_exactly() {
         .wait_for_counts(&setup.options.output_topic, &expected, COUNTS_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}; log:\n{}", app.log()));
     assert_eq!(expected.len(), 500);
-    assert_eq!(app.metric("kstreams_records_processed_total", &[]), Some(20_000.0));
-    assert!(app.terminate(Duration::from_secs(30)).success(), "{}", app.log());
+    assert_eq!(
+        app.metric("kstreams_records_processed_total", &[]),
+        Some(20_000.0)
+    );
+    assert!(
+        app.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        app.log()
+    );
 }
 
 #[test]
@@ -95,17 +102,34 @@ fn state_dir_holds_one_rocksdb_per_task_and_changelog_is_compacted() {
     assert_eq!(task_dirs, ["0_0", "0_1", "0_2", "0_3"]);
     assert!(app_dir.join(".lock").is_file());
     for task in &task_dirs {
-        let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), app_dir.join(task)).unwrap();
-        assert!(families.contains(&"count-store".to_string()), "{task}: {families:?}");
-        assert!(families.contains(&"offsets".to_string()), "{task}: {families:?}");
+        let families =
+            rocksdb::DB::list_cf(&rocksdb::Options::default(), app_dir.join(task)).unwrap();
+        assert!(
+            families.contains(&"count-store".to_string()),
+            "{task}: {families:?}"
+        );
+        assert!(
+            families.contains(&"offsets".to_string()),
+            "{task}: {families:?}"
+        );
     }
     let changelog = changelog(&setup.options);
-    assert_eq!(setup.broker.partitions(&changelog), Some(PARTITIONS as usize));
-    assert_eq!(setup.broker.topic_config(&changelog, "cleanup.policy").as_deref(), Some("compact"));
+    assert_eq!(
+        setup.broker.partitions(&changelog),
+        Some(PARTITIONS as usize)
+    );
+    assert_eq!(
+        setup
+            .broker
+            .topic_config(&changelog, "cleanup.policy")
+            .as_deref(),
+        Some("compact")
+    );
 }
 
 fn total_restored(app: &App) -> f64 {
-    app.metric("kstreams_restore_records_total", &[]).expect("metrics endpoint answers")
+    app.metric("kstreams_restore_records_total", &[])
+        .expect("metrics endpoint answers")
 }
 
 #[test]
@@ -115,7 +139,10 @@ fn clean_restart_restores_only_the_tail_and_keeps_counting() {
     produce(&setup.broker, &setup.options.input_topic, &first);
     run_until_counted(&setup, &expected);
     let changelog_records = setup.broker.record_count(&changelog(&setup.options));
-    assert!(changelog_records >= 10_000, "changelog has {changelog_records} records");
+    assert!(
+        changelog_records >= 10_000,
+        "changelog has {changelog_records} records"
+    );
 
     let mut app = App::spawn(&setup.broker.address(), &setup.options);
     app.wait_ready(READY_TIMEOUT);
@@ -132,7 +159,11 @@ fn clean_restart_restores_only_the_tail_and_keeps_counting() {
         .broker
         .wait_for_counts(&setup.options.output_topic, &expected, COUNTS_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}; log:\n{}", app.log()));
-    assert!(app.terminate(Duration::from_secs(30)).success(), "{}", app.log());
+    assert!(
+        app.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        app.log()
+    );
 }
 
 #[test]
@@ -161,5 +192,9 @@ fn restart_on_empty_state_dir_restores_everything_and_keeps_counting() {
         .broker
         .wait_for_counts(&setup.options.output_topic, &expected, COUNTS_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}; log:\n{}", app.log()));
-    assert!(app.terminate(Duration::from_secs(30)).success(), "{}", app.log());
+    assert!(
+        app.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        app.log()
+    );
 }

@@ -76,14 +76,23 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
             continue;
         }
         let Some((key, value)) = line.split_once(&args.separator) else {
-            eprintln!("line {}: no `{}` separator, skipped: {line:?}", index + 1, args.separator);
+            eprintln!(
+                "line {}: no `{}` separator, skipped: {line:?}",
+                index + 1,
+                args.separator
+            );
             continue;
         };
-        let mut record = BaseRecord::<str, str>::to(&args.topic).key(key).payload(value);
+        let mut record = BaseRecord::<str, str>::to(&args.topic)
+            .key(key)
+            .payload(value);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
-                Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                    returned,
+                )) => {
                     std::thread::sleep(Duration::from_millis(10));
                     record = returned;
                 }
@@ -92,7 +101,9 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         }
         produced += 1;
     }
-    producer.flush(Duration::from_secs(60)).context("flush producer")?;
+    producer
+        .flush(Duration::from_secs(60))
+        .context("flush producer")?;
     eprintln!("produced {produced} records to {}", args.topic);
     Ok(())
 }
@@ -115,7 +126,11 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         .filter(|n| *n > 0)
         .with_context(|| format!("topic `{}` does not exist", args.topic))?;
     let mut assignment = TopicPartitionList::new();
-    let start = if args.from_beginning { Offset::Beginning } else { Offset::End };
+    let start = if args.from_beginning {
+        Offset::Beginning
+    } else {
+        Offset::End
+    };
     for partition in 0..partitions as i32 {
         assignment.add_partition_offset(&args.topic, partition, start)?;
     }
@@ -134,7 +149,11 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         }
         match tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(100))) {
             Some(Ok(message)) => {
-                let text = |bytes: Option<&[u8]>| bytes.map_or("null".to_string(), |b| String::from_utf8_lossy(b).into_owned());
+                let text = |bytes: Option<&[u8]>| {
+                    bytes.map_or("null".to_string(), |b| {
+                        String::from_utf8_lossy(b).into_owned()
+                    })
+                };
                 writeln!(out, "{} {}", text(message.key()), text(message.payload()))?;
                 printed += 1;
                 last_record = Instant::now();
@@ -152,15 +171,25 @@ pub async fn create_topic(args: CreateTopicArgs) -> anyhow::Result<()> {
         .set("bootstrap.servers", &args.broker)
         .create()
         .context("create admin client")?;
-    let mut topic = NewTopic::new(&args.name, args.partitions, TopicReplication::Fixed(args.replication_factor));
+    let mut topic = NewTopic::new(
+        &args.name,
+        args.partitions,
+        TopicReplication::Fixed(args.replication_factor),
+    );
     if args.compact {
         topic = topic.set("cleanup.policy", "compact");
     }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics([&topic], &options).await.context("create topic")? {
+    for result in admin
+        .create_topics([&topic], &options)
+        .await
+        .context("create topic")?
+    {
         match result {
             Ok(name) => eprintln!("created topic {name} ({} partitions)", args.partitions),
-            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => eprintln!("topic {name} already exists"),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                eprintln!("topic {name} already exists")
+            }
             Err((name, code)) => bail!("create topic `{name}`: {code}"),
         }
     }

@@ -15,11 +15,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use kstreams_engine::{DeserializationErrorPolicy, KafkaStreams, StreamsBuilder, StreamsConfig, StringSerde};
+use kstreams_engine::{
+    DeserializationErrorPolicy, KafkaStreams, StreamsBuilder, StreamsConfig, StringSerde,
+};
 use tracing::{error, info};
 
 #[derive(Parser, Debug)]
-#[command(name = "kstreams-count", version, about = "Counts records per key, like the Kafka Streams word count", args_conflicts_with_subcommands = true)]
+#[command(
+    name = "kstreams-count",
+    version,
+    about = "Counts records per key, like the Kafka Streams word count",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -71,10 +78,19 @@ struct RunArgs {
     #[arg(long, env = "GROUP_INSTANCE_ID")]
     group_instance_id: Option<String>,
     /// What to do with a record whose key or value is not valid UTF-8: log-and-continue or fail.
-    #[arg(long, env = "DESERIALIZATION_ERROR_POLICY", default_value = "log-and-continue")]
+    #[arg(
+        long,
+        env = "DESERIALIZATION_ERROR_POLICY",
+        default_value = "log-and-continue"
+    )]
     deserialization_error_policy: String,
     /// Replication factor of the changelog topics the engine creates (-1: broker default).
-    #[arg(long, env = "REPLICATION_FACTOR", default_value_t = 1, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        env = "REPLICATION_FACTOR",
+        default_value_t = 1,
+        allow_negative_numbers = true
+    )]
     replication_factor: i32,
     /// Address of /metrics, /health/live and /health/ready; "off" disables it.
     #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:9102")]
@@ -93,7 +109,9 @@ impl RunArgs {
         config.state_dir = self.state_dir.clone();
         config.commit_interval = Duration::from_millis(self.commit_interval_ms);
         config.group_instance_id = self.group_instance_id.clone();
-        config.deserialization_error_policy = self.deserialization_error_policy.parse::<DeserializationErrorPolicy>()?;
+        config.deserialization_error_policy = self
+            .deserialization_error_policy
+            .parse::<DeserializationErrorPolicy>()?;
         config.replication_factor = self.replication_factor;
         config.metrics_address = match self.metrics_address.as_str() {
             "off" => None,
@@ -146,7 +164,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -155,7 +174,9 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

@@ -42,7 +42,11 @@ impl AssignmentChange {
 }
 
 fn sorted_unique<'a>(partitions: impl Iterator<Item = &'a i32>) -> Vec<i32> {
-    partitions.copied().collect::<BTreeSet<_>>().into_iter().collect()
+    partitions
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]
@@ -55,21 +59,42 @@ mod tests {
 
     #[test]
     fn assigned_starts_only_new_partitions() {
-        let change = AssignmentChange::plan(&owned(&[0, 1]), &AssignmentEvent::Assigned(vec![3, 1, 2, 3]));
-        assert_eq!(change, AssignmentChange { start: vec![2, 3], stop: vec![] });
+        let change = AssignmentChange::plan(
+            &owned(&[0, 1]),
+            &AssignmentEvent::Assigned(vec![3, 1, 2, 3]),
+        );
+        assert_eq!(
+            change,
+            AssignmentChange {
+                start: vec![2, 3],
+                stop: vec![]
+            }
+        );
     }
 
     #[test]
     fn revoked_and_lost_stop_only_owned_partitions() {
-        for event in [AssignmentEvent::Revoked(vec![2, 5, 0]), AssignmentEvent::Lost(vec![2, 5, 0])] {
+        for event in [
+            AssignmentEvent::Revoked(vec![2, 5, 0]),
+            AssignmentEvent::Lost(vec![2, 5, 0]),
+        ] {
             let change = AssignmentChange::plan(&owned(&[0, 1, 2]), &event);
-            assert_eq!(change, AssignmentChange { start: vec![], stop: vec![0, 2] });
+            assert_eq!(
+                change,
+                AssignmentChange {
+                    start: vec![],
+                    stop: vec![0, 2]
+                }
+            );
         }
     }
 
     #[test]
     fn repeated_or_foreign_events_change_nothing() {
-        assert!(AssignmentChange::plan(&owned(&[0, 1]), &AssignmentEvent::Assigned(vec![0, 1])).is_empty());
+        assert!(
+            AssignmentChange::plan(&owned(&[0, 1]), &AssignmentEvent::Assigned(vec![0, 1]))
+                .is_empty()
+        );
         assert!(AssignmentChange::plan(&owned(&[]), &AssignmentEvent::Revoked(vec![0])).is_empty());
         assert!(AssignmentChange::plan(&owned(&[1]), &AssignmentEvent::Lost(vec![])).is_empty());
     }

@@ -112,7 +112,10 @@ impl StreamsConfig {
             return invalid("application-id", "must be at most 200 characters".into());
         }
         if self.bootstrap_servers.trim().is_empty() {
-            return invalid("broker", "no bootstrap server given (set KAFKA_BROKER or --broker)".into());
+            return invalid(
+                "broker",
+                "no bootstrap server given (set KAFKA_BROKER or --broker)".into(),
+            );
         }
         for server in self.bootstrap_servers.split(',') {
             parse_host_port(server.trim()).map_err(|reason| EngineError::InvalidConfig {
@@ -129,7 +132,10 @@ impl StreamsConfig {
         if self.replication_factor == 0 || self.replication_factor < -1 {
             return invalid(
                 "replication-factor",
-                format!("{} is neither -1 (broker default) nor positive", self.replication_factor),
+                format!(
+                    "{} is neither -1 (broker default) nor positive",
+                    self.replication_factor
+                ),
             );
         }
         if let Some(id) = &self.group_instance_id {
@@ -176,7 +182,9 @@ fn parse_host_port(server: &str) -> std::result::Result<(&str, Option<u16>), Str
         return Err("empty broker address".into());
     }
     if server.contains("://") {
-        return Err(format!("`{server}`: give host or host:port, without a scheme"));
+        return Err(format!(
+            "`{server}`: give host or host:port, without a scheme"
+        ));
     }
     match server.rsplit_once(':') {
         None => Ok((server, None)),
@@ -210,9 +218,15 @@ mod tests {
         let c = valid();
         c.validate().unwrap();
         assert_eq!(c.commit_interval, Duration::from_secs(30));
-        assert_eq!(c.deserialization_error_policy, DeserializationErrorPolicy::LogAndContinue);
+        assert_eq!(
+            c.deserialization_error_policy,
+            DeserializationErrorPolicy::LogAndContinue
+        );
         assert_eq!(c.group_id(), "counts-app");
-        assert_eq!(c.changelog_topic("count-store"), "counts-app-count-store-changelog");
+        assert_eq!(
+            c.changelog_topic("count-store"),
+            "counts-app-count-store-changelog"
+        );
     }
 
     #[test]
@@ -242,7 +256,10 @@ mod tests {
     #[test]
     fn broker_gets_default_port() {
         assert_eq!(normalize_bootstrap_servers("kafka").unwrap(), "kafka:9092");
-        assert_eq!(normalize_bootstrap_servers("kafka:19092").unwrap(), "kafka:19092");
+        assert_eq!(
+            normalize_bootstrap_servers("kafka:19092").unwrap(),
+            "kafka:19092"
+        );
         assert_eq!(normalize_bootstrap_servers("a, b:1").unwrap(), "a:9092,b:1");
         assert!(normalize_bootstrap_servers("").is_err());
         assert!(normalize_bootstrap_servers("a:0").is_err());
@@ -252,9 +269,14 @@ mod tests {
 
     #[test]
     fn policy_parses_documented_names_only() {
-        assert_eq!("fail".parse::<DeserializationErrorPolicy>().unwrap(), DeserializationErrorPolicy::Fail);
         assert_eq!(
-            "log-and-continue".parse::<DeserializationErrorPolicy>().unwrap(),
+            "fail".parse::<DeserializationErrorPolicy>().unwrap(),
+            DeserializationErrorPolicy::Fail
+        );
+        assert_eq!(
+            "log-and-continue"
+                .parse::<DeserializationErrorPolicy>()
+                .unwrap(),
             DeserializationErrorPolicy::LogAndContinue
         );
         assert!("skip".parse::<DeserializationErrorPolicy>().is_err());

@@ -6,7 +6,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::error::{EngineError, Result};
-use crate::processor::{InputRecord, Processor, ProcessorContext, ProcessorFactory, RecordError, StoreId};
+use crate::processor::{
+    InputRecord, Processor, ProcessorContext, ProcessorFactory, RecordError, StoreId,
+};
 use crate::serde::{I64Serde, Serde};
 
 /// What the engine runs: one source topic, the stores its tasks own, and a processor factory.
@@ -38,14 +40,20 @@ impl Topology {
 
     fn validate(&self) -> Result<()> {
         if self.source_topic.is_empty() {
-            return Err(EngineError::Topology("the source topic name is empty".into()));
+            return Err(EngineError::Topology(
+                "the source topic name is empty".into(),
+            ));
         }
         for (i, store) in self.stores.iter().enumerate() {
             if store.is_empty() || store == crate::task_store::OFFSETS_CF || store == "default" {
-                return Err(EngineError::Topology(format!("`{store}` cannot name a store")));
+                return Err(EngineError::Topology(format!(
+                    "`{store}` cannot name a store"
+                )));
             }
             if self.stores[..i].contains(store) {
-                return Err(EngineError::Topology(format!("store `{store}` is added twice")));
+                return Err(EngineError::Topology(format!(
+                    "store `{store}` is added twice"
+                )));
             }
         }
         Ok(())
@@ -105,7 +113,9 @@ impl StreamsBuilder {
     ) -> KStream<K, V> {
         let mut state = self.state.borrow_mut();
         if state.source_topic.replace(topic.to_string()).is_some() {
-            state.errors.push("only one source stream per topology is supported".into());
+            state
+                .errors
+                .push("only one source stream per topology is supported".into());
         }
         let key_serde: Arc<dyn Serde<K>> = Arc::new(key_serde);
         let value_serde: Arc<dyn Serde<V>> = Arc::new(value_serde);
@@ -136,7 +146,12 @@ impl StreamsBuilder {
         let (sink_topic, processor_factory) = state
             .sink
             .ok_or_else(|| EngineError::Topology("no sink; call to() on a stream".into()))?;
-        Topology::from_processor(source_topic, state.stores, vec![sink_topic], processor_factory)
+        Topology::from_processor(
+            source_topic,
+            state.stores,
+            vec![sink_topic],
+            processor_factory,
+        )
     }
 }
 
@@ -149,17 +164,26 @@ struct SourceProcessor<K, V> {
 }
 
 impl<K: 'static, V: 'static> Processor for SourceProcessor<K, V> {
-    fn process(&mut self, record: &InputRecord, ctx: &mut ProcessorContext<'_>) -> Result<(), RecordError> {
+    fn process(
+        &mut self,
+        record: &InputRecord,
+        ctx: &mut ProcessorContext<'_>,
+    ) -> Result<(), RecordError> {
         let key_bytes = record.key.as_deref().ok_or(RecordError::NullKey)?;
         let value_bytes = record.value.as_deref().ok_or(RecordError::NullValue)?;
-        let key = self
-            .key_serde
-            .deserialize(key_bytes)
-            .map_err(|e| RecordError::Deserialization { part: "key", reason: e.0 })?;
-        let value = self
-            .value_serde
-            .deserialize(value_bytes)
-            .map_err(|e| RecordError::Deserialization { part: "value", reason: e.0 })?;
+        let key =
+            self.key_serde
+                .deserialize(key_bytes)
+                .map_err(|e| RecordError::Deserialization {
+                    part: "key",
+                    reason: e.0,
+                })?;
+        let value = self.value_serde.deserialize(value_bytes).map_err(|e| {
+            RecordError::Deserialization {
+                part: "value",
+                reason: e.0,
+            }
+        })?;
         (self.downstream)(key, value, ctx)
     }
 }
@@ -173,12 +197,17 @@ pub struct KStream<K, V> {
 
 impl<K: 'static, V: 'static> KStream<K, V> {
     /// Transforms each value, keeping the key.
-    pub fn map_values<V2: 'static>(self, f: impl Fn(V) -> V2 + Send + Sync + 'static) -> KStream<K, V2> {
+    pub fn map_values<V2: 'static>(
+        self,
+        f: impl Fn(V) -> V2 + Send + Sync + 'static,
+    ) -> KStream<K, V2> {
         let f = Arc::new(f);
         let upstream = self.wire;
         let wire: Wire<K, V2> = Arc::new(move |mut downstream: Emit<K, V2>| {
             let f = f.clone();
-            upstream(Box::new(move |k: K, v: V, ctx: &mut ProcessorContext<'_>| downstream(k, f(v), ctx)))
+            upstream(Box::new(
+                move |k: K, v: V, ctx: &mut ProcessorContext<'_>| downstream(k, f(v), ctx),
+            ))
         });
         KStream {
             builder: self.builder,
@@ -200,14 +229,19 @@ impl<K: 'static, V: 'static> KStream<K, V> {
         let wire = self.wire;
         let sink_topic = topic.clone();
         let factory: ProcessorFactory = Arc::new(move || {
-            let (topic, key_serde, value_serde) = (topic.clone(), key_serde.clone(), value_serde.clone());
-            wire(Box::new(move |k: K, v: V, ctx: &mut ProcessorContext<'_>| {
-                ctx.forward(&topic, &key_serde.serialize(&k), &value_serde.serialize(&v))
-            }))
+            let (topic, key_serde, value_serde) =
+                (topic.clone(), key_serde.clone(), value_serde.clone());
+            wire(Box::new(
+                move |k: K, v: V, ctx: &mut ProcessorContext<'_>| {
+                    ctx.forward(&topic, &key_serde.serialize(&k), &value_serde.serialize(&v))
+                },
+            ))
         });
         let mut state = self.builder.borrow_mut();
         if state.sink.replace((sink_topic, factory)).is_some() {
-            state.errors.push("only one sink per topology is supported".into());
+            state
+                .errors
+                .push("only one sink per topology is supported".into());
         }
     }
 }
@@ -229,18 +263,20 @@ impl<K: 'static, V: 'static> KGroupedStream<K, V> {
         let key_serde = self.stream.key_serde.clone();
         let wire: Wire<K, i64> = Arc::new(move |mut downstream: Emit<K, i64>| {
             let key_serde = key_serde.clone();
-            upstream(Box::new(move |key: K, _value: V, ctx: &mut ProcessorContext<'_>| {
-                let key_bytes = key_serde.serialize(&key);
-                let previous = match ctx.get(store, &key_bytes)? {
-                    Some(bytes) => I64Serde
-                        .deserialize(&bytes)
-                        .map_err(|e| RecordError::Failed(format!("corrupt count in store: {e}")))?,
-                    None => 0,
-                };
-                let count = previous + 1;
-                ctx.put(store, &key_bytes, &I64Serde.serialize(&count))?;
-                downstream(key, count, ctx)
-            }))
+            upstream(Box::new(
+                move |key: K, _value: V, ctx: &mut ProcessorContext<'_>| {
+                    let key_bytes = key_serde.serialize(&key);
+                    let previous = match ctx.get(store, &key_bytes)? {
+                        Some(bytes) => I64Serde.deserialize(&bytes).map_err(|e| {
+                            RecordError::Failed(format!("corrupt count in store: {e}"))
+                        })?,
+                        None => 0,
+                    };
+                    let count = previous + 1;
+                    ctx.put(store, &key_bytes, &I64Serde.serialize(&count))?;
+                    downstream(key, count, ctx)
+                },
+            ))
         });
         KTable {
             stream: KStream {
@@ -280,7 +316,10 @@ mod tests {
             .map_values(|n| n.to_string())
             .to("counts-topic", StringSerde, StringSerde);
         let topology = builder.build().unwrap();
-        assert_eq!(topology.describe(), "input-topic -> [count-store] -> counts-topic");
+        assert_eq!(
+            topology.describe(),
+            "input-topic -> [count-store] -> counts-topic"
+        );
         assert_eq!(topology.stores(), ["count-store"]);
     }
 
@@ -292,7 +331,9 @@ mod tests {
 
         let builder = StreamsBuilder::new();
         let _ = builder.stream::<String, String>("a", StringSerde, StringSerde);
-        builder.stream("b", StringSerde, StringSerde).to("c", StringSerde, StringSerde);
+        builder
+            .stream("b", StringSerde, StringSerde)
+            .to("c", StringSerde, StringSerde);
         assert!(matches!(builder.build(), Err(EngineError::Topology(_))));
     }
 }

@@ -10,7 +10,10 @@ use crate::task_id::TaskId;
 pub enum EngineError {
     /// A setting is missing or has a value the engine cannot use.
     #[error("invalid setting `{setting}`: {reason}")]
-    InvalidConfig { setting: &'static str, reason: String },
+    InvalidConfig {
+        setting: &'static str,
+        reason: String,
+    },
 
     /// Another process holds the lock on this application's state directory.
     #[error(
@@ -81,7 +84,9 @@ pub enum EngineError {
     },
 
     /// A processor returned an error it did not want skipped.
-    #[error("task {task}: processing record at partition {partition} offset {offset} failed: {reason}")]
+    #[error(
+        "task {task}: processing record at partition {partition} offset {offset} failed: {reason}"
+    )]
     Processing {
         task: TaskId,
         partition: i32,
@@ -114,7 +119,9 @@ pub enum EngineError {
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
 impl EngineError {
-    pub(crate) fn kafka(operation: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
+    pub(crate) fn kafka(
+        operation: &'static str,
+    ) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
         move |source| EngineError::Kafka { operation, source }
     }
 

@@ -23,7 +23,9 @@ fn admin(config: &StreamsConfig) -> Result<AdminClient<DefaultClientContext>> {
     for (key, value) in &config.client_overrides {
         client.set(key, value);
     }
-    client.create().map_err(EngineError::kafka("create admin client"))
+    client
+        .create()
+        .map_err(EngineError::kafka("create admin client"))
 }
 
 /// Partition count of `topic`: `Ok(None)` if the broker answered that it does not exist.
@@ -31,7 +33,9 @@ async fn partition_count(
     admin: &AdminClient<DefaultClientContext>,
     topic: &str,
 ) -> std::result::Result<Option<usize>, rdkafka::error::KafkaError> {
-    let metadata = tokio::task::block_in_place(|| admin.inner().fetch_metadata(Some(topic), METADATA_TIMEOUT))?;
+    let metadata = tokio::task::block_in_place(|| {
+        admin.inner().fetch_metadata(Some(topic), METADATA_TIMEOUT)
+    })?;
     Ok(metadata
         .topics()
         .iter()
@@ -66,7 +70,12 @@ pub async fn wait_for_source_topic(config: &StreamsConfig, topic: &str) -> Resul
 
 /// Creates each store's changelog topic (compacted, `partitions` partitions) if missing, and
 /// fails if an existing one has a different partition count.
-pub async fn ensure_changelog_topics(config: &StreamsConfig, source_topic: &str, stores: &[String], partitions: usize) -> Result<()> {
+pub async fn ensure_changelog_topics(
+    config: &StreamsConfig,
+    source_topic: &str,
+    stores: &[String],
+    partitions: usize,
+) -> Result<()> {
     let admin = admin(config)?;
     for store in stores {
         let topic = config.changelog_topic(store);
@@ -84,10 +93,17 @@ pub async fn ensure_changelog_topics(config: &StreamsConfig, source_topic: &str,
             }
             Some(_) => info!("changelog topic `{topic}` exists with {partitions} partitions"),
             None => {
-                let new_topic = NewTopic::new(&topic, partitions as i32, TopicReplication::Fixed(config.replication_factor))
-                    .set("cleanup.policy", "compact");
+                let new_topic = NewTopic::new(
+                    &topic,
+                    partitions as i32,
+                    TopicReplication::Fixed(config.replication_factor),
+                )
+                .set("cleanup.policy", "compact");
                 let results = admin
-                    .create_topics([&new_topic], &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)))
+                    .create_topics(
+                        [&new_topic],
+                        &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)),
+                    )
                     .await
                     .map_err(EngineError::kafka("create changelog topic"))?;
                 for result in results {

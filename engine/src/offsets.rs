@@ -60,7 +60,10 @@ mod tests {
     #[test]
     fn offsets_round_trip_and_reject_garbage() {
         assert_eq!(decode_offset(&encode_offset(0)), Some(0));
-        assert_eq!(decode_offset(&encode_offset(123_456_789)), Some(123_456_789));
+        assert_eq!(
+            decode_offset(&encode_offset(123_456_789)),
+            Some(123_456_789)
+        );
         assert_eq!(decode_offset(&encode_offset(-1)), None);
         assert_eq!(decode_offset(b"1234567"), None);
         assert_eq!(decode_offset(b""), None);

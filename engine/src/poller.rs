@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
+use ractor::ActorRef;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use ractor::ActorRef;
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
@@ -40,7 +40,9 @@ impl Poller {
             let batches = self.poll_round();
             if !batches.is_empty() {
                 self.runtime
-                    .block_on(ask(&self.supervisor, "supervisor", |reply| SupervisorMsg::Process(batches, reply)))??;
+                    .block_on(ask(&self.supervisor, "supervisor", |reply| {
+                        SupervisorMsg::Process(batches, reply)
+                    }))??;
             }
             if last_commit.elapsed() >= self.commit_interval {
                 self.commit()?;
@@ -76,13 +78,16 @@ impl Poller {
         for _ in 0..MAX_RECORDS_PER_ROUND {
             match self.consumer.poll(timeout) {
                 Some(Ok(message)) => {
-                    batches.entry(message.partition()).or_default().push(InputRecord {
-                        partition: message.partition(),
-                        offset: message.offset(),
-                        timestamp: message.timestamp().to_millis(),
-                        key: message.key().map(<[u8]>::to_vec),
-                        value: message.payload().map(<[u8]>::to_vec),
-                    });
+                    batches
+                        .entry(message.partition())
+                        .or_default()
+                        .push(InputRecord {
+                            partition: message.partition(),
+                            offset: message.offset(),
+                            timestamp: message.timestamp().to_millis(),
+                            key: message.key().map(<[u8]>::to_vec),
+                            value: message.payload().map(<[u8]>::to_vec),
+                        });
                     timeout = Duration::ZERO;
                 }
                 Some(Err(e)) => {
@@ -96,9 +101,11 @@ impl Poller {
     }
 
     fn commit(&self) -> Result<()> {
-        let offsets = self
-            .runtime
-            .block_on(ask(&self.supervisor, "supervisor", SupervisorMsg::CommitAll))??;
+        let offsets = self.runtime.block_on(ask(
+            &self.supervisor,
+            "supervisor",
+            SupervisorMsg::CommitAll,
+        ))??;
         if offsets.is_empty() {
             return Ok(());
         }

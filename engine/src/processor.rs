@@ -49,7 +49,11 @@ pub struct StoreId(pub usize);
 
 /// Handles one record at a time for one task. One instance exists per task.
 pub trait Processor: Send + 'static {
-    fn process(&mut self, record: &InputRecord, ctx: &mut ProcessorContext<'_>) -> Result<(), RecordError>;
+    fn process(
+        &mut self,
+        record: &InputRecord,
+        ctx: &mut ProcessorContext<'_>,
+    ) -> Result<(), RecordError>;
 }
 
 /// Makes a fresh processor for each task.
@@ -78,7 +82,9 @@ impl ProcessorContext<'_> {
 
     /// Reads a key from a store.
     pub fn get(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>, RecordError> {
-        self.store.get(store, key).map_err(|e| RecordError::Failed(e.to_string()))
+        self.store
+            .get(store, key)
+            .map_err(|e| RecordError::Failed(e.to_string()))
     }
 
     /// Writes a key to a store and its changelog.

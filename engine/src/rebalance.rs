@@ -1,9 +1,9 @@
 //! The consumer's rebalance listener: turns librdkafka's callbacks into Assigned / Revoked /
 //! Lost events for the supervisor, and blocks each callback until the supervisor is done.
 
+use ractor::ActorRef;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use ractor::ActorRef;
 use tokio::runtime::Handle;
 use tracing::{error, warn};
 
@@ -37,7 +37,9 @@ impl RebalanceListener {
     fn tell_supervisor(&self, event: AssignmentEvent) -> Option<CommitOffsets> {
         let result = self
             .runtime
-            .block_on(ask(&self.supervisor, "supervisor", |reply| SupervisorMsg::Rebalance(event, reply)));
+            .block_on(ask(&self.supervisor, "supervisor", |reply| {
+                SupervisorMsg::Rebalance(event, reply)
+            }));
         match result {
             Ok(Ok(offsets)) => Some(offsets),
             Ok(Err(e)) | Err(e) => {
@@ -48,12 +50,19 @@ impl RebalanceListener {
     }
 
     /// A list of `(source_topic, partition)` entries, optionally at offsets.
-    pub(crate) fn partition_list(&self, partitions: impl IntoIterator<Item = (i32, Option<i64>)>) -> TopicPartitionList {
+    pub(crate) fn partition_list(
+        &self,
+        partitions: impl IntoIterator<Item = (i32, Option<i64>)>,
+    ) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         for (partition, offset) in partitions {
             match offset {
                 Some(offset) => {
-                    let _ = tpl.add_partition_offset(&self.source_topic, partition, Offset::Offset(offset));
+                    let _ = tpl.add_partition_offset(
+                        &self.source_topic,
+                        partition,
+                        Offset::Offset(offset),
+                    );
                 }
                 None => {
                     tpl.add_partition(&self.source_topic, partition);
@@ -72,7 +81,9 @@ impl ConsumerContext for RebalanceListener {
                 self.tell_supervisor(AssignmentEvent::Lost(partitions));
                 return;
             }
-            let offsets = self.tell_supervisor(AssignmentEvent::Revoked(partitions)).unwrap_or_default();
+            let offsets = self
+                .tell_supervisor(AssignmentEvent::Revoked(partitions))
+                .unwrap_or_default();
             if !offsets.is_empty() {
                 let tpl = self.partition_list(offsets.into_iter().map(|(p, o)| (p, Some(o))));
                 if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {

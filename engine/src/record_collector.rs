@@ -70,12 +70,20 @@ impl RecordCollector {
     pub fn new(task: TaskId, config: &StreamsConfig, store_names: &[String]) -> Result<Self> {
         let tracker = DeliveryTracker {
             deliveries: Arc::default(),
-            changelog_topics: Arc::new(store_names.iter().map(|s| config.changelog_topic(s)).collect()),
+            changelog_topics: Arc::new(
+                store_names
+                    .iter()
+                    .map(|s| config.changelog_topic(s))
+                    .collect(),
+            ),
         };
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &config.bootstrap_servers)
-            .set("client.id", format!("{}-{task}-producer", config.application_id))
+            .set(
+                "client.id",
+                format!("{}-{task}-producer", config.application_id),
+            )
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
@@ -152,7 +160,11 @@ impl RecordCollector {
     /// Waits until every record sent so far is acknowledged, or reports the first failure.
     pub fn flush(&mut self, timeout: Duration) -> Result<()> {
         let flushed = self.producer.flush(timeout);
-        let deliveries = self.tracker.deliveries.lock().expect("delivery lock poisoned");
+        let deliveries = self
+            .tracker
+            .deliveries
+            .lock()
+            .expect("delivery lock poisoned");
         if let Some(reason) = &deliveries.first_error {
             return Err(EngineError::Produce {
                 task: self.task,
@@ -165,7 +177,11 @@ impl RecordCollector {
 
     /// One past the highest acknowledged offset of a store's changelog, if anything was sent.
     pub fn changelog_next(&self, store: StoreId) -> Option<i64> {
-        let deliveries = self.tracker.deliveries.lock().expect("delivery lock poisoned");
+        let deliveries = self
+            .tracker
+            .deliveries
+            .lock()
+            .expect("delivery lock poisoned");
         deliveries
             .changelog_next
             .get(&self.tracker.changelog_topics[store.0])

@@ -40,7 +40,10 @@ pub fn restore_task(
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &config.bootstrap_servers)
         .set("group.id", format!("{}-restore", config.application_id))
-        .set("client.id", format!("{}-{task}-restore", config.application_id))
+        .set(
+            "client.id",
+            format!("{}-{task}-restore", config.application_id),
+        )
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
@@ -71,12 +74,17 @@ pub fn restore_task(
         }
         let total = (high - start) as u64;
         info!(%task, store = %name, "restoring {total} changelog records from {topic} offsets {start}..{high}");
-        metrics.restore_remaining.with_label_values(&labels).set(total as i64);
+        metrics
+            .restore_remaining
+            .with_label_values(&labels)
+            .set(total as i64);
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(&topic, task.partition, Offset::Offset(start))
             .map_err(EngineError::kafka("assign changelog"))?;
-        consumer.assign(&assignment).map_err(EngineError::kafka("assign changelog"))?;
+        consumer
+            .assign(&assignment)
+            .map_err(EngineError::kafka("assign changelog"))?;
 
         let started = Instant::now();
         let mut last_report = Instant::now();
@@ -103,7 +111,9 @@ pub fn restore_task(
                     // last offsets from view, so the high watermark may never be reached.
                     position = high;
                 }
-                Some(Err(error)) => warn!(%task, changelog = %topic, "restore consumer: {error}; retrying"),
+                Some(Err(error)) => {
+                    warn!(%task, changelog = %topic, "restore consumer: {error}; retrying")
+                }
                 None => {}
             }
             if batch.len() >= BATCH || (position >= high && !batch.is_empty()) {
@@ -116,7 +126,10 @@ pub fn restore_task(
                 batch.clear();
             }
             let remaining = (high - position).max(0);
-            metrics.restore_remaining.with_label_values(&labels).set(remaining);
+            metrics
+                .restore_remaining
+                .with_label_values(&labels)
+                .set(remaining);
             if last_report.elapsed() >= PROGRESS_EVERY {
                 last_report = Instant::now();
                 info!(%task, store = %name, "restore progress {} / {total}", total - remaining as u64);

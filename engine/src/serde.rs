@@ -51,8 +51,15 @@ mod tests {
     #[test]
     fn string_round_trips_and_rejects_invalid_utf8() {
         let s = StringSerde;
-        assert_eq!(s.deserialize(&s.serialize(&"héllo".to_string())).unwrap(), "héllo");
-        assert!(s.deserialize(&[0xff, 0xfe]).unwrap_err().0.contains("UTF-8"));
+        assert_eq!(
+            s.deserialize(&s.serialize(&"héllo".to_string())).unwrap(),
+            "héllo"
+        );
+        assert!(s
+            .deserialize(&[0xff, 0xfe])
+            .unwrap_err()
+            .0
+            .contains("UTF-8"));
     }
 
     #[test]

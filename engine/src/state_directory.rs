@@ -32,8 +32,13 @@ impl StateDirectory {
             .open(&lock_path)
             .map_err(io_error)?;
         match lock.try_lock() {
-            Ok(()) => Ok(Self { app_dir, _lock: lock }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(EngineError::StateDirLocked { path: app_dir }),
+            Ok(()) => Ok(Self {
+                app_dir,
+                _lock: lock,
+            }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(EngineError::StateDirLocked { path: app_dir })
+            }
             Err(std::fs::TryLockError::Error(source)) => Err(io_error(source)),
         }
     }
@@ -89,7 +94,13 @@ mod tests {
             fs::create_dir(dir.app_dir().join(name)).unwrap();
         }
         fs::write(dir.app_dir().join("0_9"), b"a file, not a task dir").unwrap();
-        assert_eq!(dir.existing_tasks().unwrap(), vec![TaskId::new(0, 0), TaskId::new(0, 1), TaskId::new(1, 2)]);
-        assert_eq!(dir.task_dir(TaskId::new(0, 3)), root.path().join("app").join("0_3"));
+        assert_eq!(
+            dir.existing_tasks().unwrap(),
+            vec![TaskId::new(0, 0), TaskId::new(0, 1), TaskId::new(1, 2)]
+        );
+        assert_eq!(
+            dir.task_dir(TaskId::new(0, 3)),
+            root.path().join("app").join("0_3")
+        );
     }
 }

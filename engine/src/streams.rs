@@ -45,24 +45,45 @@ impl KafkaStreams {
     pub async fn start(topology: Topology, config: StreamsConfig) -> Result<Self> {
         config.validate()?;
         let config = Arc::new(config);
-        let state_directory = Arc::new(StateDirectory::lock(&config.state_dir, &config.application_id)?);
+        let state_directory = Arc::new(StateDirectory::lock(
+            &config.state_dir,
+            &config.application_id,
+        )?);
         let leftover = state_directory.existing_tasks()?;
         info!(
             "application `{}`: {} | state in {} (task dirs found: {})",
             config.application_id,
             topology.describe(),
             state_directory.app_dir().display(),
-            if leftover.is_empty() { "none".to_string() } else { leftover.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ") }
+            if leftover.is_empty() {
+                "none".to_string()
+            } else {
+                leftover
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
         );
         let metrics = EngineMetrics::new(&config.application_id);
         let health = Arc::new(Health::new());
         let metrics_address = match config.metrics_address {
-            Some(address) => Some(http::serve(address, metrics.clone(), health.clone()).await?.0),
+            Some(address) => Some(
+                http::serve(address, metrics.clone(), health.clone())
+                    .await?
+                    .0,
+            ),
             None => None,
         };
 
         let partitions = wait_for_source_topic(&config, topology.source_topic()).await?;
-        ensure_changelog_topics(&config, topology.source_topic(), topology.stores(), partitions).await?;
+        ensure_changelog_topics(
+            &config,
+            topology.source_topic(),
+            topology.stores(),
+            partitions,
+        )
+        .await?;
 
         let (poller_tx, poller_rx) = crossbeam_channel::unbounded();
         let (fatal_tx, fatal) = unbounded_channel();
@@ -83,12 +104,15 @@ impl KafkaStreams {
         .map_err(|e| EngineError::actor("supervisor", e))?;
 
         let runtime = Handle::current();
-        let consumer = Self::consumer(&config, RebalanceListener {
-            supervisor: supervisor.clone(),
-            runtime: runtime.clone(),
-            source_topic: topology.source_topic().to_string(),
-            health: health.clone(),
-        })?;
+        let consumer = Self::consumer(
+            &config,
+            RebalanceListener {
+                supervisor: supervisor.clone(),
+                runtime: runtime.clone(),
+                source_topic: topology.source_topic().to_string(),
+                health: health.clone(),
+            },
+        )?;
         consumer
             .subscribe(&[topology.source_topic()])
             .map_err(EngineError::kafka("subscribe"))?;
@@ -112,7 +136,10 @@ impl KafkaStreams {
                 result
             })
             .map_err(|e| EngineError::actor("poller", e))?;
-        info!("joined group `{}`; waiting for an assignment", config.group_id());
+        info!(
+            "joined group `{}`; waiting for an assignment",
+            config.group_id()
+        );
         Ok(Self {
             config,
             metrics,
@@ -126,7 +153,10 @@ impl KafkaStreams {
         })
     }
 
-    fn consumer(config: &StreamsConfig, listener: RebalanceListener) -> Result<BaseConsumer<RebalanceListener>> {
+    fn consumer(
+        config: &StreamsConfig,
+        listener: RebalanceListener,
+    ) -> Result<BaseConsumer<RebalanceListener>> {
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &config.bootstrap_servers)
@@ -135,7 +165,10 @@ impl KafkaStreams {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("session.timeout.ms", config.session_timeout.as_millis().to_string());
+            .set(
+                "session.timeout.ms",
+                config.session_timeout.as_millis().to_string(),
+            );
         if let Some(id) = &config.group_instance_id {
             client.set("group.instance.id", id);
         }
@@ -178,9 +211,12 @@ impl KafkaStreams {
         let timeout = self.config.shutdown_timeout;
         self.shutdown.store(true, Ordering::Relaxed);
         let poller = self.poller.take();
-        let finished = tokio::time::timeout(timeout, tokio::task::spawn_blocking(move || poller.map(|p| p.join())))
-            .await
-            .map_err(|_| EngineError::ShutdownTimeout(timeout))?;
+        let finished = tokio::time::timeout(
+            timeout,
+            tokio::task::spawn_blocking(move || poller.map(|p| p.join())),
+        )
+        .await
+        .map_err(|_| EngineError::ShutdownTimeout(timeout))?;
         self.health.alive.store(false, Ordering::Relaxed);
         self.supervisor.stop(None);
         match finished {

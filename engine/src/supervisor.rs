@@ -84,7 +84,9 @@ where
     match actor.call(build, None).await {
         Ok(ractor::rpc::CallResult::Success(value)) => Ok(value),
         Ok(ractor::rpc::CallResult::Timeout) => Err(EngineError::actor(name, "timed out")),
-        Ok(ractor::rpc::CallResult::SenderError) => Err(EngineError::actor(name, "stopped without answering")),
+        Ok(ractor::rpc::CallResult::SenderError) => {
+            Err(EngineError::actor(name, "stopped without answering"))
+        }
         Err(error) => Err(EngineError::actor(name, error)),
     }
 }
@@ -94,14 +96,23 @@ impl Actor for Supervisor {
     type State = SupervisorState;
     type Arguments = SupervisorArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<SupervisorMsg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
         Ok(SupervisorState {
             args,
             tasks: BTreeMap::new(),
         })
     }
 
-    async fn handle(&self, myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Rebalance(event, reply) => {
                 let result = state.rebalance(&myself, event).await;
@@ -120,9 +131,16 @@ impl Actor for Supervisor {
                 let _ = reply.send(result);
             }
             SupervisorMsg::TaskRunning(task) => {
-                if let Some(entry) = state.tasks.get_mut(&task.partition).filter(|e| e.task == task) {
+                if let Some(entry) = state
+                    .tasks
+                    .get_mut(&task.partition)
+                    .filter(|e| e.task == task)
+                {
                     entry.phase = TaskPhase::Running;
-                    let _ = state.args.poller.send(PollerCommand::Resume(task.partition));
+                    let _ = state
+                        .args
+                        .poller
+                        .send(PollerCommand::Resume(task.partition));
                 }
             }
             SupervisorMsg::StopAll(reply) => {
@@ -131,15 +149,27 @@ impl Actor for Supervisor {
                 let _ = reply.send(());
             }
             SupervisorMsg::Status(reply) => {
-                let asks = state.tasks.values().map(|e| ask(&e.actor, "task", TaskMsg::Status));
-                let statuses = join_all(asks).await.into_iter().filter_map(Result::ok).collect();
+                let asks = state
+                    .tasks
+                    .values()
+                    .map(|e| ask(&e.actor, "task", TaskMsg::Status));
+                let statuses = join_all(asks)
+                    .await
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .collect();
                 let _ = reply.send(statuses);
             }
         }
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, _myself: ActorRef<SupervisorMsg>, event: SupervisionEvent, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(cell, reason) = event {
             let failed = state
                 .tasks
@@ -160,29 +190,48 @@ impl Actor for Supervisor {
 }
 
 impl SupervisorState {
-    async fn rebalance(&mut self, myself: &ActorRef<SupervisorMsg>, event: AssignmentEvent) -> Result<CommitOffsets> {
+    async fn rebalance(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        event: AssignmentEvent,
+    ) -> Result<CommitOffsets> {
         let owned: BTreeSet<i32> = self.tasks.keys().copied().collect();
         let change = AssignmentChange::plan(&owned, &event);
         let metrics = self.args.metrics.clone();
         metrics.rebalances.inc();
-        let task_ids = |ps: &[i32]| ps.iter().map(|p| TaskId::new(0, *p).to_string()).collect::<Vec<_>>().join(", ");
+        let task_ids = |ps: &[i32]| {
+            ps.iter()
+                .map(|p| TaskId::new(0, *p).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let mut offsets = Vec::new();
         match &event {
             AssignmentEvent::Assigned(_) => {
-                info!("assignment change: added [{}], now owning {} tasks", task_ids(&change.start), owned.len() + change.start.len());
+                info!(
+                    "assignment change: added [{}], now owning {} tasks",
+                    task_ids(&change.start),
+                    owned.len() + change.start.len()
+                );
                 for &partition in &change.start {
                     self.start_task(myself, partition).await?;
                 }
                 metrics.tasks_assigned.inc_by(change.start.len() as u64);
             }
             AssignmentEvent::Revoked(_) => {
-                info!("assignment change: revoked [{}] (committing before handing over)", task_ids(&change.stop));
+                info!(
+                    "assignment change: revoked [{}] (committing before handing over)",
+                    task_ids(&change.stop)
+                );
                 offsets = self.commit(&change.stop).await?;
                 self.stop(&change.stop).await;
                 metrics.tasks_revoked.inc_by(change.stop.len() as u64);
             }
             AssignmentEvent::Lost(_) => {
-                info!("assignment change: lost [{}] (dropping uncommitted state)", task_ids(&change.stop));
+                info!(
+                    "assignment change: lost [{}] (dropping uncommitted state)",
+                    task_ids(&change.stop)
+                );
                 self.stop(&change.stop).await;
                 metrics.tasks_lost.inc_by(change.stop.len() as u64);
             }
@@ -222,9 +271,15 @@ impl SupervisorState {
         for (partition, records) in batches {
             match self.tasks.get(&partition) {
                 Some(entry) if entry.phase == TaskPhase::Running => {
-                    asks.push(ask(&entry.actor, "task", move |reply| TaskMsg::Process(records, reply)));
+                    asks.push(ask(&entry.actor, "task", move |reply| {
+                        TaskMsg::Process(records, reply)
+                    }));
                 }
-                _ => debug!(partition, "dropping {} records for a partition without a running task", records.len()),
+                _ => debug!(
+                    partition,
+                    "dropping {} records for a partition without a running task",
+                    records.len()
+                ),
             }
         }
         for result in join_all(asks).await {
@@ -248,11 +303,19 @@ impl SupervisorState {
     }
 
     async fn stop(&mut self, partitions: &[i32]) {
-        let stops = partitions.iter().filter_map(|p| self.tasks.remove(p)).map(|entry| async move {
-            if let Err(e) = entry.actor.stop_and_wait(None, Some(TASK_STOP_TIMEOUT)).await {
-                error!(task = %entry.task, "task did not stop cleanly: {e}");
-            }
-        });
+        let stops =
+            partitions
+                .iter()
+                .filter_map(|p| self.tasks.remove(p))
+                .map(|entry| async move {
+                    if let Err(e) = entry
+                        .actor
+                        .stop_and_wait(None, Some(TASK_STOP_TIMEOUT))
+                        .await
+                    {
+                        error!(task = %entry.task, "task did not stop cleanly: {e}");
+                    }
+                });
         join_all(stops).await;
     }
 }

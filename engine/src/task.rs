@@ -83,7 +83,11 @@ impl Actor for StreamTask {
     type State = TaskState;
     type Arguments = TaskArgs;
 
-    async fn pre_start(&self, myself: ActorRef<TaskMsg>, args: TaskArgs) -> Result<TaskState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<TaskMsg>,
+        args: TaskArgs,
+    ) -> Result<TaskState, ActorProcessingErr> {
         let TaskArgs {
             task,
             topology,
@@ -92,7 +96,8 @@ impl Actor for StreamTask {
             task_dir,
             supervisor,
         } = args;
-        let store = tokio::task::block_in_place(|| TaskStore::open(task, &task_dir, topology.stores()))?;
+        let store =
+            tokio::task::block_in_place(|| TaskStore::open(task, &task_dir, topology.stores()))?;
         let collector = RecordCollector::new(task, &config, topology.stores())?;
         let changelog_next = store.read_offsets()?.changelog_next;
         metrics.tasks_restoring.inc();
@@ -114,11 +119,18 @@ impl Actor for StreamTask {
         })
     }
 
-    async fn handle(&self, _myself: ActorRef<TaskMsg>, msg: TaskMsg, state: &mut TaskState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<TaskMsg>,
+        msg: TaskMsg,
+        state: &mut TaskState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             TaskMsg::Restore => {
                 tokio::task::block_in_place(|| state.restore())?;
-                state.supervisor.cast(SupervisorMsg::TaskRunning(state.task))?;
+                state
+                    .supervisor
+                    .cast(SupervisorMsg::TaskRunning(state.task))?;
             }
             TaskMsg::Process(records, reply) => {
                 let result = tokio::task::block_in_place(|| state.process(&records));
@@ -144,13 +156,21 @@ impl Actor for StreamTask {
         Ok(())
     }
 
-    async fn post_stop(&self, _myself: ActorRef<TaskMsg>, state: &mut TaskState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<TaskMsg>,
+        state: &mut TaskState,
+    ) -> Result<(), ActorProcessingErr> {
         match state.phase {
             TaskPhase::Restoring => state.metrics.tasks_restoring.dec(),
             TaskPhase::Running => state.metrics.tasks_running.dec(),
         }
         let labels = [state.labels[0].as_str(), state.labels[1].as_str()];
-        state.metrics.restore_remaining.with_label_values(&labels).set(0);
+        state
+            .metrics
+            .restore_remaining
+            .with_label_values(&labels)
+            .set(0);
         if state.store.dirty_keys() > 0 {
             info!(task = %state.task, "closing with {} uncommitted keys dropped", state.store.dirty_keys());
         }
@@ -195,7 +215,10 @@ impl TaskState {
             self.position.advance(record.offset);
         }
         let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
-        self.metrics.records_processed.with_label_values(&labels).inc_by(processed);
+        self.metrics
+            .records_processed
+            .with_label_values(&labels)
+            .inc_by(processed);
         let sent = self.collector.sent();
         self.metrics
             .changelog_records
@@ -212,7 +235,9 @@ impl TaskState {
     fn handle_record_error(&mut self, record: &InputRecord, error: RecordError) -> Result<()> {
         let (task, partition, offset) = (self.task, record.partition, record.offset);
         match &error {
-            RecordError::Deserialization { .. } if self.config.deserialization_error_policy == DeserializationErrorPolicy::Fail => {
+            RecordError::Deserialization { .. }
+                if self.config.deserialization_error_policy == DeserializationErrorPolicy::Fail =>
+            {
                 return Err(EngineError::Deserialization {
                     task,
                     partition,
@@ -239,7 +264,11 @@ impl TaskState {
         }
         self.metrics
             .records_skipped
-            .with_label_values(&[self.labels[0].as_str(), self.labels[1].as_str(), error.skip_reason()])
+            .with_label_values(&[
+                self.labels[0].as_str(),
+                self.labels[1].as_str(),
+                error.skip_reason(),
+            ])
             .inc();
         Ok(())
     }

@@ -66,7 +66,9 @@ mod tests {
 
     #[test]
     fn rejects_other_directory_names() {
-        for bad in ["", "0", "0_", "_1", "a_1", "0_b", "0_1_2", "-1_0", "0_-1", ".lock", "0 _1"] {
+        for bad in [
+            "", "0", "0_", "_1", "a_1", "0_b", "0_1_2", "-1_0", "0_-1", ".lock", "0 _1",
+        ] {
             assert!(bad.parse::<TaskId>().is_err(), "{bad:?} parsed");
         }
     }
@@ -75,6 +77,9 @@ mod tests {
     fn orders_by_subtopology_then_partition() {
         let mut ids = vec![TaskId::new(1, 0), TaskId::new(0, 10), TaskId::new(0, 2)];
         ids.sort();
-        assert_eq!(ids, vec![TaskId::new(0, 2), TaskId::new(0, 10), TaskId::new(1, 0)]);
+        assert_eq!(
+            ids,
+            vec![TaskId::new(0, 2), TaskId::new(0, 10), TaskId::new(1, 0)]
+        );
     }
 }

@@ -48,10 +48,12 @@ impl TaskStore {
             .map(String::as_str)
             .chain([OFFSETS_CF])
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-        let db = DB::open_cf_descriptors(&options, path, families).map_err(|source| EngineError::Store {
-            task,
-            path: path.to_path_buf(),
-            source,
+        let db = DB::open_cf_descriptors(&options, path, families).map_err(|source| {
+            EngineError::Store {
+                task,
+                path: path.to_path_buf(),
+                source,
+            }
         })?;
         Ok(Self {
             task,
@@ -196,10 +198,13 @@ mod tests {
         let stores = vec!["count-store".to_string()];
         {
             let mut store = TaskStore::open(task, dir.path(), &stores).unwrap();
-            assert_eq!(store.read_offsets().unwrap(), StoredOffsets {
-                input_next: None,
-                changelog_next: vec![None]
-            });
+            assert_eq!(
+                store.read_offsets().unwrap(),
+                StoredOffsets {
+                    input_next: None,
+                    changelog_next: vec![None]
+                }
+            );
             store.put(StoreId(0), b"foo", b"1");
             assert_eq!(store.get(StoreId(0), b"foo").unwrap(), Some(b"1".to_vec()));
             assert_eq!(store.dirty_keys(), 1);
@@ -213,7 +218,11 @@ mod tests {
         }
         let store = TaskStore::open(task, dir.path(), &stores).unwrap();
         assert_eq!(store.get(StoreId(0), b"foo").unwrap(), Some(b"1".to_vec()));
-        assert_eq!(store.get(StoreId(0), b"bar").unwrap(), None, "uncommitted writes are not on disk");
+        assert_eq!(
+            store.get(StoreId(0), b"bar").unwrap(),
+            None,
+            "uncommitted writes are not on disk"
+        );
         assert_eq!(store.read_offsets().unwrap().input_next, Some(7));
         assert_eq!(store.read_offsets().unwrap().changelog_next, vec![Some(3)]);
     }
@@ -231,7 +240,9 @@ mod tests {
             (b"b".to_vec(), Some(b"1".to_vec())),
             (b"a".to_vec(), None),
         ];
-        store.apply_restored(StoreId(0), &updates, &offsets).unwrap();
+        store
+            .apply_restored(StoreId(0), &updates, &offsets)
+            .unwrap();
         assert_eq!(store.get(StoreId(0), b"a").unwrap(), None);
         assert_eq!(store.get(StoreId(0), b"b").unwrap(), Some(b"1".to_vec()));
         assert_eq!(store.read_offsets().unwrap(), offsets);
