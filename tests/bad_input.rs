@@ -24,6 +24,15 @@ fn create_topics(broker: &Broker, options: &AppOptions) {
     broker.create_topic(&options.output_topic, 4);
 }
 
+/// A fresh broker with the input and output topics of a fresh application.
+fn broker_with_topics() -> (Broker, tempfile::TempDir, AppOptions) {
+    let broker = Broker::start();
+    let root = tempfile::tempdir().unwrap();
+    let options = options(&root);
+    create_topics(&broker, &options);
+    (broker, root, options)
+}
+
 fn record(key: Option<&[u8]>, value: &[u8], partition: i32) -> kstreams_suite::RawRecord {
     (
         key.map(<[u8]>::to_vec),
@@ -38,10 +47,7 @@ fn expected(pairs: &[(&str, u64)]) -> HashMap<String, u64> {
 
 #[test]
 fn null_keys_are_skipped_counted_and_logged_once_per_partition() {
-    let broker = Broker::start();
-    let root = tempfile::tempdir().unwrap();
-    let options = options(&root);
-    create_topics(&broker, &options);
+    let (broker, _root, options) = broker_with_topics();
     let mut records = vec![record(None, b"no key", 2); 5];
     records.extend([
         record(Some(b"foo"), b"bar", 2),
@@ -78,10 +84,7 @@ fn null_keys_are_skipped_counted_and_logged_once_per_partition() {
 
 #[test]
 fn invalid_utf8_is_skipped_with_partition_and_offset_by_default() {
-    let broker = Broker::start();
-    let root = tempfile::tempdir().unwrap();
-    let options = options(&root);
-    create_topics(&broker, &options);
+    let (broker, _root, options) = broker_with_topics();
     broker.produce(
         &options.input_topic,
         [
@@ -115,11 +118,8 @@ fn invalid_utf8_is_skipped_with_partition_and_offset_by_default() {
 
 #[test]
 fn invalid_utf8_stops_the_instance_under_the_fail_policy() {
-    let broker = Broker::start();
-    let root = tempfile::tempdir().unwrap();
-    let mut options = options(&root);
+    let (broker, _root, mut options) = broker_with_topics();
     options.extra_args = vec!["--deserialization-error-policy".into(), "fail".into()];
-    create_topics(&broker, &options);
     broker.produce(
         &options.input_topic,
         [
@@ -224,10 +224,7 @@ fn unreachable_broker_is_retried_with_backoff_until_it_appears() {
 
 #[test]
 fn a_state_dir_held_by_a_running_instance_is_refused() {
-    let broker = Broker::start();
-    let root = tempfile::tempdir().unwrap();
-    let options = options(&root);
-    create_topics(&broker, &options);
+    let (broker, _root, options) = broker_with_topics();
     let mut first = App::spawn(&broker.address(), &options);
     first.wait_ready(TIMEOUT);
     let mut second = App::spawn(&broker.address(), &options);

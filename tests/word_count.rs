@@ -127,6 +127,23 @@ fn state_dir_holds_one_rocksdb_per_task_and_changelog_is_compacted() {
     );
 }
 
+/// Feeds 3,000 more records (100 of their keys new), checks `app` counts them on top of
+/// `expected`, then stops it cleanly.
+fn keeps_counting_then_stops(setup: &Setup, mut app: App, mut expected: HashMap<String, u64>) {
+    let (second, more) = word_count_input(3_000, 400);
+    merge(&mut expected, &more);
+    produce(&setup.broker, &setup.options.input_topic, &second);
+    setup
+        .broker
+        .wait_for_counts(&setup.options.output_topic, &expected, COUNTS_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", app.log()));
+    assert!(
+        app.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        app.log()
+    );
+}
+
 fn total_restored(app: &App) -> f64 {
     app.metric("kstreams_restore_records_total", &[])
         .expect("metrics endpoint answers")
@@ -135,7 +152,7 @@ fn total_restored(app: &App) -> f64 {
 #[test]
 fn clean_restart_restores_only_the_tail_and_keeps_counting() {
     let setup = setup();
-    let (first, mut expected) = word_count_input(10_000, 300);
+    let (first, expected) = word_count_input(10_000, 300);
     produce(&setup.broker, &setup.options.input_topic, &first);
     run_until_counted(&setup, &expected);
     let changelog_records = setup.broker.record_count(&changelog(&setup.options));
@@ -152,24 +169,13 @@ fn clean_restart_restores_only_the_tail_and_keeps_counting() {
         "restored {restored} of {changelog_records} changelog records on a clean restart; log:\n{}",
         app.log()
     );
-    let (second, more) = word_count_input(3_000, 400);
-    merge(&mut expected, &more);
-    produce(&setup.broker, &setup.options.input_topic, &second);
-    setup
-        .broker
-        .wait_for_counts(&setup.options.output_topic, &expected, COUNTS_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}; log:\n{}", app.log()));
-    assert!(
-        app.terminate(Duration::from_secs(30)).success(),
-        "{}",
-        app.log()
-    );
+    keeps_counting_then_stops(&setup, app, expected);
 }
 
 #[test]
 fn restart_on_empty_state_dir_restores_everything_and_keeps_counting() {
     let mut setup = setup();
-    let (first, mut expected) = word_count_input(10_000, 300);
+    let (first, expected) = word_count_input(10_000, 300);
     produce(&setup.broker, &setup.options.input_topic, &first);
     run_until_counted(&setup, &expected);
     let changelog_records = setup.broker.record_count(&changelog(&setup.options));
@@ -185,16 +191,5 @@ fn restart_on_empty_state_dir_restores_everything_and_keeps_counting() {
         "restored {restored} of {changelog_records} changelog records into an empty state dir; log:\n{}",
         app.log()
     );
-    let (second, more) = word_count_input(3_000, 400);
-    merge(&mut expected, &more);
-    produce(&setup.broker, &setup.options.input_topic, &second);
-    setup
-        .broker
-        .wait_for_counts(&setup.options.output_topic, &expected, COUNTS_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}; log:\n{}", app.log()));
-    assert!(
-        app.terminate(Duration::from_secs(30)).success(),
-        "{}",
-        app.log()
-    );
+    keeps_counting_then_stops(&setup, app, expected);
 }
