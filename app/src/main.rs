@@ -98,6 +98,9 @@ struct RunArgs {
     /// Bound on a clean shutdown (flush, commit, close stores).
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
     shutdown_timeout_ms: u64,
+    /// /health/live fails when the consumer loop has not turned for this long.
+    #[arg(long, env = "LIVENESS_TIMEOUT_MS", default_value_t = 60_000)]
+    liveness_timeout_ms: u64,
     /// Group session timeout.
     #[arg(long, env = "SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     session_timeout_ms: u64,
@@ -121,6 +124,7 @@ impl RunArgs {
         };
         config.shutdown_timeout = Duration::from_millis(self.shutdown_timeout_ms);
         config.session_timeout = Duration::from_millis(self.session_timeout_ms);
+        config.liveness_timeout = Duration::from_millis(self.liveness_timeout_ms);
         config.validate()?;
         Ok(config)
     }

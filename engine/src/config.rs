@@ -64,6 +64,8 @@ pub struct StreamsConfig {
     pub metrics_address: Option<SocketAddr>,
     /// Bound on a clean shutdown (flush, commit, close stores).
     pub shutdown_timeout: Duration,
+    /// `/health/live` fails when the consumer loop has not turned for this long.
+    pub liveness_timeout: Duration,
     /// Session timeout of the group membership.
     pub session_timeout: Duration,
     /// Extra librdkafka settings applied to the consumer and producers (`key=value`).
@@ -84,6 +86,7 @@ impl StreamsConfig {
             metrics_address: None,
             shutdown_timeout: Duration::from_secs(30),
             session_timeout: Duration::from_secs(10),
+            liveness_timeout: Duration::from_secs(60),
             client_overrides: Vec::new(),
         }
     }
@@ -145,6 +148,9 @@ impl StreamsConfig {
         }
         if self.shutdown_timeout.is_zero() {
             return invalid("shutdown-timeout-ms", "must be greater than 0".into());
+        }
+        if self.liveness_timeout.is_zero() {
+            return invalid("liveness-timeout-ms", "must be greater than 0".into());
         }
         if self.session_timeout < Duration::from_secs(1) {
             return invalid("session-timeout-ms", "must be at least 1000".into());

@@ -1,8 +1,8 @@
-//! The operator's HTTP endpoint: `/metrics` (Prometheus text), `/health/live`, `/health/ready`.
+//! The operator's HTTP endpoint: `/metrics` (Prometheus text), `/health/live`, `/health/ready`
+//! and `/status` (JSON).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http_body_util::Full;
@@ -17,31 +17,9 @@ use tracing::{debug, info};
 
 use crate::error::{EngineError, Result};
 use crate::metrics::EngineMetrics;
+use crate::status::InstanceStatus;
 
-/// What the health endpoints report.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// Set once the consumer has received its first assignment.
-    pub joined: AtomicBool,
-    /// Cleared when the engine stops for good.
-    pub alive: AtomicBool,
-}
-
-impl Health {
-    pub fn new() -> Self {
-        Self {
-            joined: AtomicBool::new(false),
-            alive: AtomicBool::new(true),
-        }
-    }
-
-    /// Ready: in the group, and no assigned task is still restoring.
-    pub fn is_ready(&self, metrics: &EngineMetrics) -> bool {
-        self.alive.load(Ordering::Relaxed)
-            && self.joined.load(Ordering::Relaxed)
-            && metrics.tasks_restoring.get() == 0
-    }
-}
+const TEXT: &str = "text/plain; charset=utf-8";
 
 fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     Response::builder()
@@ -51,30 +29,35 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
         .expect("static response parts are valid")
 }
 
-fn route(path: &str, metrics: &EngineMetrics, health: &Health) -> Response<Full<Bytes>> {
-    let text = "text/plain; charset=utf-8";
+fn check(ok: bool, good: &str, bad: &str) -> Response<Full<Bytes>> {
+    match ok {
+        true => respond(StatusCode::OK, TEXT, format!("{good}\n")),
+        false => respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{bad}\n")),
+    }
+}
+
+fn route(path: &str, metrics: &EngineMetrics, status: &InstanceStatus) -> Response<Full<Bytes>> {
     match path {
         "/metrics" => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             metrics.render(),
         ),
-        "/health/live" if health.alive.load(Ordering::Relaxed) => {
-            respond(StatusCode::OK, text, "live\n".into())
-        }
-        "/health/live" => respond(StatusCode::SERVICE_UNAVAILABLE, text, "stopped\n".into()),
-        "/health/ready" if health.is_ready(metrics) => {
-            respond(StatusCode::OK, text, "ready\n".into())
-        }
-        "/health/ready" => respond(
-            StatusCode::SERVICE_UNAVAILABLE,
-            text,
-            "not ready: joining or restoring\n".into(),
+        "/status" => respond(StatusCode::OK, "application/json", status.to_json()),
+        "/health/live" => check(
+            status.is_live(),
+            "live",
+            "not live: stopped, or the consumer loop is stuck",
+        ),
+        "/health/ready" => check(
+            status.is_ready(),
+            "ready",
+            "not ready: joining the group or restoring",
         ),
         _ => respond(
             StatusCode::NOT_FOUND,
-            text,
-            "not found; try /metrics, /health/live, /health/ready\n".into(),
+            TEXT,
+            "not found; try /metrics, /status, /health/live, /health/ready\n".into(),
         ),
     }
 }
@@ -83,31 +66,24 @@ fn route(path: &str, metrics: &EngineMetrics, health: &Health) -> Response<Full<
 pub async fn serve(
     address: SocketAddr,
     metrics: EngineMetrics,
-    health: Arc<Health>,
+    status: Arc<InstanceStatus>,
 ) -> Result<(SocketAddr, JoinHandle<()>)> {
-    let listener =
-        TcpListener::bind(address)
-            .await
-            .map_err(|source| EngineError::MetricsServer {
-                address: address.to_string(),
-                source,
-            })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| EngineError::MetricsServer {
-            address: address.to_string(),
-            source,
-        })?;
-    info!("metrics and health on http://{bound}/metrics");
+    let server_error = |source| EngineError::MetricsServer {
+        address: address.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(address).await.map_err(server_error)?;
+    let bound = listener.local_addr().map_err(server_error)?;
+    info!("metrics on http://{bound}/metrics, status on /status, probes on /health/live and /health/ready");
     let server = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let (metrics, health) = (metrics.clone(), health.clone());
+            let (metrics, status) = (metrics.clone(), status.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<Incoming>| {
-                    let response = route(request.uri().path(), &metrics, &health);
+                    let response = route(request.uri().path(), &metrics, &status);
                     async move { Ok::<_, Infallible>(response) }
                 });
                 if let Err(e) = http1::Builder::new()

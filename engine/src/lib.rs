@@ -32,6 +32,7 @@ pub mod record_collector;
 pub mod restore;
 pub mod serde;
 pub mod state_directory;
+pub mod status;
 pub mod streams;
 pub mod supervisor;
 pub mod task;

@@ -1,8 +1,10 @@
 //! The engine's Prometheus metrics: one registry per instance, labelled by application id,
 //! and the handles tasks use to update them.
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::task_id::TaskId;
@@ -15,45 +17,29 @@ pub struct EngineMetrics {
     pub records_skipped: IntCounterVec,
     pub output_records: IntCounterVec,
     pub changelog_records: IntCounterVec,
+    pub end_to_end_latency: HistogramVec,
+    pub consumer_lag: IntGaugeVec,
     pub restore_records: IntCounterVec,
     pub restore_remaining: IntGaugeVec,
+    pub restore_duration: Histogram,
     pub tasks_restoring: IntGauge,
     pub tasks_running: IntGauge,
+    pub store_size: IntGaugeVec,
     pub commits: IntCounter,
     pub commit_failures: IntCounter,
+    pub commit_duration: Histogram,
     pub rebalances: IntCounter,
     pub tasks_assigned: IntCounter,
     pub tasks_revoked: IntCounter,
     pub tasks_lost: IntCounter,
+    pub rebalance_paused: prometheus::Counter,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric =
-        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric registered once");
-    metric
-}
-
-fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric registered once");
-    metric
-}
-
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let metric = IntCounter::new(name, help).expect("valid metric definition");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric registered once");
-    metric
-}
-
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let metric = IntGauge::new(name, help).expect("valid metric definition");
+fn register<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("valid metric definition");
     registry
         .register(Box::new(metric.clone()))
         .expect("metric registered once");
@@ -66,64 +52,59 @@ impl EngineMetrics {
     pub fn new(application_id: &str) -> Self {
         let labels = [("application_id".to_string(), application_id.to_string())].into();
         let registry = Registry::new_custom(None, Some(labels)).expect("valid registry labels");
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process collector registered once");
         let r = &registry;
+        let opts = Opts::new;
+        let seconds = |name: &str, help: &str, buckets: Vec<f64>| {
+            HistogramOpts::new(name, help).buckets(buckets)
+        };
+        let latency_buckets = exponential_buckets(0.001, 2.0, 16).expect("valid buckets");
         Self {
-            records_processed: counter_vec(
-                r,
-                "kstreams_records_processed_total",
-                "Input records processed",
-                TASK,
-            ),
-            records_skipped: counter_vec(
-                r,
-                "kstreams_records_skipped_total",
-                "Input records skipped, by reason (null_key, null_value, deserialization_error)",
+            records_processed: register(r, IntCounterVec::new(opts("kstreams_records_processed_total", "Input records processed"), TASK)),
+            records_skipped: register(r, IntCounterVec::new(
+                opts("kstreams_records_skipped_total", "Input records skipped, by reason (null_key, null_value, deserialization_error)"),
                 &["task_id", "partition", "reason"],
-            ),
-            output_records: counter_vec(
-                r,
-                "kstreams_output_records_total",
-                "Records written to output topics",
+            )),
+            output_records: register(r, IntCounterVec::new(opts("kstreams_output_records_total", "Records written to output topics"), TASK)),
+            changelog_records: register(r, IntCounterVec::new(opts("kstreams_changelog_records_written_total", "Records written to changelog topics"), TASK)),
+            end_to_end_latency: register(r, HistogramVec::new(
+                seconds("kstreams_end_to_end_latency_seconds", "From an input record's timestamp to its processing", latency_buckets.clone()),
                 TASK,
-            ),
-            changelog_records: counter_vec(
-                r,
-                "kstreams_changelog_records_written_total",
-                "Records written to changelog topics",
+            )),
+            consumer_lag: register(r, IntGaugeVec::new(opts("kstreams_consumer_lag_records", "Input records behind the partition's high watermark"), TASK)),
+            restore_records: register(r, IntCounterVec::new(opts("kstreams_restore_records_total", "Changelog records applied while restoring"), TASK)),
+            restore_remaining: register(r, IntGaugeVec::new(
+                opts("kstreams_restore_remaining_records", "Changelog records left to restore (0 when not restoring)"),
                 TASK,
-            ),
-            restore_records: counter_vec(
-                r,
-                "kstreams_restore_records_total",
-                "Changelog records applied while restoring",
-                TASK,
-            ),
-            restore_remaining: gauge_vec(
-                r,
-                "kstreams_restore_remaining_records",
-                "Changelog records left to restore (0 when not restoring)",
-                TASK,
-            ),
-            tasks_restoring: gauge(r, "kstreams_tasks_restoring", "Tasks currently restoring"),
-            tasks_running: gauge(r, "kstreams_tasks_running", "Tasks currently processing"),
-            commits: counter(r, "kstreams_commits_total", "Commits of all tasks"),
-            commit_failures: counter(r, "kstreams_commit_failures_total", "Commits that failed"),
-            rebalances: counter(r, "kstreams_rebalances_total", "Assignment changes seen"),
-            tasks_assigned: counter(
-                r,
-                "kstreams_tasks_assigned_total",
-                "Tasks started by an assignment",
-            ),
-            tasks_revoked: counter(
-                r,
-                "kstreams_tasks_revoked_total",
-                "Tasks stopped by a revocation",
-            ),
-            tasks_lost: counter(
-                r,
-                "kstreams_tasks_lost_total",
-                "Tasks dropped because the assignment was lost",
-            ),
+            )),
+            restore_duration: register(r, Histogram::with_opts(seconds(
+                "kstreams_restore_duration_seconds",
+                "Time a task spent restoring its stores",
+                exponential_buckets(0.01, 2.0, 16).expect("valid buckets"),
+            ))),
+            tasks_restoring: register(r, IntGauge::new("kstreams_tasks_restoring", "Tasks currently restoring")),
+            tasks_running: register(r, IntGauge::new("kstreams_tasks_running", "Tasks currently processing")),
+            store_size: register(r, IntGaugeVec::new(opts("kstreams_state_store_size_bytes", "Estimated live data in the task's RocksDB"), TASK)),
+            commits: register(r, IntCounter::new("kstreams_commits_total", "Commits of all tasks")),
+            commit_failures: register(r, IntCounter::new("kstreams_commit_failures_total", "Commits that failed")),
+            commit_duration: register(r, Histogram::with_opts(seconds(
+                "kstreams_commit_duration_seconds",
+                "Flush, state write and offset commit of all tasks",
+                latency_buckets,
+            ))),
+            rebalances: register(r, IntCounter::new("kstreams_rebalances_total", "Assignment changes seen")),
+            tasks_assigned: register(r, IntCounter::new("kstreams_tasks_assigned_total", "Tasks started by an assignment")),
+            tasks_revoked: register(r, IntCounter::new("kstreams_tasks_revoked_total", "Tasks stopped by a revocation")),
+            tasks_lost: register(r, IntCounter::new("kstreams_tasks_lost_total", "Tasks dropped because the assignment was lost")),
+            rebalance_paused: register(r, prometheus::Counter::new(
+                "kstreams_rebalance_paused_seconds_total",
+                "Time partitions spent paused by rebalances: handing over revoked tasks and restoring assigned ones",
+            )),
             registry,
         }
     }
@@ -131,6 +112,15 @@ impl EngineMetrics {
     /// The label values of a task's series.
     pub fn task_labels(task: TaskId) -> [String; 2] {
         [task.to_string(), task.partition.to_string()]
+    }
+
+    /// Drops a task's per-task series (when it leaves this instance).
+    pub fn forget_task(&self, task: TaskId) {
+        let [id, partition] = Self::task_labels(task);
+        let labels = [id.as_str(), partition.as_str()];
+        let _ = self.consumer_lag.remove_label_values(&labels);
+        let _ = self.restore_remaining.remove_label_values(&labels);
+        let _ = self.store_size.remove_label_values(&labels);
     }
 
     /// The registry in Prometheus text format.
@@ -168,5 +158,9 @@ mod tests {
         ] {
             assert!(line.contains(part), "{part} missing from {line}");
         }
+        assert!(
+            text.contains("process_resident_memory_bytes"),
+            "standard process metrics"
+        );
     }
 }

@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use crate::error::Result;
 use crate::processor::InputRecord;
 use crate::rebalance::RebalanceListener;
+use crate::status::InstanceStatus;
 use crate::supervisor::{ask, PollerCommand, SupervisorMsg};
 
 /// Most records handed to tasks per poll round.
@@ -29,6 +30,7 @@ pub struct Poller {
     pub(crate) commands: Receiver<PollerCommand>,
     pub(crate) shutdown: Arc<AtomicBool>,
     pub(crate) commit_interval: Duration,
+    pub(crate) status: Arc<InstanceStatus>,
 }
 
 impl Poller {
@@ -36,6 +38,7 @@ impl Poller {
     pub fn run(self) -> Result<()> {
         let mut last_commit = Instant::now();
         while !self.shutdown.load(Ordering::Relaxed) {
+            self.status.heartbeat();
             self.apply_commands();
             let batches = self.poll_round();
             if !batches.is_empty() {

@@ -3,14 +3,16 @@
 
 use ractor::ActorRef;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tracing::{error, warn};
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::http::Health;
+use crate::metrics::EngineMetrics;
+use crate::status::InstanceStatus;
+use crate::task_id::TaskId;
 
 use crate::assignment::AssignmentEvent;
 use crate::supervisor::{ask, CommitOffsets, SupervisorMsg};
@@ -20,10 +22,31 @@ pub struct RebalanceListener {
     pub(crate) supervisor: ActorRef<SupervisorMsg>,
     pub(crate) runtime: Handle,
     pub(crate) source_topic: String,
-    pub(crate) health: Arc<Health>,
+    pub(crate) status: Arc<InstanceStatus>,
+    pub(crate) metrics: EngineMetrics,
 }
 
-impl ClientContext for RebalanceListener {}
+impl ClientContext for RebalanceListener {
+    /// librdkafka's statistics carry each fetched partition's high watermark: the lag source.
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.source_topic) else {
+            return;
+        };
+        for partition in topic.partitions.values().filter(|p| p.hi_offset >= 0) {
+            let task = TaskId::new(0, partition.partition);
+            if let Some(progress) = self.status.task(task) {
+                progress.set_high_watermark(partition.hi_offset);
+                if let Some(lag) = progress.lag() {
+                    let [id, p] = EngineMetrics::task_labels(task);
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[id.as_str(), p.as_str()])
+                        .set(lag);
+                }
+            }
+        }
+    }
+}
 
 impl RebalanceListener {
     fn source_partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
@@ -98,7 +121,7 @@ impl ConsumerContext for RebalanceListener {
             Rebalance::Assign(tpl) => {
                 let partitions = self.source_partitions(tpl);
                 if partitions.is_empty() {
-                    self.health.joined.store(true, Ordering::Relaxed);
+                    self.status.set_joined();
                     return;
                 }
                 // Input waits until each task has restored; the supervisor resumes it.
@@ -108,7 +131,7 @@ impl ConsumerContext for RebalanceListener {
                 }
                 self.tell_supervisor(AssignmentEvent::Assigned(partitions));
                 // Only now are the new tasks counted as restoring, so readiness cannot flicker.
-                self.health.joined.store(true, Ordering::Relaxed);
+                self.status.set_joined();
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => warn!("rebalance error: {e}"),

@@ -15,6 +15,7 @@ use crate::error::{EngineError, Result};
 use crate::metrics::EngineMetrics;
 use crate::offsets::{decode_offset, INPUT_OFFSET_HEADER};
 use crate::processor::StoreId;
+use crate::status::TaskProgress;
 use crate::task_id::TaskId;
 use crate::task_store::{ChangelogUpdate, TaskStore};
 
@@ -36,6 +37,7 @@ pub fn restore_task(
     config: &StreamsConfig,
     store: &mut TaskStore,
     metrics: &EngineMetrics,
+    progress: &TaskProgress,
 ) -> Result<RestoreOutcome> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &config.bootstrap_servers)
@@ -73,6 +75,7 @@ pub fn restore_task(
             continue;
         }
         let total = (high - start) as u64;
+        progress.add_restore_total(total);
         info!(%task, store = %name, "restoring {total} changelog records from {topic} offsets {start}..{high}");
         metrics
             .restore_remaining
@@ -123,6 +126,7 @@ pub fn restore_task(
                 let n = batch.len() as u64;
                 applied += n;
                 metrics.restore_records.with_label_values(&labels).inc_by(n);
+                progress.add_restored(n);
                 batch.clear();
             }
             let remaining = (high - position).max(0);

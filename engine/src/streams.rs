@@ -16,12 +16,13 @@ use tracing::{error, info};
 use crate::config::StreamsConfig;
 use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
-use crate::http::{self, Health};
+use crate::http;
 use crate::internal_topics::{ensure_changelog_topics, wait_for_source_topic};
 use crate::metrics::EngineMetrics;
 use crate::poller::Poller;
 use crate::rebalance::RebalanceListener;
 use crate::state_directory::StateDirectory;
+use crate::status::InstanceStatus;
 use crate::supervisor::{ask, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::task::TaskStatus;
 
@@ -29,7 +30,7 @@ use crate::task::TaskStatus;
 pub struct KafkaStreams {
     config: Arc<StreamsConfig>,
     metrics: EngineMetrics,
-    health: Arc<Health>,
+    status: Arc<InstanceStatus>,
     metrics_address: Option<SocketAddr>,
     shutdown: Arc<AtomicBool>,
     poller: Option<JoinHandle<Result<()>>>,
@@ -66,10 +67,15 @@ impl KafkaStreams {
             }
         );
         let metrics = EngineMetrics::new(&config.application_id);
-        let health = Arc::new(Health::new());
+        let instance_id = config.group_instance_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+            format!("{host}-{}", std::process::id())
+        });
+        let status = Arc::new(InstanceStatus::new(instance_id, config.liveness_timeout));
+        status.heartbeat();
         let metrics_address = match config.metrics_address {
             Some(address) => Some(
-                http::serve(address, metrics.clone(), health.clone())
+                http::serve(address, metrics.clone(), status.clone())
                     .await?
                     .0,
             ),
@@ -98,6 +104,7 @@ impl KafkaStreams {
                 state_directory: state_directory.clone(),
                 poller: poller_tx,
                 fatal: fatal_tx.clone(),
+                status: status.clone(),
             },
         )
         .await
@@ -110,7 +117,8 @@ impl KafkaStreams {
                 supervisor: supervisor.clone(),
                 runtime: runtime.clone(),
                 source_topic: topology.source_topic().to_string(),
-                health: health.clone(),
+                status: status.clone(),
+                metrics: metrics.clone(),
             },
         )?;
         consumer
@@ -124,6 +132,7 @@ impl KafkaStreams {
             commands: poller_rx,
             shutdown: shutdown.clone(),
             commit_interval: config.commit_interval,
+            status: status.clone(),
         };
         let poller = std::thread::Builder::new()
             .name("kstreams-poller".into())
@@ -143,7 +152,7 @@ impl KafkaStreams {
         Ok(Self {
             config,
             metrics,
-            health,
+            status,
             metrics_address,
             shutdown,
             poller: Some(poller),
@@ -165,6 +174,7 @@ impl KafkaStreams {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("statistics.interval.ms", "5000")
             .set(
                 "session.timeout.ms",
                 config.session_timeout.as_millis().to_string(),
@@ -189,8 +199,13 @@ impl KafkaStreams {
         self.metrics_address
     }
 
+    /// Health and per-task progress, as `/status` shows it.
+    pub fn status(&self) -> &InstanceStatus {
+        &self.status
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.health.is_ready(&self.metrics)
+        self.status.is_ready()
     }
 
     /// The tasks this instance runs now.
@@ -217,7 +232,7 @@ impl KafkaStreams {
         )
         .await
         .map_err(|_| EngineError::ShutdownTimeout(timeout))?;
-        self.health.alive.store(false, Ordering::Relaxed);
+        self.status.set_stopped();
         self.supervisor.stop(None);
         match finished {
             Ok(Some(Ok(result))) => result,

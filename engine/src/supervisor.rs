@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use futures::future::join_all;
@@ -18,6 +18,7 @@ use crate::error::{EngineError, Result};
 use crate::metrics::EngineMetrics;
 use crate::processor::InputRecord;
 use crate::state_directory::StateDirectory;
+use crate::status::InstanceStatus;
 use crate::task::{StreamTask, TaskArgs, TaskMsg, TaskPhase, TaskStatus};
 use crate::task_id::TaskId;
 
@@ -56,12 +57,14 @@ pub struct SupervisorArgs {
     pub state_directory: Arc<StateDirectory>,
     pub poller: Sender<PollerCommand>,
     pub fatal: UnboundedSender<EngineError>,
+    pub status: Arc<InstanceStatus>,
 }
 
 struct TaskEntry {
     task: TaskId,
     actor: ActorRef<TaskMsg>,
     phase: TaskPhase,
+    assigned_at: Instant,
 }
 
 pub struct SupervisorState {
@@ -89,6 +92,14 @@ where
         }
         Err(error) => Err(EngineError::actor(name, error)),
     }
+}
+
+fn task_list(partitions: &[i32]) -> String {
+    partitions
+        .iter()
+        .map(|p| TaskId::new(0, *p).to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Actor for Supervisor {
@@ -123,7 +134,9 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::CommitAll(reply) => {
                 let partitions: Vec<i32> = state.tasks.keys().copied().collect();
+                let timer = state.args.metrics.commit_duration.start_timer();
                 let result = state.commit(&partitions).await;
+                timer.observe_duration();
                 match &result {
                     Ok(_) => state.args.metrics.commits.inc(),
                     Err(_) => state.args.metrics.commit_failures.inc(),
@@ -137,6 +150,11 @@ impl Actor for Supervisor {
                     .filter(|e| e.task == task)
                 {
                     entry.phase = TaskPhase::Running;
+                    state
+                        .args
+                        .metrics
+                        .rebalance_paused
+                        .inc_by(entry.assigned_at.elapsed().as_secs_f64());
                     let _ = state
                         .args
                         .poller
@@ -178,6 +196,7 @@ impl Actor for Supervisor {
                 .map(|(p, e)| (*p, e.task));
             if let Some((partition, task)) = failed {
                 state.tasks.remove(&partition);
+                state.args.status.remove_task(task);
                 error!(%task, "task failed: {reason}");
                 let _ = state.args.fatal.send(EngineError::TaskFailed {
                     task,
@@ -199,43 +218,42 @@ impl SupervisorState {
         let change = AssignmentChange::plan(&owned, &event);
         let metrics = self.args.metrics.clone();
         metrics.rebalances.inc();
-        let task_ids = |ps: &[i32]| {
-            ps.iter()
-                .map(|p| TaskId::new(0, *p).to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let generation = self.args.status.next_generation();
+        let started = Instant::now();
         let mut offsets = Vec::new();
-        match &event {
+        let (added, revoked, lost) = match &event {
             AssignmentEvent::Assigned(_) => {
-                info!(
-                    "assignment change: added [{}], now owning {} tasks",
-                    task_ids(&change.start),
-                    owned.len() + change.start.len()
-                );
                 for &partition in &change.start {
                     self.start_task(myself, partition).await?;
                 }
                 metrics.tasks_assigned.inc_by(change.start.len() as u64);
+                (change.start.as_slice(), &[][..], &[][..])
             }
             AssignmentEvent::Revoked(_) => {
-                info!(
-                    "assignment change: revoked [{}] (committing before handing over)",
-                    task_ids(&change.stop)
-                );
+                // Commit before handing over, so the next owner restores only what we wrote.
                 offsets = self.commit(&change.stop).await?;
                 self.stop(&change.stop).await;
                 metrics.tasks_revoked.inc_by(change.stop.len() as u64);
+                metrics
+                    .rebalance_paused
+                    .inc_by(started.elapsed().as_secs_f64() * change.stop.len() as f64);
+                (&[][..], change.stop.as_slice(), &[][..])
             }
             AssignmentEvent::Lost(_) => {
-                info!(
-                    "assignment change: lost [{}] (dropping uncommitted state)",
-                    task_ids(&change.stop)
-                );
+                // Another member may own these already: drop uncommitted state, commit nothing.
                 self.stop(&change.stop).await;
                 metrics.tasks_lost.inc_by(change.stop.len() as u64);
+                (&[][..], &[][..], change.stop.as_slice())
             }
-        }
+        };
+        info!(
+            "assignment change (generation {generation}): added [{}] revoked [{}] lost [{}] -> owning [{}] ({} ms)",
+            task_list(added),
+            task_list(revoked),
+            task_list(lost),
+            task_list(&self.tasks.keys().copied().collect::<Vec<_>>()),
+            started.elapsed().as_millis()
+        );
         Ok(offsets)
     }
 
@@ -248,6 +266,7 @@ impl SupervisorState {
             metrics: self.args.metrics.clone(),
             task_dir: self.args.state_directory.task_dir(task),
             supervisor: myself.clone(),
+            progress: self.args.status.add_task(task),
         };
         let (actor, _) = Actor::spawn_linked(None, StreamTask, args, myself.get_cell())
             .await
@@ -261,6 +280,7 @@ impl SupervisorState {
                 task,
                 actor,
                 phase: TaskPhase::Restoring,
+                assigned_at: Instant::now(),
             },
         );
         Ok(())
@@ -303,6 +323,11 @@ impl SupervisorState {
     }
 
     async fn stop(&mut self, partitions: &[i32]) {
+        for &partition in partitions {
+            let task = TaskId::new(0, partition);
+            self.args.status.remove_task(task);
+            self.args.metrics.forget_task(task);
+        }
         let stops =
             partitions
                 .iter()

@@ -17,6 +17,7 @@ use crate::offsets::InputPosition;
 use crate::processor::{InputRecord, Processor, ProcessorContext, RecordError, StoreId};
 use crate::record_collector::RecordCollector;
 use crate::restore::restore_task;
+use crate::status::TaskProgress;
 use crate::supervisor::SupervisorMsg;
 use crate::task_id::TaskId;
 use crate::task_store::{StoredOffsets, TaskStore};
@@ -56,6 +57,7 @@ pub struct TaskArgs {
     pub metrics: EngineMetrics,
     pub task_dir: PathBuf,
     pub supervisor: ActorRef<SupervisorMsg>,
+    pub progress: Arc<TaskProgress>,
 }
 
 pub struct TaskState {
@@ -64,6 +66,7 @@ pub struct TaskState {
     metrics: EngineMetrics,
     labels: [String; 2],
     supervisor: ActorRef<SupervisorMsg>,
+    progress: Arc<TaskProgress>,
     store: TaskStore,
     collector: RecordCollector,
     processor: Box<dyn Processor>,
@@ -95,6 +98,7 @@ impl Actor for StreamTask {
             metrics,
             task_dir,
             supervisor,
+            progress,
         } = args;
         let store =
             tokio::task::block_in_place(|| TaskStore::open(task, &task_dir, topology.stores()))?;
@@ -108,6 +112,7 @@ impl Actor for StreamTask {
             config,
             metrics,
             supervisor,
+            progress,
             store,
             collector,
             processor: topology.new_processor(),
@@ -180,11 +185,23 @@ impl Actor for StreamTask {
 
 impl TaskState {
     fn restore(&mut self) -> Result<()> {
-        let outcome = restore_task(self.task, &self.config, &mut self.store, &self.metrics)?;
+        let started = std::time::Instant::now();
+        let outcome = restore_task(
+            self.task,
+            &self.config,
+            &mut self.store,
+            &self.metrics,
+            &self.progress,
+        )?;
+        self.metrics
+            .restore_duration
+            .observe(started.elapsed().as_secs_f64());
         let stored: StoredOffsets = self.store.read_offsets()?;
         self.position = InputPosition::resume(stored.input_next, outcome.input_next);
         self.changelog_next = stored.changelog_next;
         self.phase = TaskPhase::Running;
+        self.progress.set_next_offset(self.position.next());
+        self.progress.set_running();
         self.metrics.tasks_restoring.dec();
         self.metrics.tasks_running.inc();
         info!(
@@ -198,6 +215,14 @@ impl TaskState {
 
     fn process(&mut self, records: &[InputRecord]) -> Result<()> {
         let mut processed = 0u64;
+        let latency = self
+            .metrics
+            .end_to_end_latency
+            .with_label_values(&[self.labels[0].as_str(), self.labels[1].as_str()])
+            .local();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         for record in records {
             if !self.position.needs(record.offset) {
                 continue;
@@ -209,7 +234,12 @@ impl TaskState {
                 offset: record.offset,
             };
             match self.processor.process(record, &mut ctx) {
-                Ok(()) => processed += 1,
+                Ok(()) => {
+                    processed += 1;
+                    if let Some(timestamp) = record.timestamp {
+                        latency.observe((now_ms - timestamp).max(0) as f64 / 1000.0);
+                    }
+                }
                 Err(error) => self.handle_record_error(record, error)?,
             }
             self.position.advance(record.offset);
@@ -219,6 +249,14 @@ impl TaskState {
             .records_processed
             .with_label_values(&labels)
             .inc_by(processed);
+        latency.flush();
+        self.progress.set_next_offset(self.position.next());
+        if let Some(lag) = self.progress.lag() {
+            self.metrics
+                .consumer_lag
+                .with_label_values(&labels)
+                .set(lag);
+        }
         let sent = self.collector.sent();
         self.metrics
             .changelog_records
@@ -285,6 +323,10 @@ impl TaskState {
             input_next: self.position.next(),
             changelog_next: self.changelog_next.clone(),
         })?;
+        self.metrics
+            .store_size
+            .with_label_values(&[self.labels[0].as_str(), self.labels[1].as_str()])
+            .set(self.store.approximate_size_bytes() as i64);
         Ok(self.position.next())
     }
 }
