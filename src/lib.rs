@@ -140,7 +140,15 @@ impl Broker {
     }
 
     pub fn create_topic(&self, name: &str, partitions: i32) {
-        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        self.create_topic_with(name, partitions, &[]);
+    }
+
+    /// Creates a topic with topic-level configs, e.g. `("cleanup.policy", "compact")`.
+    pub fn create_topic_with(&self, name: &str, partitions: i32, configs: &[(&str, &str)]) {
+        let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        for (key, value) in configs {
+            topic = topic.set(key, value);
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -365,7 +373,11 @@ pub struct App {
 
 impl App {
     pub fn spawn(broker: &str, options: &AppOptions) -> Self {
-        let metrics_port = free_port();
+        Self::spawn_with_metrics_port(broker, options, free_port())
+    }
+
+    /// Like [`App::spawn`], serving metrics on a port chosen beforehand (e.g. a scrape target).
+    pub fn spawn_with_metrics_port(broker: &str, options: &AppOptions, metrics_port: u16) -> Self {
         let log_dir = tempfile::tempdir().unwrap();
         let log_path = log_dir.path().join("app.log");
         let log = std::fs::File::create(&log_path).unwrap();
@@ -418,16 +430,26 @@ impl App {
 
     /// `GET path` on the metrics port: (status code, body).
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let status = response.split(' ').nth(1)?.parse().ok()?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())?;
-        Some((status, body))
+        http_get(self.metrics_port, path)
+    }
+
+    /// `/status` as JSON.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.http_get("/status")?.1).ok()
+    }
+
+    /// `(task id, state)` of every task in `/status`.
+    pub fn tasks(&self) -> Option<Vec<(String, String)>> {
+        let status = self.status()?;
+        let field =
+            |t: &serde_json::Value, name: &str| t[name].as_str().unwrap_or_default().to_string();
+        Some(
+            status["tasks"]
+                .as_array()?
+                .iter()
+                .map(|t| (field(t, "task_id"), field(t, "state")))
+                .collect(),
+        )
     }
 
     /// Sum of every series of a metric whose labels contain all of `label_filters`.
@@ -492,6 +514,99 @@ impl App {
 }
 
 impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `GET path` on a loopback port over HTTP/1.0: (status code, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// A real Prometheus server (Debian's `prometheus`) scraping loopback targets every second.
+pub struct Prometheus {
+    pub port: u16,
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    pub fn start(target_ports: &[u16]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let targets: Vec<String> = target_ports
+            .iter()
+            .map(|p| format!("'127.0.0.1:{p}'"))
+            .collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: kstreams\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+        let binary = std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".into());
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new(&binary)
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("start {binary} (apt-get install prometheus, or set PROMETHEUS_BIN): {e}")
+            });
+        let prometheus = Prometheus {
+            port,
+            child,
+            _dir: dir,
+        };
+        wait_until("Prometheus to be ready", Duration::from_secs(30), || {
+            matches!(http_get(port, "/-/ready"), Some((200, _)))
+        });
+        prometheus
+    }
+
+    /// The value of an instant query returning one sample, if it returns one.
+    pub fn query(&self, expression: &str) -> Option<f64> {
+        let encoded: String = expression
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (status, body) = http_get(self.port, &format!("/api/v1/query?query={encoded}"))?;
+        if status != 200 {
+            return None;
+        }
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        json["data"]["result"].as_array()?.first()?["value"][1]
+            .as_str()?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

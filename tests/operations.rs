@@ -1,0 +1,243 @@
+//! The operator's view on real parts: a real Prometheus server scraping a running instance,
+//! readiness during restore, `/status` across a rebalance, and a clean `/metrics` exposition.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use kstreams_suite::{
+    free_port, unique, wait_until, word_count_input, App, AppOptions, Broker, Prometheus,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+const ALL_TASKS: [&str; 4] = ["0_0", "0_1", "0_2", "0_3"];
+
+fn setup(state_root: &tempfile::TempDir) -> (Broker, AppOptions) {
+    let broker = Broker::start();
+    let options = AppOptions {
+        application_id: unique("counts-app"),
+        input_topic: unique("input-topic"),
+        output_topic: unique("counts-topic"),
+        state_dir: state_root.path().join("state-a"),
+        extra_args: vec![],
+    };
+    broker.create_topic(&options.input_topic, 4);
+    broker.create_topic(&options.output_topic, 4);
+    (broker, options)
+}
+
+/// Writes `records` counts straight into the changelog, as an earlier owner would have, so
+/// that an instance on an empty state dir has a large restore ahead of it.
+fn seed_changelog(broker: &Broker, options: &AppOptions, records: usize) {
+    let changelog = format!("{}-count-store-changelog", options.application_id);
+    broker.create_topic_with(&changelog, 4, &[("cleanup.policy", "compact")]);
+    broker.produce(
+        &changelog,
+        (0..records).map(|i| {
+            let key = format!("seeded-{i}").into_bytes();
+            (
+                Some(key),
+                Some(1i64.to_be_bytes().to_vec()),
+                Some((i % 4) as i32),
+            )
+        }),
+    );
+}
+
+#[test]
+fn prometheus_sees_restore_lag_rise_and_return_to_zero_and_records_processed_rise() {
+    let root = tempfile::tempdir().unwrap();
+    let (broker, options) = setup(&root);
+    let metrics_port = free_port();
+    let prometheus = Prometheus::start(&[metrics_port]);
+    seed_changelog(&broker, &options, 200_000);
+    // Prometheus has scraped the (not yet running) target once: it will see the restore.
+    wait_until("Prometheus to scrape its target", TIMEOUT, || {
+        prometheus.query("up").is_some()
+    });
+    let mut app = App::spawn_with_metrics_port(&broker.address(), &options, metrics_port);
+
+    // While restoring: the gauge is above 0 in Prometheus, and the pod is not ready.
+    let mut seen_not_ready_while_restoring = false;
+    wait_until("Prometheus to see restore remaining > 0", TIMEOUT, || {
+        let remaining = app
+            .metric("kstreams_restore_remaining_records", &[])
+            .unwrap_or(0.0);
+        if remaining > 0.0 && !app.is_ready() {
+            seen_not_ready_while_restoring = true;
+        }
+        prometheus
+            .query("sum(kstreams_restore_remaining_records)")
+            .is_some_and(|v| v > 0.0)
+    });
+    assert!(
+        seen_not_ready_while_restoring || {
+            // The scrape may have come first; ask once more while the restore still runs.
+            app.metric("kstreams_restore_remaining_records", &[])
+                .unwrap_or(0.0)
+                > 0.0
+                && !app.is_ready()
+        },
+        "/health/ready answered ready while restoring"
+    );
+    app.wait_ready(TIMEOUT);
+    assert_eq!(
+        app.metric("kstreams_restore_remaining_records", &[]),
+        Some(0.0)
+    );
+    assert!(app.metric("kstreams_restore_records_total", &[]).unwrap() >= 200_000.0);
+    wait_until(
+        "Prometheus to see restore remaining back at 0",
+        TIMEOUT,
+        || prometheus.query("sum(kstreams_restore_remaining_records)") == Some(0.0),
+    );
+
+    let (records, _) = word_count_input(2_000, 50);
+    broker.produce_strings(
+        &options.input_topic,
+        records.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    wait_until("Prometheus to see 2,000 records processed", TIMEOUT, || {
+        prometheus.query("sum(kstreams_records_processed_total)") == Some(2_000.0)
+    });
+    assert!(
+        prometheus
+            .query("max(kstreams_restore_duration_seconds_count)")
+            .is_some_and(|n| n >= 1.0),
+        "restore durations are recorded"
+    );
+    assert!(app.terminate(Duration::from_secs(30)).success());
+}
+
+fn task_ids(app: &App) -> BTreeSet<String> {
+    app.tasks()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
+fn all_running(app: &App) -> bool {
+    app.tasks()
+        .is_some_and(|t| t.iter().all(|(_, state)| state == "running"))
+}
+
+#[test]
+fn status_lists_the_right_tasks_before_and_after_a_rebalance() {
+    let root = tempfile::tempdir().unwrap();
+    let (broker, options) = setup(&root);
+    let mut first = App::spawn(&broker.address(), &options);
+    first.wait_ready(TIMEOUT);
+    let all: BTreeSet<String> = ALL_TASKS.iter().map(|s| s.to_string()).collect();
+    wait_until("the first instance to own all four tasks", TIMEOUT, || {
+        task_ids(&first) == all
+    });
+    let generation_before = first.status().unwrap()["generation"].as_u64().unwrap();
+
+    let mut second_options = options.clone();
+    second_options.state_dir = root.path().join("state-b");
+    let mut second = App::spawn(&broker.address(), &second_options);
+    wait_until("the two instances to split the four tasks", TIMEOUT, || {
+        let (a, b) = (task_ids(&first), task_ids(&second));
+        !a.is_empty()
+            && !b.is_empty()
+            && a.is_disjoint(&b)
+            && a.union(&b).cloned().collect::<BTreeSet<_>>() == all
+    });
+    wait_until("both instances running all their tasks", TIMEOUT, || {
+        all_running(&first) && all_running(&second) && first.is_ready() && second.is_ready()
+    });
+    assert!(first.status().unwrap()["generation"].as_u64().unwrap() > generation_before);
+
+    assert!(
+        second.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        second.log()
+    );
+    wait_until("the first instance to take all tasks back", TIMEOUT, || {
+        task_ids(&first) == all && all_running(&first)
+    });
+    assert!(first.terminate(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn metrics_exposition_parses_and_has_no_negative_gauges() {
+    let root = tempfile::tempdir().unwrap();
+    let (broker, options) = setup(&root);
+    let mut app = App::spawn(&broker.address(), &options);
+    app.wait_ready(TIMEOUT);
+    broker.produce_strings(
+        &options.input_topic,
+        [("foo", "bar"), ("hello", "world"), ("foo", "baz")],
+    );
+    wait_until("3 records processed", TIMEOUT, || {
+        app.metric("kstreams_records_processed_total", &[]) == Some(3.0)
+    });
+    // Lag comes from librdkafka's statistics, every 5 s.
+    wait_until("consumer lag to be known", TIMEOUT, || {
+        app.http_get("/metrics")
+            .is_some_and(|(_, body)| body.contains("kstreams_consumer_lag_records{"))
+    });
+    let (status, body) = app.http_get("/metrics").unwrap();
+    assert_eq!(status, 200);
+
+    // Prometheus' own parser and linter.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    // Every sample parses, and no gauge is negative.
+    let mut gauges = BTreeSet::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            if kind == "gauge" {
+                gauges.insert(name.to_string());
+            }
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !(gauges.contains(name) && value < 0.0),
+            "negative gauge: {line}"
+        );
+    }
+    for expected in [
+        "kstreams_restore_remaining_records",
+        "kstreams_tasks_running",
+        "kstreams_consumer_lag_records",
+    ] {
+        assert!(
+            gauges.contains(expected),
+            "{expected} missing from:\n{body}"
+        );
+    }
+    assert!(app.terminate(Duration::from_secs(30)).success());
+}
