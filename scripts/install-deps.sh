@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# Installs what a fresh machine lacks: Debian's libclang (RocksDB's bindings) and the tansu
+# Installs what a fresh machine lacks: Debian packages (below) and the tansu
 # Kafka-protocol broker (pinned, into a cache dir, skipped when present).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
 
-if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
-  echo "==> installing libclang-dev (needed to build RocksDB's bindings)"
+# Debian packages: libclang for RocksDB's bindings; Prometheus (server + promtool) for the
+# scrape tests; python3-venv for the manifest checks.
+missing=()
+dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing Debian packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libclang-dev >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 if [ -x "$TANSU_BIN" ]; then

@@ -7,6 +7,7 @@ source "$here/env.sh"
 cd "$here/.."
 
 "$here/install-deps.sh"
+"$here/check-k8s.sh"
 echo "==> building (target dir $CARGO_TARGET_DIR)"
 cargo build --workspace --all-targets --locked
 echo "==> testing"
