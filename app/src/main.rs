@@ -98,6 +98,15 @@ struct RunArgs {
     /// Bound on a clean shutdown (flush, commit, close stores).
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
     shutdown_timeout_ms: u64,
+    /// A task failing this many times within --task-failure-window-ms stops the instance
+    /// (each failure before that restarts the task from its last commit).
+    #[arg(long, env = "TASK_FAILURE_LIMIT", default_value_t = 3)]
+    task_failure_limit: usize,
+    #[arg(long, env = "TASK_FAILURE_WINDOW_MS", default_value_t = 300_000)]
+    task_failure_window_ms: u64,
+    /// Delete task directories this instance has not owned for this long (state.cleanup.delay.ms).
+    #[arg(long, env = "STATE_CLEANUP_DELAY_MS", default_value_t = 600_000)]
+    state_cleanup_delay_ms: u64,
     /// /health/live fails when the consumer loop has not turned for this long.
     #[arg(long, env = "LIVENESS_TIMEOUT_MS", default_value_t = 60_000)]
     liveness_timeout_ms: u64,
@@ -125,6 +134,9 @@ impl RunArgs {
         config.shutdown_timeout = Duration::from_millis(self.shutdown_timeout_ms);
         config.session_timeout = Duration::from_millis(self.session_timeout_ms);
         config.liveness_timeout = Duration::from_millis(self.liveness_timeout_ms);
+        config.task_failure_limit = self.task_failure_limit;
+        config.task_failure_window = Duration::from_millis(self.task_failure_window_ms);
+        config.state_cleanup_delay = Duration::from_millis(self.state_cleanup_delay_ms);
         config.validate()?;
         Ok(config)
     }

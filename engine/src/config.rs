@@ -64,6 +64,11 @@ pub struct StreamsConfig {
     pub metrics_address: Option<SocketAddr>,
     /// Bound on a clean shutdown (flush, commit, close stores).
     pub shutdown_timeout: Duration,
+    /// A task failing this many times within `task_failure_window` stops the instance.
+    pub task_failure_limit: usize,
+    pub task_failure_window: Duration,
+    /// Task directories not owned for this long are deleted (Kafka Streams' state.cleanup.delay.ms).
+    pub state_cleanup_delay: Duration,
     /// `/health/live` fails when the consumer loop has not turned for this long.
     pub liveness_timeout: Duration,
     /// Session timeout of the group membership.
@@ -87,6 +92,9 @@ impl StreamsConfig {
             shutdown_timeout: Duration::from_secs(30),
             session_timeout: Duration::from_secs(10),
             liveness_timeout: Duration::from_secs(60),
+            task_failure_limit: 3,
+            task_failure_window: Duration::from_secs(300),
+            state_cleanup_delay: Duration::from_secs(600),
             client_overrides: Vec::new(),
         }
     }
@@ -148,6 +156,9 @@ impl StreamsConfig {
         }
         if self.shutdown_timeout.is_zero() {
             return invalid("shutdown-timeout-ms", "must be greater than 0".into());
+        }
+        if self.task_failure_limit == 0 {
+            return invalid("task-failure-limit", "must be at least 1".into());
         }
         if self.liveness_timeout.is_zero() {
             return invalid("liveness-timeout-ms", "must be greater than 0".into());

@@ -82,7 +82,26 @@ impl Topology {
     }
 }
 
-type Emit<K, V> = Box<dyn FnMut(K, V, &mut ProcessorContext<'_>) -> Result<(), RecordError> + Send>;
+/// What flows between DSL stages: a typed record, or a store entry to re-emit downstream of
+/// the stage that owns the store (see [`Processor::replay`]).
+enum Item<K, V> {
+    Record(K, V),
+    Replay {
+        store: StoreId,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+}
+
+impl<K, V> Item<K, V> {
+    /// A replay passing through a stage that does not own its store.
+    fn pass_replay<V2>(store: StoreId, key: Vec<u8>, value: Vec<u8>) -> Item<K, V2> {
+        Item::Replay { store, key, value }
+    }
+}
+
+type Emit<K, V> =
+    Box<dyn FnMut(Item<K, V>, &mut ProcessorContext<'_>) -> Result<(), RecordError> + Send>;
 type Wire<K, V> = Arc<dyn Fn(Emit<K, V>) -> Box<dyn Processor> + Send + Sync>;
 
 #[derive(Default)]
@@ -184,7 +203,18 @@ impl<K: 'static, V: 'static> Processor for SourceProcessor<K, V> {
                 reason: e.0,
             }
         })?;
-        (self.downstream)(key, value, ctx)
+        (self.downstream)(Item::Record(key, value), ctx)
+    }
+
+    fn replay(
+        &mut self,
+        store: StoreId,
+        key: &[u8],
+        value: &[u8],
+        ctx: &mut ProcessorContext<'_>,
+    ) -> Result<(), RecordError> {
+        let (key, value) = (key.to_vec(), value.to_vec());
+        (self.downstream)(Item::Replay { store, key, value }, ctx)
     }
 }
 
@@ -206,7 +236,15 @@ impl<K: 'static, V: 'static> KStream<K, V> {
         let wire: Wire<K, V2> = Arc::new(move |mut downstream: Emit<K, V2>| {
             let f = f.clone();
             upstream(Box::new(
-                move |k: K, v: V, ctx: &mut ProcessorContext<'_>| downstream(k, f(v), ctx),
+                move |item: Item<K, V>, ctx: &mut ProcessorContext<'_>| {
+                    let mapped = match item {
+                        Item::Record(k, v) => Item::Record(k, f(v)),
+                        Item::Replay { store, key, value } => {
+                            Item::<K, V>::pass_replay(store, key, value)
+                        }
+                    };
+                    downstream(mapped, ctx)
+                },
             ))
         });
         KStream {
@@ -232,8 +270,16 @@ impl<K: 'static, V: 'static> KStream<K, V> {
             let (topic, key_serde, value_serde) =
                 (topic.clone(), key_serde.clone(), value_serde.clone());
             wire(Box::new(
-                move |k: K, v: V, ctx: &mut ProcessorContext<'_>| {
-                    ctx.forward(&topic, &key_serde.serialize(&k), &value_serde.serialize(&v))
+                move |item: Item<K, V>, ctx: &mut ProcessorContext<'_>| {
+                    match item {
+                        Item::Record(k, v) => ctx.forward(
+                            &topic,
+                            &key_serde.serialize(&k),
+                            &value_serde.serialize(&v),
+                        ),
+                        // A sink owns no store: a replay that reaches it has nothing to re-emit.
+                        Item::Replay { .. } => Ok(()),
+                    }
                 },
             ))
         });
@@ -263,18 +309,39 @@ impl<K: 'static, V: 'static> KGroupedStream<K, V> {
         let key_serde = self.stream.key_serde.clone();
         let wire: Wire<K, i64> = Arc::new(move |mut downstream: Emit<K, i64>| {
             let key_serde = key_serde.clone();
+            let decode_count = |bytes: &[u8]| {
+                I64Serde
+                    .deserialize(bytes)
+                    .map_err(|e| RecordError::Failed(format!("corrupt count in store: {e}")))
+            };
             upstream(Box::new(
-                move |key: K, _value: V, ctx: &mut ProcessorContext<'_>| {
-                    let key_bytes = key_serde.serialize(&key);
-                    let previous = match ctx.get(store, &key_bytes)? {
-                        Some(bytes) => I64Serde.deserialize(&bytes).map_err(|e| {
-                            RecordError::Failed(format!("corrupt count in store: {e}"))
-                        })?,
-                        None => 0,
-                    };
-                    let count = previous + 1;
-                    ctx.put(store, &key_bytes, &I64Serde.serialize(&count))?;
-                    downstream(key, count, ctx)
+                move |item: Item<K, V>, ctx: &mut ProcessorContext<'_>| {
+                    match item {
+                        Item::Record(key, _value) => {
+                            let key_bytes = key_serde.serialize(&key);
+                            let previous = match ctx.get(store, &key_bytes)? {
+                                Some(bytes) => decode_count(&bytes)?,
+                                None => 0,
+                            };
+                            let count = previous + 1;
+                            ctx.put(store, &key_bytes, &I64Serde.serialize(&count))?;
+                            downstream(Item::Record(key, count), ctx)
+                        }
+                        // Our own store's entry: re-emit the count as the update it was.
+                        Item::Replay {
+                            store: s,
+                            key,
+                            value,
+                        } if s == store => {
+                            let typed_key = key_serde.deserialize(&key).map_err(|e| {
+                                RecordError::Failed(format!("corrupt key in store: {e}"))
+                            })?;
+                            downstream(Item::Record(typed_key, decode_count(&value)?), ctx)
+                        }
+                        Item::Replay { store, key, value } => {
+                            downstream(Item::<K, V>::pass_replay(store, key, value), ctx)
+                        }
+                    }
                 },
             ))
         });

@@ -33,6 +33,9 @@ pub struct EngineMetrics {
     pub tasks_revoked: IntCounter,
     pub tasks_lost: IntCounter,
     pub rebalance_paused: prometheus::Counter,
+    pub state_wipes: IntCounterVec,
+    pub task_restarts: IntCounter,
+    pub state_dirs_removed: IntCounter,
 }
 
 fn register<M: Collector + Clone + 'static>(
@@ -105,6 +108,12 @@ impl EngineMetrics {
                 "kstreams_rebalance_paused_seconds_total",
                 "Time partitions spent paused by rebalances: handing over revoked tasks and restoring assigned ones",
             )),
+            state_wipes: register(r, IntCounterVec::new(
+                opts("kstreams_state_wipes_total", "Task states wiped as untrusted, by reason (open_failed, missing_offsets, ahead_of_changelog)"),
+                &["reason"],
+            )),
+            task_restarts: register(r, IntCounter::new("kstreams_task_restarts_total", "Failed tasks restarted from their last committed state")),
+            state_dirs_removed: register(r, IntCounter::new("kstreams_state_dirs_removed_total", "Task directories deleted after the cleanup delay")),
             registry,
         }
     }

@@ -10,6 +10,7 @@ use crossbeam_channel::Receiver;
 use ractor::ActorRef;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
+use rdkafka::Offset;
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
@@ -22,6 +23,7 @@ use crate::supervisor::{ask, PollerCommand, SupervisorMsg};
 /// Most records handed to tasks per poll round.
 const MAX_RECORDS_PER_ROUND: usize = 2_000;
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Poller {
     pub(crate) consumer: BaseConsumer<RebalanceListener>,
@@ -64,11 +66,29 @@ impl Poller {
     fn apply_commands(&self) {
         for command in self.commands.try_iter() {
             match command {
-                PollerCommand::Resume(partition) => {
+                PollerCommand::Resume(partition, next_offset) => {
+                    let context = self.consumer.context();
+                    let tpl = context.partition_list([(partition, None)]);
+                    if let Err(e) = self.consumer.resume(&tpl) {
+                        debug!(partition, "resume skipped: {e}");
+                        continue;
+                    }
+                    // Fetch from the task's own position: it may be ahead of the group's
+                    // committed offset (after a crash) or behind the fetch position (after a
+                    // task restart dropped a batch).
+                    let offset = next_offset.map_or(Offset::Beginning, Offset::Offset);
+                    match self
+                        .consumer
+                        .seek(&context.source_topic, partition, offset, SEEK_TIMEOUT)
+                    {
+                        Ok(()) => debug!(partition, "input resumed at {offset:?}"),
+                        Err(e) => warn!(partition, "seeking input to {offset:?} failed: {e}"),
+                    }
+                }
+                PollerCommand::Pause(partition) => {
                     let tpl = self.consumer.context().partition_list([(partition, None)]);
-                    match self.consumer.resume(&tpl) {
-                        Ok(()) => debug!(partition, "input resumed"),
-                        Err(e) => debug!(partition, "resume skipped: {e}"),
+                    if let Err(e) = self.consumer.pause(&tpl) {
+                        debug!(partition, "pause skipped: {e}");
                     }
                 }
             }

@@ -44,7 +44,7 @@ impl RecordError {
 }
 
 /// Index of a state store within its topology (the order stores were added).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StoreId(pub usize);
 
 /// Handles one record at a time for one task. One instance exists per task.
@@ -54,6 +54,20 @@ pub trait Processor: Send + 'static {
         record: &InputRecord,
         ctx: &mut ProcessorContext<'_>,
     ) -> Result<(), RecordError>;
+
+    /// Re-emits what depends on one store entry. After a crash, a task restores changelog
+    /// records whose input it will not process again, but whose output may never have
+    /// reached the broker; the engine calls this for each such key with its restored value.
+    /// The default does nothing (for processors without output derived from stores).
+    fn replay(
+        &mut self,
+        _store: StoreId,
+        _key: &[u8],
+        _value: &[u8],
+        _ctx: &mut ProcessorContext<'_>,
+    ) -> Result<(), RecordError> {
+        Ok(())
+    }
 }
 
 /// Makes a fresh processor for each task.

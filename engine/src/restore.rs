@@ -1,6 +1,9 @@
 //! Restoring a task's stores from their changelog partitions: from the offset the task's own
 //! RocksDB says it applied, up to the changelog's end, with progress in logs and metrics.
+//! It also works out how far input processing had got, and which restored keys may still
+//! owe their output (written to the changelog after the last commit).
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -21,63 +24,117 @@ use crate::task_store::{ChangelogUpdate, TaskStore};
 
 const BATCH: usize = 10_000;
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What a restore did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What a restore did and found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RestoreOutcome {
     /// Changelog records applied (all stores).
     pub records: u64,
-    /// One past the highest input offset named by a restored changelog record.
+    /// Where input processing resumes: past everything the local store, the changelog
+    /// headers and the group's committed offset say was applied.
     pub input_next: Option<i64>,
+    /// Keys restored from changelog records whose input offset is at or past the last
+    /// commit: their output may not have reached the broker, so they are re-emitted.
+    pub replay: BTreeSet<(StoreId, Vec<u8>)>,
+    /// Why the local state was wiped before restoring, if it was.
+    pub wiped: Option<&'static str>,
 }
 
-/// Brings every store of `store` up to its changelog's end.
-pub fn restore_task(
-    task: TaskId,
-    config: &StreamsConfig,
-    store: &mut TaskStore,
-    metrics: &EngineMetrics,
-    progress: &TaskProgress,
-) -> Result<RestoreOutcome> {
-    let consumer: BaseConsumer = ClientConfig::new()
+/// What a task needs to know to restore.
+pub struct RestoreRequest<'a> {
+    pub task: TaskId,
+    pub config: &'a StreamsConfig,
+    pub source_topic: &'a str,
+    pub metrics: &'a EngineMetrics,
+    pub progress: &'a TaskProgress,
+}
+
+fn restore_consumer(request: &RestoreRequest<'_>) -> Result<BaseConsumer> {
+    let config = request.config;
+    // Same group id, but never subscribed: it only reads the group's committed offset.
+    ClientConfig::new()
         .set("bootstrap.servers", &config.bootstrap_servers)
-        .set("group.id", format!("{}-restore", config.application_id))
+        .set("group.id", config.group_id())
         .set(
             "client.id",
-            format!("{}-{task}-restore", config.application_id),
+            format!("{}-{}-restore", config.application_id, request.task),
         )
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "100")
         .create()
-        .map_err(EngineError::kafka("create restore consumer"))?;
+        .map_err(EngineError::kafka("create restore consumer"))
+}
+
+/// The group's committed input offset for the task's partition, if any.
+fn group_committed(
+    consumer: &BaseConsumer,
+    source_topic: &str,
+    partition: i32,
+) -> Result<Option<i64>> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(source_topic, partition);
+    let committed = consumer
+        .committed_offsets(tpl, METADATA_TIMEOUT)
+        .map_err(EngineError::kafka("read committed offset"))?;
+    Ok(committed
+        .find_partition(source_topic, partition)
+        .and_then(|e| match e.offset() {
+            Offset::Offset(o) if o >= 0 => Some(o),
+            _ => None,
+        }))
+}
+
+/// Brings every store of `store` up to its changelog's end.
+pub fn restore_task(request: &RestoreRequest<'_>, store: &mut TaskStore) -> Result<RestoreOutcome> {
+    let task = request.task;
+    let consumer = restore_consumer(request)?;
     let labels = EngineMetrics::task_labels(task);
     let labels = [labels[0].as_str(), labels[1].as_str()];
     let mut outcome = RestoreOutcome::default();
-    let mut offsets = store.read_offsets()?;
+
+    // Work out the changelog ends first: local state ahead of its changelog comes from
+    // another history (the changelog was recreated) and is not trusted.
     let store_names = store.store_names().to_vec();
-    for (index, name) in store_names.iter().enumerate() {
-        let topic = config.changelog_topic(name);
+    let mut watermarks = Vec::new();
+    for name in &store_names {
+        let topic = request.config.changelog_topic(name);
         let (low, high) = consumer
-            .fetch_watermarks(&topic, task.partition, Duration::from_secs(10))
+            .fetch_watermarks(&topic, task.partition, METADATA_TIMEOUT)
             .map_err(EngineError::kafka("read changelog watermarks"))?;
-        let local = offsets.changelog_next[index];
-        if local.is_some_and(|next| next > high) {
-            warn!(
-                %task, changelog = %topic, local_offset = local.unwrap_or_default(), changelog_end = high,
-                "local state is ahead of its changelog (the changelog was recreated?); restoring on top of it"
-            );
-        }
-        let start = local.unwrap_or(0).clamp(low, high);
+        watermarks.push((topic, low, high));
+    }
+    let stored = store.read_offsets()?;
+    let ahead = stored
+        .changelog_next
+        .iter()
+        .zip(&watermarks)
+        .any(|(local, (_, _, high))| local.is_some_and(|next| next > *high));
+    if ahead {
+        warn!(%task, "local state is ahead of its changelog (recreated?): wiping it and restoring fully");
+        store.wipe()?;
+        outcome.wiped = Some("ahead_of_changelog");
+    }
+    let mut offsets = store.read_offsets()?;
+    let committed = group_committed(&consumer, request.source_topic, task.partition)?;
+    // Input below this offset was flushed (changelog and output) before a commit.
+    let safe_from = offsets.input_next.max(committed).unwrap_or(0);
+    outcome.input_next = offsets.input_next.max(committed);
+
+    for (index, (name, (topic, low, high))) in store_names.iter().zip(watermarks).enumerate() {
+        let start = offsets.changelog_next[index].unwrap_or(0).clamp(low, high);
         if start >= high {
             info!(%task, store = %name, "store is up to date with its changelog (offset {high}), nothing to restore");
             offsets.changelog_next[index] = Some(high);
             continue;
         }
         let total = (high - start) as u64;
-        progress.add_restore_total(total);
+        request.progress.add_restore_total(total);
         info!(%task, store = %name, "restoring {total} changelog records from {topic} offsets {start}..{high}");
-        metrics
+        request
+            .metrics
             .restore_remaining
             .with_label_values(&labels)
             .set(total as i64);
@@ -98,22 +155,22 @@ pub fn restore_task(
             match consumer.poll(Duration::from_millis(500)) {
                 Some(Ok(message)) => {
                     position = position.max(message.offset() + 1);
-                    if let Some(input) = message
+                    let input = message
                         .headers()
                         .and_then(|h| h.iter().find(|h| h.key == INPUT_OFFSET_HEADER))
-                        .and_then(|h| h.value.and_then(decode_offset))
-                    {
+                        .and_then(|h| h.value.and_then(decode_offset));
+                    if let Some(input) = input {
                         outcome.input_next = outcome.input_next.max(Some(input + 1));
                     }
                     if let Some(key) = message.key() {
+                        if input.is_some_and(|input| input >= safe_from) {
+                            outcome.replay.insert((StoreId(index), key.to_vec()));
+                        }
                         batch.push((key.to_vec(), message.payload().map(<[u8]>::to_vec)));
                     }
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => {
-                    // The end as the broker sees it now: compaction may have removed the tail's
-                    // last offsets from view, so the high watermark may never be reached.
-                    position = high;
-                }
+                // The end as the broker sees it now (compaction may hide the last offsets).
+                Some(Err(KafkaError::PartitionEOF(_))) => position = high,
                 Some(Err(error)) => {
                     warn!(%task, changelog = %topic, "restore consumer: {error}; retrying")
                 }
@@ -125,12 +182,17 @@ pub fn restore_task(
                 store.apply_restored(StoreId(index), &batch, &offsets)?;
                 let n = batch.len() as u64;
                 applied += n;
-                metrics.restore_records.with_label_values(&labels).inc_by(n);
-                progress.add_restored(n);
+                request
+                    .metrics
+                    .restore_records
+                    .with_label_values(&labels)
+                    .inc_by(n);
+                request.progress.add_restored(n);
                 batch.clear();
             }
             let remaining = (high - position).max(0);
-            metrics
+            request
+                .metrics
                 .restore_remaining
                 .with_label_values(&labels)
                 .set(remaining);
@@ -150,6 +212,10 @@ pub fn restore_task(
             applied as f64 / elapsed.as_secs_f64().max(1e-9)
         );
     }
-    metrics.restore_remaining.with_label_values(&labels).set(0);
+    request
+        .metrics
+        .restore_remaining
+        .with_label_values(&labels)
+        .set(0);
     Ok(outcome)
 }

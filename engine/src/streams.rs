@@ -105,6 +105,7 @@ impl KafkaStreams {
                 poller: poller_tx,
                 fatal: fatal_tx.clone(),
                 status: status.clone(),
+                leftover_tasks: leftover.clone(),
             },
         )
         .await

@@ -1,7 +1,7 @@
 //! The supervisor actor: owns the partition assignment, starts a task actor per assigned
 //! partition, stops revoked ones after their commit, routes batches, and reports task failures.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,7 @@ use crossbeam_channel::Sender;
 use futures::future::join_all;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::mpsc::UnboundedSender;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::assignment::{AssignmentChange, AssignmentEvent};
 use crate::config::StreamsConfig;
@@ -28,8 +28,11 @@ const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests from the supervisor to the consumer's polling loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PollerCommand {
-    /// The task for this partition has restored: start fetching its input.
-    Resume(i32),
+    /// The task for this partition is running: fetch its input from this offset (or from
+    /// the beginning when the task has never processed any).
+    Resume(i32, Option<i64>),
+    /// The task for this partition failed and restarts: stop fetching its input.
+    Pause(i32),
 }
 
 /// Input offsets to commit to the group, per partition.
@@ -42,8 +45,10 @@ pub enum SupervisorMsg {
     Process(BTreeMap<i32, Vec<InputRecord>>, RpcReplyPort<Result<()>>),
     /// Commit every running task; answered with the offsets to commit to the group.
     CommitAll(RpcReplyPort<Result<CommitOffsets>>),
-    /// A task finished restoring.
-    TaskRunning(TaskId),
+    /// A task finished restoring; its input resumes at this offset.
+    TaskRunning(TaskId, Option<i64>),
+    /// Time to delete task directories not owned for longer than the cleanup delay.
+    CleanStateDirs,
     /// Stop every task without committing (after a final CommitAll on shutdown).
     StopAll(RpcReplyPort<()>),
     /// The tasks and their phases.
@@ -58,6 +63,8 @@ pub struct SupervisorArgs {
     pub poller: Sender<PollerCommand>,
     pub fatal: UnboundedSender<EngineError>,
     pub status: Arc<InstanceStatus>,
+    /// Task directories found on disk at start-up (candidates for cleanup until assigned).
+    pub leftover_tasks: Vec<TaskId>,
 }
 
 struct TaskEntry {
@@ -70,6 +77,10 @@ struct TaskEntry {
 pub struct SupervisorState {
     args: SupervisorArgs,
     tasks: BTreeMap<i32, TaskEntry>,
+    /// Recent failures per task, to tell a one-off from a task that keeps failing.
+    failures: HashMap<TaskId, VecDeque<Instant>>,
+    /// Task directories on disk that this instance does not own, and since when.
+    unowned_since: HashMap<TaskId, Instant>,
 }
 
 pub struct Supervisor;
@@ -109,12 +120,19 @@ impl Actor for Supervisor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<SupervisorMsg>,
+        myself: ActorRef<SupervisorMsg>,
         args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
+        let period = (args.config.state_cleanup_delay / 2)
+            .clamp(Duration::from_millis(100), Duration::from_secs(30));
+        myself.send_interval(period, || SupervisorMsg::CleanStateDirs);
+        let now = Instant::now();
+        let unowned_since = args.leftover_tasks.iter().map(|t| (*t, now)).collect();
         Ok(SupervisorState {
             args,
             tasks: BTreeMap::new(),
+            failures: HashMap::new(),
+            unowned_since,
         })
     }
 
@@ -143,7 +161,8 @@ impl Actor for Supervisor {
                 }
                 let _ = reply.send(result);
             }
-            SupervisorMsg::TaskRunning(task) => {
+            SupervisorMsg::CleanStateDirs => state.clean_state_dirs(),
+            SupervisorMsg::TaskRunning(task, next_offset) => {
                 if let Some(entry) = state
                     .tasks
                     .get_mut(&task.partition)
@@ -158,7 +177,7 @@ impl Actor for Supervisor {
                     let _ = state
                         .args
                         .poller
-                        .send(PollerCommand::Resume(task.partition));
+                        .send(PollerCommand::Resume(task.partition, next_offset));
                 }
             }
             SupervisorMsg::StopAll(reply) => {
@@ -184,7 +203,7 @@ impl Actor for Supervisor {
 
     async fn handle_supervisor_evt(
         &self,
-        _myself: ActorRef<SupervisorMsg>,
+        myself: ActorRef<SupervisorMsg>,
         event: SupervisionEvent,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
@@ -197,11 +216,11 @@ impl Actor for Supervisor {
             if let Some((partition, task)) = failed {
                 state.tasks.remove(&partition);
                 state.args.status.remove_task(task);
-                error!(%task, "task failed: {reason}");
-                let _ = state.args.fatal.send(EngineError::TaskFailed {
-                    task,
-                    reason: reason.to_string(),
-                });
+                state.args.metrics.forget_task(task);
+                let _ = state.args.poller.send(PollerCommand::Pause(partition));
+                state
+                    .restart_or_give_up(&myself, task, reason.to_string())
+                    .await;
             }
         }
         Ok(())
@@ -259,6 +278,7 @@ impl SupervisorState {
 
     async fn start_task(&mut self, myself: &ActorRef<SupervisorMsg>, partition: i32) -> Result<()> {
         let task = TaskId::new(0, partition);
+        self.unowned_since.remove(&task);
         let args = TaskArgs {
             task,
             topology: self.args.topology.clone(),
@@ -303,7 +323,11 @@ impl SupervisorState {
             }
         }
         for result in join_all(asks).await {
-            result??;
+            // A failed task is restarted by supervision (handle_supervisor_evt); its partition's
+            // input is re-fetched from the task's own position once it runs again.
+            if let Err(error) = result.and_then(|r| r) {
+                warn!("{error}");
+            }
         }
         Ok(())
     }
@@ -327,6 +351,7 @@ impl SupervisorState {
             let task = TaskId::new(0, partition);
             self.args.status.remove_task(task);
             self.args.metrics.forget_task(task);
+            self.unowned_since.insert(task, Instant::now());
         }
         let stops =
             partitions
@@ -342,5 +367,68 @@ impl SupervisorState {
                     }
                 });
         join_all(stops).await;
+    }
+
+    /// Restarts a failed task from its last committed state, unless it failed too often
+    /// within the window: then the instance stops with the cause.
+    async fn restart_or_give_up(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        task: TaskId,
+        reason: String,
+    ) {
+        let config = &self.args.config;
+        let now = Instant::now();
+        let failures = self.failures.entry(task).or_default();
+        failures.push_back(now);
+        while failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > config.task_failure_window)
+        {
+            failures.pop_front();
+        }
+        let count = failures.len();
+        if count >= config.task_failure_limit {
+            error!(%task, "task failed {count} times within {:?}, giving up: {reason}", config.task_failure_window);
+            let _ = self.args.fatal.send(EngineError::TaskFailed {
+                task,
+                reason: format!(
+                    "failed {count} times within {:?}; last: {reason}",
+                    config.task_failure_window
+                ),
+            });
+            return;
+        }
+        warn!(%task, "task failed ({count} of {} allowed within {:?}), restarting it from its last commit: {reason}",
+            config.task_failure_limit, config.task_failure_window);
+        self.args.metrics.task_restarts.inc();
+        if let Err(error) = self.start_task(myself, task.partition).await {
+            let _ = self.args.fatal.send(error);
+        }
+    }
+
+    /// Deletes the directories of tasks this instance has not owned for the cleanup delay.
+    fn clean_state_dirs(&mut self) {
+        let delay = self.args.config.state_cleanup_delay;
+        let due: Vec<TaskId> = self
+            .unowned_since
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= delay)
+            .map(|(task, _)| *task)
+            .collect();
+        for task in due {
+            self.unowned_since.remove(&task);
+            let dir = self.args.state_directory.task_dir(task);
+            if !dir.exists() {
+                continue;
+            }
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {
+                    info!(%task, "removed state dir {} (not owned for {delay:?})", dir.display());
+                    self.args.metrics.state_dirs_removed.inc();
+                }
+                Err(e) => warn!(%task, "could not remove state dir {}: {e}", dir.display()),
+            }
+        }
     }
 }

@@ -16,7 +16,7 @@ use crate::metrics::EngineMetrics;
 use crate::offsets::InputPosition;
 use crate::processor::{InputRecord, Processor, ProcessorContext, RecordError, StoreId};
 use crate::record_collector::RecordCollector;
-use crate::restore::restore_task;
+use crate::restore::{restore_task, RestoreOutcome, RestoreRequest};
 use crate::status::TaskProgress;
 use crate::supervisor::SupervisorMsg;
 use crate::task_id::TaskId;
@@ -67,6 +67,7 @@ pub struct TaskState {
     labels: [String; 2],
     supervisor: ActorRef<SupervisorMsg>,
     progress: Arc<TaskProgress>,
+    source_topic: String,
     store: TaskStore,
     collector: RecordCollector,
     processor: Box<dyn Processor>,
@@ -100,8 +101,12 @@ impl Actor for StreamTask {
             supervisor,
             progress,
         } = args;
-        let store =
-            tokio::task::block_in_place(|| TaskStore::open(task, &task_dir, topology.stores()))?;
+        let (store, wiped) = tokio::task::block_in_place(|| {
+            TaskStore::open_or_wipe(task, &task_dir, topology.stores())
+        })?;
+        if let Some(reason) = wiped {
+            metrics.state_wipes.with_label_values(&[reason]).inc();
+        }
         let collector = RecordCollector::new(task, &config, topology.stores())?;
         let changelog_next = store.read_offsets()?.changelog_next;
         metrics.tasks_restoring.inc();
@@ -113,6 +118,7 @@ impl Actor for StreamTask {
             metrics,
             supervisor,
             progress,
+            source_topic: topology.source_topic().to_string(),
             store,
             collector,
             processor: topology.new_processor(),
@@ -133,9 +139,10 @@ impl Actor for StreamTask {
         match msg {
             TaskMsg::Restore => {
                 tokio::task::block_in_place(|| state.restore())?;
-                state
-                    .supervisor
-                    .cast(SupervisorMsg::TaskRunning(state.task))?;
+                state.supervisor.cast(SupervisorMsg::TaskRunning(
+                    state.task,
+                    state.position.next(),
+                ))?;
             }
             TaskMsg::Process(records, reply) => {
                 let result = tokio::task::block_in_place(|| state.process(&records));
@@ -186,19 +193,24 @@ impl Actor for StreamTask {
 impl TaskState {
     fn restore(&mut self) -> Result<()> {
         let started = std::time::Instant::now();
-        let outcome = restore_task(
-            self.task,
-            &self.config,
-            &mut self.store,
-            &self.metrics,
-            &self.progress,
-        )?;
+        let request = RestoreRequest {
+            task: self.task,
+            config: &self.config,
+            source_topic: &self.source_topic,
+            metrics: &self.metrics,
+            progress: &self.progress,
+        };
+        let outcome = restore_task(&request, &mut self.store)?;
+        if let Some(reason) = outcome.wiped {
+            self.metrics.state_wipes.with_label_values(&[reason]).inc();
+        }
         self.metrics
             .restore_duration
             .observe(started.elapsed().as_secs_f64());
         let stored: StoredOffsets = self.store.read_offsets()?;
         self.position = InputPosition::resume(stored.input_next, outcome.input_next);
         self.changelog_next = stored.changelog_next;
+        self.replay(&outcome)?;
         self.phase = TaskPhase::Running;
         self.progress.set_next_offset(self.position.next());
         self.progress.set_running();
@@ -206,10 +218,36 @@ impl TaskState {
         self.metrics.tasks_running.inc();
         info!(
             task = %self.task,
-            "running: restored {} records, resuming input at offset {}",
+            "running: restored {} records, re-emitted {} keys, resuming input at offset {}",
             outcome.records,
-            self.position.next().map_or("(committed)".to_string(), |o| o.to_string())
+            outcome.replay.len(),
+            self.position.next().map_or("(beginning)".to_string(), |o| o.to_string())
         );
+        Ok(())
+    }
+
+    /// Re-emits the output of keys whose changelog records came after the last commit.
+    fn replay(&mut self, outcome: &RestoreOutcome) -> Result<()> {
+        let offset = self.position.next().unwrap_or(0);
+        for (store, key) in &outcome.replay {
+            let Some(value) = self.store.get(*store, key)? else {
+                continue;
+            };
+            let mut ctx = ProcessorContext {
+                store: &mut self.store,
+                collector: &mut self.collector,
+                partition: self.task.partition,
+                offset,
+            };
+            self.processor
+                .replay(*store, key, &value, &mut ctx)
+                .map_err(|e| EngineError::Processing {
+                    task: self.task,
+                    partition: self.task.partition,
+                    offset,
+                    reason: format!("re-emitting a restored key: {e}"),
+                })?;
+        }
         Ok(())
     }
 
@@ -233,7 +271,21 @@ impl TaskState {
                 partition: record.partition,
                 offset: record.offset,
             };
-            match self.processor.process(record, &mut ctx) {
+            let processor = &mut self.processor;
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                processor.process(record, &mut ctx)
+            }))
+            .unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(RecordError::Failed(format!(
+                    "processor panicked: {message}"
+                )))
+            });
+            match result {
                 Ok(()) => {
                     processed += 1;
                     if let Some(timestamp) = record.timestamp {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, DB};
 
@@ -10,6 +11,10 @@ use crate::error::{EngineError, Result};
 use crate::offsets::{changelog_offset_key, decode_offset, encode_offset, INPUT_OFFSET_KEY};
 use crate::processor::StoreId;
 use crate::task_id::TaskId;
+use tracing::warn;
+
+/// How long to wait for a store lock still held by a task that just stopped.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// Column family holding the task's offsets.
 pub const OFFSETS_CF: &str = "offsets";
@@ -62,6 +67,72 @@ impl TaskStore {
             store_names: store_names.to_vec(),
             dirty: vec![HashMap::new(); store_names.len()],
         })
+    }
+
+    /// Opens the task's store; state that cannot be trusted (RocksDB will not open it, or it
+    /// holds data but no offsets) is wiped and opened empty, to be restored from the changelog.
+    /// Returns the store and, if it was wiped, why.
+    pub fn open_or_wipe(
+        task: TaskId,
+        path: &Path,
+        store_names: &[String],
+    ) -> Result<(Self, Option<&'static str>)> {
+        // A restarted task may briefly find its previous instance's lock still held.
+        let deadline = Instant::now() + LOCK_WAIT;
+        let opened = loop {
+            match Self::open(task, path, store_names) {
+                Err(EngineError::Store { source, .. })
+                    if source.to_string().contains("lock") && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => break other,
+            }
+        };
+        let reason = match opened {
+            Ok(store) if store.has_data_without_offsets()? => "missing_offsets",
+            Ok(store) => return Ok((store, None)),
+            Err(EngineError::Store { source, .. }) => {
+                warn!(%task, "state at {} cannot be opened: {source}", path.display());
+                "open_failed"
+            }
+            Err(other) => return Err(other),
+        };
+        warn!(%task, reason, "wiping untrusted state at {}; it will be restored from the changelog", path.display());
+        std::fs::remove_dir_all(path).map_err(|source| EngineError::StateDirIo {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok((Self::open(task, path, store_names)?, Some(reason)))
+    }
+
+    /// Some store holds data, but the offsets that say how far it got are missing.
+    fn has_data_without_offsets(&self) -> Result<bool> {
+        let offsets = self.read_offsets()?;
+        let has_data = self.store_names.iter().any(|name| {
+            self.db
+                .iterator_cf(self.cf(name), rocksdb::IteratorMode::Start)
+                .next()
+                .is_some()
+        });
+        Ok(has_data && offsets.changelog_next.iter().any(Option::is_none))
+    }
+
+    /// Drops all state and offsets (the store stays open, empty).
+    pub fn wipe(&mut self) -> Result<()> {
+        for name in self
+            .store_names
+            .iter()
+            .map(String::as_str)
+            .chain([OFFSETS_CF])
+        {
+            self.db.drop_cf(name).map_err(self.store_error())?;
+            self.db
+                .create_cf(name, &Options::default())
+                .map_err(self.store_error())?;
+        }
+        self.dirty.iter_mut().for_each(HashMap::clear);
+        Ok(())
     }
 
     fn store_error(&self) -> impl FnOnce(rocksdb::Error) -> EngineError + '_ {
@@ -246,5 +317,67 @@ mod tests {
         assert_eq!(store.get(StoreId(0), b"a").unwrap(), None);
         assert_eq!(store.get(StoreId(0), b"b").unwrap(), Some(b"1".to_vec()));
         assert_eq!(store.read_offsets().unwrap(), offsets);
+    }
+
+    #[test]
+    fn unopenable_or_offsetless_state_is_wiped() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = TaskId::new(0, 2);
+        let stores = vec!["s".to_string()];
+        {
+            let mut store = TaskStore::open(task, dir.path(), &stores).unwrap();
+            store.put(StoreId(0), b"k", b"v");
+            store
+                .commit(&StoredOffsets {
+                    input_next: Some(1),
+                    changelog_next: vec![Some(1)],
+                })
+                .unwrap();
+        }
+        let (store, wiped) = TaskStore::open_or_wipe(task, dir.path(), &stores).unwrap();
+        assert_eq!(wiped, None, "consistent state is kept");
+        assert_eq!(store.get(StoreId(0), b"k").unwrap(), Some(b"v".to_vec()));
+        drop(store);
+
+        std::fs::write(dir.path().join("CURRENT"), b"garbage\n").unwrap();
+        let (store, wiped) = TaskStore::open_or_wipe(task, dir.path(), &stores).unwrap();
+        assert_eq!(wiped, Some("open_failed"));
+        assert_eq!(store.get(StoreId(0), b"k").unwrap(), None);
+        drop(store);
+
+        {
+            let mut store = TaskStore::open(task, dir.path(), &stores).unwrap();
+            store.put(StoreId(0), b"k", b"v");
+            store
+                .commit(&StoredOffsets {
+                    input_next: None,
+                    changelog_next: vec![None],
+                })
+                .unwrap();
+        }
+        let (_, wiped) = TaskStore::open_or_wipe(task, dir.path(), &stores).unwrap();
+        assert_eq!(wiped, Some("missing_offsets"));
+    }
+
+    #[test]
+    fn wipe_empties_state_and_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = TaskStore::open(TaskId::new(0, 0), dir.path(), &["s".to_string()]).unwrap();
+        store.put(StoreId(0), b"k", b"v");
+        store
+            .commit(&StoredOffsets {
+                input_next: Some(4),
+                changelog_next: vec![Some(9)],
+            })
+            .unwrap();
+        store.wipe().unwrap();
+        assert_eq!(store.get(StoreId(0), b"k").unwrap(), None);
+        assert_eq!(
+            store.read_offsets().unwrap(),
+            StoredOffsets {
+                input_next: None,
+                changelog_next: vec![None]
+            }
+        );
     }
 }
