@@ -260,6 +260,7 @@ impl Broker {
             .client()
             .set("group.id", unique("reader"))
             .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
             .create()
             .unwrap();
         let partitions = self.partitions(topic).unwrap_or(0) as i32;
@@ -282,19 +283,29 @@ impl Broker {
         }
         consumer.assign(&assignment).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = HashMap::new();
         while !remaining.is_empty() {
             assert!(
                 Instant::now() < deadline,
-                "reading {topic} did not reach its end: {remaining:?} left"
+                "reading {topic} did not reach its end: {remaining:?} left (last offsets read: {last:?})"
             );
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                records.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
-                if remaining
-                    .get(&m.partition())
-                    .is_some_and(|high| m.offset() + 1 >= *high)
-                {
-                    remaining.remove(&m.partition());
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    last.insert(m.partition(), m.offset());
+                    records.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
+                    if remaining
+                        .get(&m.partition())
+                        .is_some_and(|high| m.offset() + 1 >= *high)
+                    {
+                        remaining.remove(&m.partition());
+                    }
                 }
+                // The broker says this is the end (offsets below the high watermark may be
+                // unreadable, e.g. batches of a producer killed mid-write).
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    remaining.remove(&p);
+                }
+                _ => {}
             }
         }
         records
@@ -508,6 +519,12 @@ impl App {
         }
     }
 
+    /// SIGKILL, as a crash or an OOM kill would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
@@ -641,4 +658,25 @@ pub fn word_count_input(
         })
         .collect();
     (records, expected)
+}
+
+/// The counts in every task's `store` under `<state_dir>/<application_id>/` (read-only; the
+/// instance must be stopped), summed over tasks.
+pub fn read_store_counts(state_dir: &Path, application_id: &str, store: &str) -> HashMap<String, u64> {
+    let mut counts = HashMap::new();
+    let app_dir = state_dir.join(application_id);
+    for entry in std::fs::read_dir(&app_dir).unwrap().map(Result::unwrap) {
+        if !entry.path().is_dir() {
+            continue;
+        }
+        let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), entry.path()).unwrap();
+        let db = rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), entry.path(), &families, false).unwrap();
+        let cf = db.cf_handle(store).unwrap();
+        for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let (key, value) = item.unwrap();
+            let count = i64::from_be_bytes(value.as_ref().try_into().unwrap()) as u64;
+            *counts.entry(String::from_utf8(key.to_vec()).unwrap()).or_default() += count;
+        }
+    }
+    counts
 }

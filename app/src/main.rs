@@ -25,7 +25,8 @@ use tracing::{error, info};
     name = "kstreams-count",
     version,
     about = "Counts records per key, like the Kafka Streams word count",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    args_override_self = true
 )]
 struct Cli {
     #[command(subcommand)]

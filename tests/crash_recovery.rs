@@ -1,0 +1,198 @@
+//! Exact counts through crashes, on a real broker with real RocksDB: repeated SIGKILLs with and
+//! without the state dir, a two-instance takeover, corrupted state, and the restore bound after
+//! a kill. Chaos runs use a fixed seed, or `CHAOS_SEED` from the environment.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use kstreams_suite::{
+    read_store_counts, unique, wait_until, word_count_input, App, AppOptions, Broker,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+const MIN_KILLS: usize = 5;
+const MAX_KILLS: usize = 8;
+
+fn setup(state_root: &tempfile::TempDir) -> (Broker, AppOptions) {
+    let broker = Broker::start();
+    let options = AppOptions {
+        application_id: unique("counts-app"),
+        input_topic: unique("input-topic"),
+        output_topic: unique("counts-topic"),
+        state_dir: state_root.path().join("state"),
+        extra_args: vec![],
+    };
+    broker.create_topic(&options.input_topic, 4);
+    broker.create_topic(&options.output_topic, 4);
+    (broker, options)
+}
+
+fn seed(default: u64) -> u64 {
+    let seed = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+    eprintln!("chaos seed {seed} (set CHAOS_SEED to replay or vary)");
+    seed
+}
+
+/// Produces `records` in chunks spread over ~20 s, so that crashes land mid-stream.
+fn produce_paced(broker: &Broker, topic: &str, records: &[(String, String)]) {
+    for chunk in records.chunks(records.len() / 100) {
+        broker.produce_strings(topic, chunk.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        // Pacing the load generator (not synchronisation): ~100 chunks over ~20 s.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn assert_counts(broker: &Broker, options: &AppOptions, app: &App, expected: &HashMap<String, u64>) {
+    broker
+        .wait_for_counts(&options.output_topic, expected, TIMEOUT)
+        .unwrap_or_else(|e| panic!("counts-topic: {e}; log of the last instance:\n{}", app.log()));
+}
+
+fn chaos_with_kills(default_seed: u64, delete_state_before: &[usize]) {
+    let mut rng = StdRng::seed_from_u64(seed(default_seed));
+    let root = tempfile::tempdir().unwrap();
+    let (broker, options) = setup(&root);
+    let (records, expected) = word_count_input(50_000, 1_000);
+    let mut kills = 0;
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(|| produce_paced(&broker, &options.input_topic, &records));
+        let mut app = App::spawn(&broker.address(), &options);
+        while kills < MIN_KILLS || (!producer.is_finished() && kills < MAX_KILLS) {
+            // The crash lands at a random moment: joining, restoring, processing or committing.
+            std::thread::sleep(Duration::from_millis(rng.random_range(500..6_000)));
+            app.kill();
+            kills += 1;
+            if delete_state_before.contains(&kills) {
+                std::fs::remove_dir_all(&options.state_dir).unwrap();
+            }
+            app = App::spawn(&broker.address(), &options);
+        }
+        producer.join().unwrap();
+        assert_counts(&broker, &options, &app, &expected);
+        assert!(app.terminate(Duration::from_secs(30)).success(), "{}", app.log());
+    });
+    let stored = read_store_counts(&options.state_dir, &options.application_id, "count-store");
+    assert_eq!(stored, expected, "store counts after {kills} kills");
+    eprintln!("chaos: {kills} SIGKILL/restart cycles, counts exact on counts-topic and in the store");
+}
+
+#[test]
+fn counts_stay_exact_through_repeated_sigkills_on_the_same_state_dir() {
+    chaos_with_kills(20261125, &[]);
+}
+
+#[test]
+fn counts_stay_exact_through_sigkills_with_the_state_dir_lost_before_some_restarts() {
+    chaos_with_kills(42, &[2, 4]);
+}
+
+fn owned(app: &App) -> BTreeSet<String> {
+    app.tasks().unwrap_or_default().into_iter().map(|(id, _)| id).collect()
+}
+
+#[test]
+fn a_survivor_takes_over_and_gives_back_partitions_of_a_repeatedly_killed_instance() {
+    let root = tempfile::tempdir().unwrap();
+    let (broker, options) = setup(&root);
+    let mut options_b = options.clone();
+    options_b.state_dir = root.path().join("state-b");
+    let (records, expected) = word_count_input(30_000, 1_000);
+    let all: BTreeSet<String> = (0..4).map(|p| format!("0_{p}")).collect();
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(|| produce_paced(&broker, &options.input_topic, &records));
+        let mut a = App::spawn(&broker.address(), &options);
+        let mut b = App::spawn(&broker.address(), &options_b);
+        for cycle in 1..=3 {
+            wait_until(&format!("cycle {cycle}: B to own tasks"), TIMEOUT, || !owned(&b).is_empty());
+            b.kill();
+            wait_until(&format!("cycle {cycle}: A to take over all tasks"), TIMEOUT, || {
+                owned(&a) == all && a.is_ready()
+            });
+            b = App::spawn(&broker.address(), &options_b);
+        }
+        wait_until("B to get tasks back", TIMEOUT, || !owned(&b).is_empty());
+        producer.join().unwrap();
+        assert_counts(&broker, &options, &a, &expected);
+        assert!(b.terminate(Duration::from_secs(30)).success(), "{}", b.log());
+        assert!(a.terminate(Duration::from_secs(30)).success(), "{}", a.log());
+    });
+}
+
+fn corrupt(task_dir: &Path) {
+    std::fs::write(task_dir.join("CURRENT"), b"not a manifest name\n").unwrap();
+    for entry in std::fs::read_dir(task_dir).unwrap().map(Result::unwrap) {
+        let name = entry.file_name().into_string().unwrap();
+        if name.starts_with("MANIFEST") || name.ends_with(".sst") {
+            std::fs::write(entry.path(), b"garbage").unwrap();
+        }
+    }
+}
+
+#[test]
+fn corrupted_task_state_is_wiped_and_restored_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let (broker, options) = setup(&root);
+    let (first, mut expected) = word_count_input(8_000, 400);
+    broker.produce_strings(&options.input_topic, first.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let mut app = App::spawn(&broker.address(), &options);
+    assert_counts(&broker, &options, &app, &expected);
+    assert!(app.terminate(Duration::from_secs(30)).success());
+
+    corrupt(&options.state_dir.join(&options.application_id).join("0_1"));
+    let mut app = App::spawn(&broker.address(), &options);
+    app.wait_ready(TIMEOUT);
+    assert_eq!(app.metric("kstreams_state_wipes_total", &[r#"reason="open_failed""#]), Some(1.0), "{}", app.log());
+    let restored = |task: &str| app.metric("kstreams_restore_records_total", &[&format!("task_id=\"{task}\"")]).unwrap();
+    assert!(restored("0_1") > 0.0, "the corrupted task restores from its changelog");
+    for task in ["0_0", "0_2", "0_3"] {
+        assert_eq!(restored(task), 0.0, "{task} kept its state");
+    }
+    let (second, more) = word_count_input(2_000, 400);
+    for (k, n) in more {
+        *expected.entry(k).or_default() += n;
+    }
+    broker.produce_strings(&options.input_topic, second.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    assert_counts(&broker, &options, &app, &expected);
+    assert!(app.terminate(Duration::from_secs(30)).success());
+    assert_eq!(read_store_counts(&options.state_dir, &options.application_id, "count-store"), expected);
+}
+
+#[test]
+fn after_sigkill_only_changelog_written_since_the_last_commit_is_restored() {
+    let root = tempfile::tempdir().unwrap();
+    let (broker, mut options) = setup(&root);
+    options.extra_args = vec!["--commit-interval-ms".into(), "2000".into()];
+    let (first, mut expected) = word_count_input(5_000, 300);
+    broker.produce_strings(&options.input_topic, first.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let mut app = App::spawn(&broker.address(), &options);
+    assert_counts(&broker, &options, &app, &expected);
+    // Two more commits after everything was processed: all of it is committed.
+    let commits = app.metric("kstreams_commits_total", &[]).unwrap();
+    wait_until("two commits after processing", TIMEOUT, || {
+        app.metric("kstreams_commits_total", &[]).unwrap() >= commits + 2.0
+    });
+    let tail = 1_000usize;
+    let (second, more) = word_count_input(tail, 300);
+    for (k, n) in more {
+        *expected.entry(k).or_default() += n;
+    }
+    broker.produce_strings(&options.input_topic, second.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    wait_until("the tail to be processed", TIMEOUT, || {
+        app.metric("kstreams_records_processed_total", &[]) == Some(6_000.0)
+    });
+    app.kill();
+
+    let mut app = App::spawn(&broker.address(), &options);
+    app.wait_ready(TIMEOUT);
+    let restored = app.metric("kstreams_restore_records_total", &[]).unwrap();
+    assert!(
+        restored <= tail as f64,
+        "restored {restored} changelog records; at most the {tail} written since the last commit"
+    );
+    assert_counts(&broker, &options, &app, &expected);
+    assert!(app.terminate(Duration::from_secs(30)).success());
+    assert_eq!(read_store_counts(&options.state_dir, &options.application_id, "count-store"), expected);
+}
