@@ -261,6 +261,9 @@ impl Broker {
             .set("group.id", unique("reader"))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
+            // tansu (sqlite) answers a fetch in time proportional to the records it returns
+            // and the records after them; small fetches keep each answer quick.
+            .set("max.partition.fetch.bytes", "65536")
             .create()
             .unwrap();
         let partitions = self.partitions(topic).unwrap_or(0) as i32;
@@ -662,7 +665,11 @@ pub fn word_count_input(
 
 /// The counts in every task's `store` under `<state_dir>/<application_id>/` (read-only; the
 /// instance must be stopped), summed over tasks.
-pub fn read_store_counts(state_dir: &Path, application_id: &str, store: &str) -> HashMap<String, u64> {
+pub fn read_store_counts(
+    state_dir: &Path,
+    application_id: &str,
+    store: &str,
+) -> HashMap<String, u64> {
     let mut counts = HashMap::new();
     let app_dir = state_dir.join(application_id);
     for entry in std::fs::read_dir(&app_dir).unwrap().map(Result::unwrap) {
@@ -670,12 +677,20 @@ pub fn read_store_counts(state_dir: &Path, application_id: &str, store: &str) ->
             continue;
         }
         let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), entry.path()).unwrap();
-        let db = rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), entry.path(), &families, false).unwrap();
+        let db = rocksdb::DB::open_cf_for_read_only(
+            &rocksdb::Options::default(),
+            entry.path(),
+            &families,
+            false,
+        )
+        .unwrap();
         let cf = db.cf_handle(store).unwrap();
         for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
             let (key, value) = item.unwrap();
             let count = i64::from_be_bytes(value.as_ref().try_into().unwrap()) as u64;
-            *counts.entry(String::from_utf8(key.to_vec()).unwrap()).or_default() += count;
+            *counts
+                .entry(String::from_utf8(key.to_vec()).unwrap())
+                .or_default() += count;
         }
     }
     counts

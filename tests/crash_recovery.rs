@@ -31,7 +31,10 @@ fn setup(state_root: &tempfile::TempDir) -> (Broker, AppOptions) {
 }
 
 fn seed(default: u64) -> u64 {
-    let seed = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+    let seed = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
     eprintln!("chaos seed {seed} (set CHAOS_SEED to replay or vary)");
     seed
 }
@@ -45,10 +48,20 @@ fn produce_paced(broker: &Broker, topic: &str, records: &[(String, String)]) {
     }
 }
 
-fn assert_counts(broker: &Broker, options: &AppOptions, app: &App, expected: &HashMap<String, u64>) {
+fn assert_counts(
+    broker: &Broker,
+    options: &AppOptions,
+    app: &App,
+    expected: &HashMap<String, u64>,
+) {
     broker
         .wait_for_counts(&options.output_topic, expected, TIMEOUT)
-        .unwrap_or_else(|e| panic!("counts-topic: {e}; log of the last instance:\n{}", app.log()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "counts-topic: {e}; log of the last instance:\n{}",
+                app.log()
+            )
+        });
 }
 
 fn chaos_with_kills(default_seed: u64, delete_state_before: &[usize]) {
@@ -72,11 +85,17 @@ fn chaos_with_kills(default_seed: u64, delete_state_before: &[usize]) {
         }
         producer.join().unwrap();
         assert_counts(&broker, &options, &app, &expected);
-        assert!(app.terminate(Duration::from_secs(30)).success(), "{}", app.log());
+        assert!(
+            app.terminate(Duration::from_secs(30)).success(),
+            "{}",
+            app.log()
+        );
     });
     let stored = read_store_counts(&options.state_dir, &options.application_id, "count-store");
     assert_eq!(stored, expected, "store counts after {kills} kills");
-    eprintln!("chaos: {kills} SIGKILL/restart cycles, counts exact on counts-topic and in the store");
+    eprintln!(
+        "chaos: {kills} SIGKILL/restart cycles, counts exact on counts-topic and in the store"
+    );
 }
 
 #[test]
@@ -90,7 +109,11 @@ fn counts_stay_exact_through_sigkills_with_the_state_dir_lost_before_some_restar
 }
 
 fn owned(app: &App) -> BTreeSet<String> {
-    app.tasks().unwrap_or_default().into_iter().map(|(id, _)| id).collect()
+    app.tasks()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
 }
 
 #[test]
@@ -106,18 +129,30 @@ fn a_survivor_takes_over_and_gives_back_partitions_of_a_repeatedly_killed_instan
         let mut a = App::spawn(&broker.address(), &options);
         let mut b = App::spawn(&broker.address(), &options_b);
         for cycle in 1..=3 {
-            wait_until(&format!("cycle {cycle}: B to own tasks"), TIMEOUT, || !owned(&b).is_empty());
-            b.kill();
-            wait_until(&format!("cycle {cycle}: A to take over all tasks"), TIMEOUT, || {
-                owned(&a) == all && a.is_ready()
+            wait_until(&format!("cycle {cycle}: B to own tasks"), TIMEOUT, || {
+                !owned(&b).is_empty()
             });
+            b.kill();
+            wait_until(
+                &format!("cycle {cycle}: A to take over all tasks"),
+                TIMEOUT,
+                || owned(&a) == all && a.is_ready(),
+            );
             b = App::spawn(&broker.address(), &options_b);
         }
         wait_until("B to get tasks back", TIMEOUT, || !owned(&b).is_empty());
         producer.join().unwrap();
         assert_counts(&broker, &options, &a, &expected);
-        assert!(b.terminate(Duration::from_secs(30)).success(), "{}", b.log());
-        assert!(a.terminate(Duration::from_secs(30)).success(), "{}", a.log());
+        assert!(
+            b.terminate(Duration::from_secs(30)).success(),
+            "{}",
+            b.log()
+        );
+        assert!(
+            a.terminate(Duration::from_secs(30)).success(),
+            "{}",
+            a.log()
+        );
     });
 }
 
@@ -136,7 +171,10 @@ fn corrupted_task_state_is_wiped_and_restored_alone() {
     let root = tempfile::tempdir().unwrap();
     let (broker, options) = setup(&root);
     let (first, mut expected) = word_count_input(8_000, 400);
-    broker.produce_strings(&options.input_topic, first.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    broker.produce_strings(
+        &options.input_topic,
+        first.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     let mut app = App::spawn(&broker.address(), &options);
     assert_counts(&broker, &options, &app, &expected);
     assert!(app.terminate(Duration::from_secs(30)).success());
@@ -144,9 +182,23 @@ fn corrupted_task_state_is_wiped_and_restored_alone() {
     corrupt(&options.state_dir.join(&options.application_id).join("0_1"));
     let mut app = App::spawn(&broker.address(), &options);
     app.wait_ready(TIMEOUT);
-    assert_eq!(app.metric("kstreams_state_wipes_total", &[r#"reason="open_failed""#]), Some(1.0), "{}", app.log());
-    let restored = |task: &str| app.metric("kstreams_restore_records_total", &[&format!("task_id=\"{task}\"")]).unwrap();
-    assert!(restored("0_1") > 0.0, "the corrupted task restores from its changelog");
+    assert_eq!(
+        app.metric("kstreams_state_wipes_total", &[r#"reason="open_failed""#]),
+        Some(1.0),
+        "{}",
+        app.log()
+    );
+    let restored = |task: &str| {
+        app.metric(
+            "kstreams_restore_records_total",
+            &[&format!("task_id=\"{task}\"")],
+        )
+        .unwrap()
+    };
+    assert!(
+        restored("0_1") > 0.0,
+        "the corrupted task restores from its changelog"
+    );
     for task in ["0_0", "0_2", "0_3"] {
         assert_eq!(restored(task), 0.0, "{task} kept its state");
     }
@@ -154,10 +206,16 @@ fn corrupted_task_state_is_wiped_and_restored_alone() {
     for (k, n) in more {
         *expected.entry(k).or_default() += n;
     }
-    broker.produce_strings(&options.input_topic, second.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    broker.produce_strings(
+        &options.input_topic,
+        second.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     assert_counts(&broker, &options, &app, &expected);
     assert!(app.terminate(Duration::from_secs(30)).success());
-    assert_eq!(read_store_counts(&options.state_dir, &options.application_id, "count-store"), expected);
+    assert_eq!(
+        read_store_counts(&options.state_dir, &options.application_id, "count-store"),
+        expected
+    );
 }
 
 #[test]
@@ -166,7 +224,10 @@ fn after_sigkill_only_changelog_written_since_the_last_commit_is_restored() {
     let (broker, mut options) = setup(&root);
     options.extra_args = vec!["--commit-interval-ms".into(), "2000".into()];
     let (first, mut expected) = word_count_input(5_000, 300);
-    broker.produce_strings(&options.input_topic, first.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    broker.produce_strings(
+        &options.input_topic,
+        first.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     let mut app = App::spawn(&broker.address(), &options);
     assert_counts(&broker, &options, &app, &expected);
     // Two more commits after everything was processed: all of it is committed.
@@ -179,7 +240,10 @@ fn after_sigkill_only_changelog_written_since_the_last_commit_is_restored() {
     for (k, n) in more {
         *expected.entry(k).or_default() += n;
     }
-    broker.produce_strings(&options.input_topic, second.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    broker.produce_strings(
+        &options.input_topic,
+        second.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     wait_until("the tail to be processed", TIMEOUT, || {
         app.metric("kstreams_records_processed_total", &[]) == Some(6_000.0)
     });
@@ -194,5 +258,8 @@ fn after_sigkill_only_changelog_written_since_the_last_commit_is_restored() {
     );
     assert_counts(&broker, &options, &app, &expected);
     assert!(app.terminate(Duration::from_secs(30)).success());
-    assert_eq!(read_store_counts(&options.state_dir, &options.application_id, "count-store"), expected);
+    assert_eq!(
+        read_store_counts(&options.state_dir, &options.application_id, "count-store"),
+        expected
+    );
 }

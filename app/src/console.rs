@@ -43,6 +43,15 @@ pub struct ConsumeArgs {
     /// Exit once no record has arrived for this long (default: run until interrupted).
     #[arg(long)]
     idle_timeout_ms: Option<u64>,
+    /// Extra librdkafka consumer setting, `key=value` (repeatable), as kcat's -X.
+    #[arg(short = 'X', long = "client-config", value_parser = key_value)]
+    client_config: Vec<(String, String)>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}` is not key=value"))
 }
 
 #[derive(Args, Debug)]
@@ -109,12 +118,15 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
 }
 
 pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut client = ClientConfig::new();
+    client
         .set("bootstrap.servers", &args.broker)
         .set("group.id", "kstreams-count-console")
-        .set("enable.auto.commit", "false")
-        .create()
-        .context("create consumer")?;
+        .set("enable.auto.commit", "false");
+    for (key, value) in &args.client_config {
+        client.set(key, value);
+    }
+    let consumer: BaseConsumer = client.create().context("create consumer")?;
     let metadata = consumer
         .fetch_metadata(Some(&args.topic), Duration::from_secs(10))
         .context("read topic metadata")?;

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
 use crate::config::StreamsConfig;
 use crate::error::{EngineError, Result};
-use crate::offsets::INPUT_OFFSET_HEADER;
+use crate::offsets::encode_changelog_value;
 use crate::processor::StoreId;
 use crate::task_id::TaskId;
 
@@ -135,16 +135,11 @@ impl RecordCollector {
         input_offset: i64,
     ) -> Result<()> {
         let topic = self.tracker.changelog_topics[store.0].clone();
-        let offset_bytes = input_offset.to_be_bytes();
-        let headers = OwnedHeaders::new().insert(Header {
-            key: INPUT_OFFSET_HEADER,
-            value: Some(&offset_bytes[..]),
-        });
+        let value = encode_changelog_value(input_offset, value);
         let record = BaseRecord::to(&topic)
             .partition(partition)
             .key(key)
-            .payload(value)
-            .headers(headers);
+            .payload(&value[..]);
         self.send(&topic, record)?;
         self.changelog_records_sent += 1;
         Ok(())

@@ -176,6 +176,7 @@ impl KafkaStreams {
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("statistics.interval.ms", "5000")
+            .set("max.partition.fetch.bytes", crate::restore::FETCH_BYTES)
             .set(
                 "session.timeout.ms",
                 config.session_timeout.as_millis().to_string(),
