@@ -1,6 +1,8 @@
 //! Test and benchmark support: a local tansu broker per test on a free port, the
 //! `kstreams-count` binary as a child process, and topic / record / metrics helpers.
 
+pub mod bench;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
