@@ -379,6 +379,29 @@ pub struct AppOptions {
     pub extra_args: Vec<String>,
 }
 
+impl AppOptions {
+    /// A fresh application: random application id and topic names, state in `state_root/state`.
+    pub fn fresh(state_root: &Path) -> Self {
+        AppOptions {
+            application_id: unique("counts-app"),
+            input_topic: unique("input-topic"),
+            output_topic: unique("counts-topic"),
+            state_dir: state_root.join("state"),
+            extra_args: vec![],
+        }
+    }
+}
+
+/// A fresh broker and application, with the application's input and output topics created
+/// (4 partitions each).
+pub fn broker_and_app(state_root: &Path) -> (Broker, AppOptions) {
+    let broker = Broker::start();
+    let options = AppOptions::fresh(state_root);
+    broker.create_topic(&options.input_topic, 4);
+    broker.create_topic(&options.output_topic, 4);
+    (broker, options)
+}
+
 /// A running `kstreams-count` process with its log in a file; killed on drop.
 pub struct App {
     child: Child,

@@ -5,31 +5,14 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-use kstreams_suite::{app_bin, free_port, unique, wait_until, App, AppOptions, Broker};
+use kstreams_suite::{app_bin, broker_and_app, free_port, wait_until, App, AppOptions, Broker};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-fn options(state_root: &tempfile::TempDir) -> AppOptions {
-    AppOptions {
-        application_id: unique("counts-app"),
-        input_topic: unique("input-topic"),
-        output_topic: unique("counts-topic"),
-        state_dir: state_root.path().join("state"),
-        extra_args: vec![],
-    }
-}
-
-fn create_topics(broker: &Broker, options: &AppOptions) {
-    broker.create_topic(&options.input_topic, 4);
-    broker.create_topic(&options.output_topic, 4);
-}
-
 /// A fresh broker with the input and output topics of a fresh application.
 fn broker_with_topics() -> (Broker, tempfile::TempDir, AppOptions) {
-    let broker = Broker::start();
     let root = tempfile::tempdir().unwrap();
-    let options = options(&root);
-    create_topics(&broker, &options);
+    let (broker, options) = broker_and_app(root.path());
     (broker, root, options)
 }
 
@@ -193,7 +176,7 @@ fn wrong_settings_fail_at_start_up_naming_the_setting() {
 fn unreachable_broker_is_retried_with_backoff_until_it_appears() {
     let port = free_port();
     let root = tempfile::tempdir().unwrap();
-    let options = options(&root);
+    let options = AppOptions::fresh(root.path());
     let mut app = App::spawn(&format!("127.0.0.1:{port}"), &options);
     wait_until("two logged retries", TIMEOUT, || {
         app.log().matches("unreachable").count() >= 2
@@ -207,7 +190,8 @@ fn unreachable_broker_is_retried_with_backoff_until_it_appears() {
     assert!(!app.log().contains("panicked"), "{}", app.log());
 
     let broker = Broker::start_on(port);
-    create_topics(&broker, &options);
+    broker.create_topic(&options.input_topic, 4);
+    broker.create_topic(&options.output_topic, 4);
     broker.produce_strings(
         &options.input_topic,
         [("foo", "bar"), ("hello", "world"), ("foo", "baz")],

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use kstreams_suite::{
-    read_store_counts, unique, wait_until, word_count_input, App, AppOptions, Broker,
+    broker_and_app, read_store_counts, wait_until, word_count_input, App, AppOptions, Broker,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -17,17 +17,7 @@ const MIN_KILLS: usize = 5;
 const MAX_KILLS: usize = 8;
 
 fn setup(state_root: &tempfile::TempDir) -> (Broker, AppOptions) {
-    let broker = Broker::start();
-    let options = AppOptions {
-        application_id: unique("counts-app"),
-        input_topic: unique("input-topic"),
-        output_topic: unique("counts-topic"),
-        state_dir: state_root.path().join("state"),
-        extra_args: vec![],
-    };
-    broker.create_topic(&options.input_topic, 4);
-    broker.create_topic(&options.output_topic, 4);
-    (broker, options)
+    broker_and_app(state_root.path())
 }
 
 fn seed(default: u64) -> u64 {

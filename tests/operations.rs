@@ -7,24 +7,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kstreams_suite::{
-    free_port, unique, wait_until, word_count_input, App, AppOptions, Broker, Prometheus,
+    broker_and_app, free_port, wait_until, word_count_input, App, AppOptions, Broker, Prometheus,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const ALL_TASKS: [&str; 4] = ["0_0", "0_1", "0_2", "0_3"];
 
 fn setup(state_root: &tempfile::TempDir) -> (Broker, AppOptions) {
-    let broker = Broker::start();
-    let options = AppOptions {
-        application_id: unique("counts-app"),
-        input_topic: unique("input-topic"),
-        output_topic: unique("counts-topic"),
-        state_dir: state_root.path().join("state-a"),
-        extra_args: vec![],
-    };
-    broker.create_topic(&options.input_topic, 4);
-    broker.create_topic(&options.output_topic, 4);
-    (broker, options)
+    broker_and_app(state_root.path())
 }
 
 /// Writes `records` counts straight into the changelog, as an earlier owner would have, so

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use kstreams_suite::{unique, word_count_input, App, AppOptions, Broker};
+use kstreams_suite::{broker_and_app, word_count_input, App, AppOptions, Broker};
 
 const PARTITIONS: i32 = 4;
 const COUNTS_TIMEOUT: Duration = Duration::from_secs(120);
@@ -18,17 +18,8 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let broker = Broker::start();
     let state_root = tempfile::tempdir().unwrap();
-    let options = AppOptions {
-        application_id: unique("counts-app"),
-        input_topic: unique("input-topic"),
-        output_topic: unique("counts-topic"),
-        state_dir: state_root.path().join("state"),
-        extra_args: vec![],
-    };
-    broker.create_topic(&options.input_topic, PARTITIONS);
-    broker.create_topic(&options.output_topic, PARTITIONS);
+    let (broker, options) = broker_and_app(state_root.path());
     Setup {
         broker,
         options,
