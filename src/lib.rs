@@ -669,7 +669,7 @@ pub fn metric_sum(text: &str, name: &str, label_filters: &[&str]) -> f64 {
             (metric == name && label_filters.iter().all(|f| labels.contains(f)))
                 .then(|| value.parse::<f64>().ok())?
         })
-        .sum()
+        .fold(0.0, |total, value| total + value)
 }
 
 /// `count` records over `keys` keys (`key-<n>`), with the expected count per key.

@@ -155,6 +155,7 @@ fn clean_restart_restores_only_the_tail_and_keeps_counting() {
     let mut app = App::spawn(&setup.broker.address(), &setup.options);
     app.wait_ready(READY_TIMEOUT);
     let restored = total_restored(&app);
+    eprintln!("restored {restored} of {changelog_records} changelog records");
     assert!(
         restored < changelog_records as f64 * 0.01,
         "restored {restored} of {changelog_records} changelog records on a clean restart; log:\n{}",
@@ -177,6 +178,7 @@ fn restart_on_empty_state_dir_restores_everything_and_keeps_counting() {
     let mut app = App::spawn(&setup.broker.address(), &setup.options);
     app.wait_ready(READY_TIMEOUT);
     let restored = total_restored(&app);
+    eprintln!("restored {restored} of {changelog_records} changelog records");
     assert!(
         restored >= changelog_records as f64,
         "restored {restored} of {changelog_records} changelog records into an empty state dir; log:\n{}",
