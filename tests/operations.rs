@@ -231,3 +231,45 @@ fn metrics_exposition_parses_and_has_no_negative_gauges() {
     }
     assert!(app.terminate(Duration::from_secs(30)).success());
 }
+
+fn task_dirs(options: &AppOptions) -> BTreeSet<String> {
+    std::fs::read_dir(options.state_dir.join(&options.application_id))
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap())
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn state_of_tasks_handed_over_is_deleted_after_the_cleanup_delay_only() {
+    let root = tempfile::tempdir().unwrap();
+    let (broker, mut options) = setup(&root);
+    options.extra_args = vec!["--state-cleanup-delay-ms".into(), "1000".into()];
+    let mut first = App::spawn(&broker.address(), &options);
+    first.wait_ready(TIMEOUT);
+    let all: BTreeSet<String> = ALL_TASKS.iter().map(|s| s.to_string()).collect();
+    wait_until("four task dirs", TIMEOUT, || task_dirs(&options) == all);
+
+    let mut second_options = options.clone();
+    second_options.state_dir = root.path().join("state-b");
+    let mut second = App::spawn(&broker.address(), &second_options);
+    wait_until("the second instance to take tasks", TIMEOUT, || {
+        !task_ids(&second).is_empty() && task_ids(&first).is_disjoint(&task_ids(&second))
+    });
+    // Once the delay has passed, the first instance keeps exactly the dirs of its own tasks.
+    wait_until("handed-over task dirs to be deleted", TIMEOUT, || {
+        task_dirs(&options) == task_ids(&first)
+    });
+    assert!(
+        first
+            .metric("kstreams_state_dirs_removed_total", &[])
+            .unwrap()
+            >= 1.0
+    );
+    assert!(second.terminate(Duration::from_secs(30)).success());
+    assert!(first.terminate(Duration::from_secs(30)).success());
+}
