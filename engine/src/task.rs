@@ -16,14 +16,11 @@ use crate::metrics::EngineMetrics;
 use crate::offsets::InputPosition;
 use crate::processor::{InputRecord, Processor, ProcessorContext, RecordError, StoreId};
 use crate::record_collector::RecordCollector;
-use crate::restore::{Restore, RestoreOutcome, RestoreRequest};
+use crate::restore::{restore_task, RestoreOutcome, RestoreRequest};
 use crate::status::TaskProgress;
 use crate::supervisor::SupervisorMsg;
 use crate::task_id::TaskId;
 use crate::task_store::{StoredOffsets, TaskStore};
-
-/// Longest a restore works before letting the task handle other messages.
-const RESTORE_STEP: Duration = Duration::from_millis(250);
 
 /// How long a commit waits for the broker to acknowledge the task's records.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -81,8 +78,6 @@ pub struct TaskState {
     logged_skips: HashSet<&'static str>,
     /// Records sent so far, to update the write counters by difference.
     reported_sent: (u64, u64),
-    restore: Option<Restore>,
-    restore_started: std::time::Instant,
 }
 
 pub struct StreamTask;
@@ -132,29 +127,22 @@ impl Actor for StreamTask {
             changelog_next,
             logged_skips: HashSet::new(),
             reported_sent: (0, 0),
-            restore: None,
-            restore_started: std::time::Instant::now(),
         })
     }
 
     async fn handle(
         &self,
-        myself: ActorRef<TaskMsg>,
+        _myself: ActorRef<TaskMsg>,
         msg: TaskMsg,
         state: &mut TaskState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             TaskMsg::Restore => {
-                // One bounded step per message: a revocation or stop between steps is handled
-                // promptly, and the restore resumes from what the store has persisted.
-                if tokio::task::block_in_place(|| state.restore_step())? {
-                    state.supervisor.cast(SupervisorMsg::TaskRunning(
-                        state.task,
-                        state.position.next(),
-                    ))?;
-                } else {
-                    myself.cast(TaskMsg::Restore)?;
-                }
+                tokio::task::block_in_place(|| state.restore())?;
+                state.supervisor.cast(SupervisorMsg::TaskRunning(
+                    state.task,
+                    state.position.next(),
+                ))?;
             }
             TaskMsg::Process(records, reply) => {
                 let result = tokio::task::block_in_place(|| state.process(&records));
@@ -203,8 +191,8 @@ impl Actor for StreamTask {
 }
 
 impl TaskState {
-    /// Restores for one step; `Ok(true)` once restored and running.
-    fn restore_step(&mut self) -> Result<bool> {
+    fn restore(&mut self) -> Result<()> {
+        let started = std::time::Instant::now();
         let request = RestoreRequest {
             task: self.task,
             config: &self.config,
@@ -212,31 +200,13 @@ impl TaskState {
             metrics: &self.metrics,
             progress: &self.progress,
         };
-        let restore = match &mut self.restore {
-            Some(restore) => restore,
-            None => self
-                .restore
-                .insert(Restore::begin(&request, &mut self.store)?),
-        };
-        if !restore.step(&request, &mut self.store, RESTORE_STEP)? {
-            return Ok(false);
-        }
-        let outcome = self
-            .restore
-            .take()
-            .expect("a restore is in progress")
-            .finish(self.task);
-        self.finish_restore(outcome)?;
-        Ok(true)
-    }
-
-    fn finish_restore(&mut self, outcome: RestoreOutcome) -> Result<()> {
+        let outcome = restore_task(&request, &mut self.store)?;
         if let Some(reason) = outcome.wiped {
             self.metrics.state_wipes.with_label_values(&[reason]).inc();
         }
         self.metrics
             .restore_duration
-            .observe(self.restore_started.elapsed().as_secs_f64());
+            .observe(started.elapsed().as_secs_f64());
         let stored: StoredOffsets = self.store.read_offsets()?;
         self.position = InputPosition::resume(stored.input_next, outcome.input_next);
         self.changelog_next = stored.changelog_next;
