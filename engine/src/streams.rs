@@ -23,8 +23,7 @@ use crate::poller::Poller;
 use crate::rebalance::RebalanceListener;
 use crate::state_directory::StateDirectory;
 use crate::status::InstanceStatus;
-use crate::supervisor::{ask, Supervisor, SupervisorArgs, SupervisorMsg};
-use crate::task::TaskStatus;
+use crate::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
 
 /// A running engine instance.
 pub struct KafkaStreams {
@@ -208,11 +207,6 @@ impl KafkaStreams {
 
     pub fn is_ready(&self) -> bool {
         self.status.is_ready()
-    }
-
-    /// The tasks this instance runs now.
-    pub async fn tasks(&self) -> Result<Vec<TaskStatus>> {
-        ask(&self.supervisor, "supervisor", SupervisorMsg::Status).await
     }
 
     /// Resolves when the instance fails for good (a task or the consumer loop).

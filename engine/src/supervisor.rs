@@ -19,7 +19,7 @@ use crate::metrics::EngineMetrics;
 use crate::processor::InputRecord;
 use crate::state_directory::StateDirectory;
 use crate::status::InstanceStatus;
-use crate::task::{StreamTask, TaskArgs, TaskMsg, TaskPhase, TaskStatus};
+use crate::task::{StreamTask, TaskArgs, TaskMsg, TaskPhase};
 use crate::task_id::TaskId;
 
 /// How long a task may take to stop once asked.
@@ -51,8 +51,6 @@ pub enum SupervisorMsg {
     CleanStateDirs,
     /// Stop every task without committing (after a final CommitAll on shutdown).
     StopAll(RpcReplyPort<()>),
-    /// The tasks and their phases.
-    Status(RpcReplyPort<Vec<TaskStatus>>),
 }
 
 pub struct SupervisorArgs {
@@ -184,18 +182,6 @@ impl Actor for Supervisor {
                 let partitions: Vec<i32> = state.tasks.keys().copied().collect();
                 state.stop(&partitions).await;
                 let _ = reply.send(());
-            }
-            SupervisorMsg::Status(reply) => {
-                let asks = state
-                    .tasks
-                    .values()
-                    .map(|e| ask(&e.actor, "task", TaskMsg::Status));
-                let statuses = join_all(asks)
-                    .await
-                    .into_iter()
-                    .filter_map(Result::ok)
-                    .collect();
-                let _ = reply.send(statuses);
             }
         }
         Ok(())

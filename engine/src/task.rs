@@ -32,14 +32,6 @@ pub enum TaskPhase {
     Running,
 }
 
-/// What a task reports about itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskStatus {
-    pub task: TaskId,
-    pub phase: TaskPhase,
-    pub next_offset: Option<i64>,
-}
-
 pub enum TaskMsg {
     /// Sent to itself once started: restore, then tell the supervisor it is running.
     Restore,
@@ -47,7 +39,6 @@ pub enum TaskMsg {
     Process(Vec<InputRecord>, RpcReplyPort<Result<()>>),
     /// Flush, persist state and offsets, and answer with the input offset to commit.
     Commit(RpcReplyPort<Result<Option<i64>>>),
-    Status(RpcReplyPort<TaskStatus>),
 }
 
 pub struct TaskArgs {
@@ -156,13 +147,6 @@ impl Actor for StreamTask {
             TaskMsg::Commit(reply) => {
                 let result = tokio::task::block_in_place(|| state.commit());
                 let _ = reply.send(result);
-            }
-            TaskMsg::Status(reply) => {
-                let _ = reply.send(TaskStatus {
-                    task: state.task,
-                    phase: state.phase,
-                    next_offset: state.position.next(),
-                });
             }
         }
         Ok(())
