@@ -31,6 +31,20 @@ pub struct StoredOffsets {
 /// An update read back from a changelog: a key and its new value, `None` for a delete.
 pub type ChangelogUpdate = (Vec<u8>, Option<Vec<u8>>);
 
+/// Adds puts (`Some`) and deletes (`None`) for one column family to a write batch.
+fn add_updates<'a>(
+    batch: &mut WriteBatch,
+    cf: &rocksdb::ColumnFamily,
+    updates: impl IntoIterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)>,
+) {
+    for (key, value) in updates {
+        match value {
+            Some(value) => batch.put_cf(cf, key, value),
+            None => batch.delete_cf(cf, key),
+        }
+    }
+}
+
 /// One task's RocksDB plus the writes not yet committed.
 pub struct TaskStore {
     task: TaskId,
@@ -198,13 +212,7 @@ impl TaskStore {
     pub fn commit(&mut self, offsets: &StoredOffsets) -> Result<()> {
         let mut batch = WriteBatch::default();
         for (name, dirty) in self.store_names.iter().zip(&self.dirty) {
-            let cf = self.cf(name);
-            for (key, value) in dirty {
-                match value {
-                    Some(value) => batch.put_cf(cf, key, value),
-                    None => batch.delete_cf(cf, key),
-                }
-            }
+            add_updates(&mut batch, self.cf(name), dirty);
         }
         self.put_offsets(&mut batch, offsets);
         self.db.write(batch).map_err(self.store_error())?;
@@ -233,13 +241,8 @@ impl TaskStore {
         offsets: &StoredOffsets,
     ) -> Result<()> {
         let mut batch = WriteBatch::default();
-        let cf = self.cf(&self.store_names[store.0]);
-        for (key, value) in updates {
-            match value {
-                Some(value) => batch.put_cf(cf, key, value),
-                None => batch.delete_cf(cf, key),
-            }
-        }
+        let updates = updates.iter().map(|(key, value)| (key, value));
+        add_updates(&mut batch, self.cf(&self.store_names[store.0]), updates);
         self.put_offsets(&mut batch, offsets);
         self.db.write(batch).map_err(self.store_error())
     }
