@@ -6,6 +6,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
+source "$here/broker.sh"
 cd "$here/.."
 
 PORT="${DEMO_BROKER_PORT:-9092}"
@@ -18,7 +19,7 @@ echo "==> building kstreams-count"
 cargo build --locked -p kstreams-count --quiet
 APP="$CARGO_TARGET_DIR/debug/kstreams-count"
 
-rm -rf "$WORK" && mkdir -p "$WORK/broker"
+rm -rf "$WORK" && mkdir -p "$WORK"
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
@@ -26,11 +27,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "==> starting tansu on $BROKER (sqlite storage in $WORK/broker)"
-(cd "$WORK/broker" && exec "$TANSU_BIN" broker --listener-url "tcp://$BROKER" \
-  --advertised-listener-url "tcp://$BROKER" --storage-engine sqlite://tansu.db) >"$WORK/broker.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+start_broker "$WORK" "$PORT"
+pids+=("$BROKER_PID")
 
 export KAFKA_BROKER="$BROKER"
 "$APP" create-topic input-topic --partitions 4

@@ -20,6 +20,8 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{Offset, TopicPartitionList};
 use tempfile::TempDir;
 
+pub use kstreams_engine::status::InstanceView;
+
 /// A record as read back: key and value bytes.
 pub type ReadRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -241,6 +243,19 @@ impl Broker {
                 )
             }),
         )
+    }
+
+    /// High watermark of every partition of a topic, by partition.
+    pub fn end_offsets(&self, topic: &str) -> Vec<i64> {
+        let consumer: BaseConsumer = self.client().create().unwrap();
+        (0..self.partitions(topic).unwrap_or(0) as i32)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .unwrap()
+                    .1
+            })
+            .collect()
     }
 
     /// Total records in a topic (high minus low watermark, summed over partitions).
@@ -474,6 +489,11 @@ impl App {
 
     /// `/status` as JSON.
     pub fn status(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.http_get("/status")?.1).ok()
+    }
+
+    /// `/status`, typed.
+    pub fn view(&self) -> Option<InstanceView> {
         serde_json::from_str(&self.http_get("/status")?.1).ok()
     }
 
@@ -719,4 +739,142 @@ pub fn read_store_counts(
         }
     }
     counts
+}
+
+/// A producer thread writing `key-<n>` records at a steady rate until stopped; it knows the
+/// exact count per key it got acknowledged.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<HashMap<String, u64>>>,
+}
+
+impl Load {
+    /// Produces about `rate` records/s over `keys` keys to `topic`, in 20 ms batches.
+    pub fn start(broker: &Broker, topic: &str, rate: u64, keys: u64) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let producer: ThreadedProducer<DefaultProducerContext> = broker
+            .client()
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .unwrap();
+        let (topic, flag) = (topic.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut expected: HashMap<String, u64> = HashMap::new();
+            let started = Instant::now();
+            let mut sent = 0u64;
+            let mut rng = rand::rng();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+                while sent < due {
+                    let key = format!("key-{}", rand::Rng::random_range(&mut rng, 0..keys));
+                    let record = BaseRecord::to(&topic).key(&key).payload("1");
+                    match producer.send(record) {
+                        Ok(()) => {
+                            *expected.entry(key).or_default() += 1;
+                            sent += 1;
+                        }
+                        Err(_) => break, // queue full: next round
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            producer
+                .flush(Duration::from_secs(30))
+                .expect("every load record acknowledged");
+            expected
+        });
+        Load {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops producing; returns the exact count per key produced.
+    pub fn finish(mut self) -> HashMap<String, u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().expect("load thread")
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A span during which one instance owned a task, from its log (RFC 3339 UTC timestamps,
+/// which sort as strings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ownership {
+    pub instance: String,
+    pub task: String,
+    pub from: String,
+    /// `None`: still owned when the log ended.
+    pub until: Option<String>,
+}
+
+/// The ownership spans in one instance's log: a task is owned from the assignment change
+/// that adds it to the one that drops it, or until the instance leaves the group.
+pub fn ownership_from_log(instance: &str, log: &str) -> Vec<Ownership> {
+    let mut open: HashMap<String, String> = HashMap::new();
+    let mut spans = Vec::new();
+    for line in log.lines() {
+        let Some(stamp) = line.split_whitespace().next() else {
+            continue;
+        };
+        let owning: Option<Vec<String>> = if let Some(rest) = line.split("-> owning [").nth(1) {
+            let list = rest.split(']').next().unwrap_or_default();
+            Some(
+                list.split(", ")
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            )
+        } else if line.contains("left the group; all tasks closed") {
+            Some(Vec::new())
+        } else {
+            None
+        };
+        let Some(owning) = owning else { continue };
+        let owned_before: Vec<String> = open.keys().cloned().collect();
+        for task in owned_before.iter().filter(|t| !owning.contains(t)) {
+            let from = open.remove(task).unwrap();
+            spans.push(Ownership {
+                instance: instance.to_string(),
+                task: task.clone(),
+                from,
+                until: Some(stamp.to_string()),
+            });
+        }
+        for task in owning {
+            open.entry(task).or_insert_with(|| stamp.to_string());
+        }
+    }
+    spans.extend(open.into_iter().map(|(task, from)| Ownership {
+        instance: instance.to_string(),
+        task,
+        from,
+        until: None,
+    }));
+    spans
+}
+
+/// Pairs of spans of the same task, on different instances, that overlap in time.
+pub fn ownership_overlaps(spans: &[Ownership]) -> Vec<(Ownership, Ownership)> {
+    let mut overlaps = Vec::new();
+    for (i, a) in spans.iter().enumerate() {
+        for b in &spans[i + 1..] {
+            let ends_after =
+                |span: &Ownership, t: &str| span.until.as_deref().is_none_or(|u| u > t);
+            if a.task == b.task
+                && a.instance != b.instance
+                && ends_after(a, &b.from)
+                && ends_after(b, &a.from)
+            {
+                overlaps.push((a.clone(), b.clone()));
+            }
+        }
+    }
+    overlaps
 }

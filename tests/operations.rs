@@ -123,7 +123,7 @@ fn status_lists_the_right_tasks_before_and_after_a_rebalance() {
     wait_until("the first instance to own all four tasks", TIMEOUT, || {
         task_ids(&first) == all
     });
-    let generation_before = first.status().unwrap()["generation"].as_u64().unwrap();
+    let generation_before = first.status().unwrap()["generation"].as_i64().unwrap();
 
     let mut second_options = options.clone();
     second_options.state_dir = root.path().join("state-b");
@@ -138,7 +138,7 @@ fn status_lists_the_right_tasks_before_and_after_a_rebalance() {
     wait_until("both instances running all their tasks", TIMEOUT, || {
         all_running(&first) && all_running(&second) && first.is_ready() && second.is_ready()
     });
-    assert!(first.status().unwrap()["generation"].as_u64().unwrap() > generation_before);
+    assert!(first.status().unwrap()["generation"].as_i64().unwrap() > generation_before);
 
     assert!(
         second.terminate(Duration::from_secs(30)).success(),

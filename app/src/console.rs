@@ -48,7 +48,7 @@ pub struct ConsumeArgs {
     client_config: Vec<(String, String)>,
 }
 
-fn key_value(s: &str) -> Result<(String, String), String> {
+pub fn key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("`{s}` is not key=value"))
@@ -57,16 +57,16 @@ fn key_value(s: &str) -> Result<(String, String), String> {
 #[derive(Args, Debug)]
 pub struct CreateTopicArgs {
     /// Topic name.
-    name: String,
+    pub(crate) name: String,
     #[arg(long = "broker", env = "KAFKA_BROKER", default_value = "localhost:9092", value_parser = broker_arg)]
-    broker: String,
+    pub(crate) broker: String,
     #[arg(long, default_value_t = 4)]
-    partitions: i32,
+    pub(crate) partitions: i32,
     #[arg(long, default_value_t = 1)]
-    replication_factor: i32,
+    pub(crate) replication_factor: i32,
     /// Make it a compacted topic (cleanup.policy=compact).
     #[arg(long)]
-    compact: bool,
+    pub(crate) compact: bool,
 }
 
 pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@
 //! written per key is always its exact count.
 
 mod console;
+mod local;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ enum Command {
     Consume(console::ConsumeArgs),
     /// Create a topic if it does not exist.
     CreateTopic(console::CreateTopicArgs),
+    /// Run N instances locally (like the StatefulSet's pods) under a load generator, with a
+    /// live view; add, stop, kill and restart instances while it runs.
+    Local(local::LocalArgs),
 }
 
 /// Parses `KAFKA_BROKER`-style addresses: `host` or `host:port` (default port 9092).
@@ -114,6 +118,10 @@ struct RunArgs {
     /// Group session timeout.
     #[arg(long, env = "SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     session_timeout_ms: u64,
+    /// Extra librdkafka setting for every client the engine creates, `key=value`
+    /// (repeatable), e.g. `-X heartbeat.interval.ms=1000` or `-X debug=cgrp`.
+    #[arg(short = 'X', long = "client-config", value_parser = console::key_value)]
+    client_config: Vec<(String, String)>,
 }
 
 impl RunArgs {
@@ -138,6 +146,7 @@ impl RunArgs {
         config.task_failure_limit = self.task_failure_limit;
         config.task_failure_window = Duration::from_millis(self.task_failure_window_ms);
         config.state_cleanup_delay = Duration::from_millis(self.state_cleanup_delay_ms);
+        config.client_overrides = self.client_config.clone();
         config.validate()?;
         Ok(config)
     }
@@ -209,6 +218,7 @@ fn main() -> ExitCode {
             Some(Command::Produce(args)) => console::produce(args).await,
             Some(Command::Consume(args)) => console::consume(args).await,
             Some(Command::CreateTopic(args)) => console::create_topic(args).await,
+            Some(Command::Local(args)) => local::run(args).await,
         }
     });
     // Do not wait for stray blocking work (e.g. a broker that never answered).

@@ -25,6 +25,7 @@ pub mod http;
 pub mod internal_topics;
 pub mod metrics;
 pub mod offsets;
+pub mod ownership;
 mod poller;
 pub mod processor;
 mod rebalance;

@@ -48,7 +48,39 @@ impl ClientContext for RebalanceListener {
     }
 }
 
+/// The group generation and member id librdkafka holds for this consumer, read through the C
+/// API (the Rust wrapper keeps its group-metadata handle private).
+fn group_membership(consumer: &BaseConsumer<RebalanceListener>) -> Option<(i32, String)> {
+    use rdkafka::bindings as rd;
+    let client = consumer.client().native_ptr();
+    // SAFETY: `client` is a live consumer handle for the duration of the call; the metadata
+    // object is owned here and destroyed once read; the member id string is copied before that.
+    unsafe {
+        let metadata = rd::rd_kafka_consumer_group_metadata(client);
+        if metadata.is_null() {
+            return None;
+        }
+        let generation = rd::rd_kafka_consumer_group_metadata_generation_id(metadata);
+        let member = rd::rd_kafka_consumer_group_metadata_member_id(metadata);
+        let member_id = if member.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(member)
+                .to_string_lossy()
+                .into_owned()
+        };
+        rd::rd_kafka_consumer_group_metadata_destroy(metadata);
+        Some((generation, member_id))
+    }
+}
+
 impl RebalanceListener {
+    fn record_membership(&self, consumer: &BaseConsumer<Self>) {
+        if let Some((generation, member_id)) = group_membership(consumer) {
+            self.status.set_membership(generation, member_id);
+        }
+    }
+
     fn source_partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
         tpl.elements()
             .iter()
@@ -99,6 +131,7 @@ impl RebalanceListener {
 impl ConsumerContext for RebalanceListener {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            self.record_membership(consumer);
             let partitions = self.source_partitions(tpl);
             if consumer.assignment_lost() {
                 self.tell_supervisor(AssignmentEvent::Lost(partitions));
@@ -119,6 +152,7 @@ impl ConsumerContext for RebalanceListener {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                self.record_membership(consumer);
                 let partitions = self.source_partitions(tpl);
                 if partitions.is_empty() {
                     self.status.set_joined();

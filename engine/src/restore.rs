@@ -3,7 +3,7 @@
 //! It also works out how far input processing had got, and which restored keys may still
 //! owe their output (written to the changelog after the last commit).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -23,6 +23,10 @@ use crate::task_id::TaskId;
 use crate::task_store::{ChangelogUpdate, TaskStore};
 
 const BATCH: usize = 10_000;
+/// Keys whose newest input offset a restore remembers, to drop records that an overlapping
+/// previous owner wrote late; past this many keys the memory is released and the check
+/// starts over (bounding a restore's memory whatever the key count).
+const NEWEST_KEYS_TRACKED: usize = 1_000_000;
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes per partition per fetch. Smaller than librdkafka's 1 MiB default: on brokers that
@@ -123,6 +127,8 @@ pub fn restore_task(request: &RestoreRequest<'_>, store: &mut TaskStore) -> Resu
         outcome.wiped = Some("ahead_of_changelog");
     }
     let mut offsets = store.read_offsets()?;
+    // The local state already reflects all input below this offset.
+    let local_input_next = offsets.input_next.unwrap_or(0);
     let committed = group_committed(&consumer, request.source_topic, task.partition)?;
     // Input below this offset was flushed (changelog and output) before a commit.
     let safe_from = offsets.input_next.max(committed).unwrap_or(0);
@@ -156,6 +162,8 @@ pub fn restore_task(request: &RestoreRequest<'_>, store: &mut TaskStore) -> Resu
         let mut batch: Vec<ChangelogUpdate> = Vec::with_capacity(BATCH);
         let mut position = start;
         let mut applied = 0u64;
+        let mut skipped = 0u64;
+        let mut newest: HashMap<Vec<u8>, i64> = HashMap::new();
         while position < high {
             match consumer.poll(Duration::from_millis(500)) {
                 Some(Ok(message)) => {
@@ -171,10 +179,27 @@ pub fn restore_task(request: &RestoreRequest<'_>, store: &mut TaskStore) -> Resu
                         outcome.input_next = outcome.input_next.max(Some(input + 1));
                     }
                     if let Some(key) = message.key() {
-                        if input.is_some_and(|input| input >= safe_from) {
-                            outcome.replay.insert((StoreId(index), key.to_vec()));
+                        // Each changelog value is the key's state as of its input offset, so
+                        // the newest offset wins, not the newest write: two owners of one
+                        // partition for a while (a zombie, or a broker handing a partition out
+                        // early) can interleave their writes.
+                        let stale = input.is_some_and(|input| {
+                            input < local_input_next || newest.get(key).is_some_and(|n| *n > input)
+                        });
+                        if stale {
+                            skipped += 1;
+                        } else {
+                            if let Some(input) = input {
+                                if newest.len() >= NEWEST_KEYS_TRACKED {
+                                    newest = HashMap::new();
+                                }
+                                newest.insert(key.to_vec(), input);
+                                if input >= safe_from {
+                                    outcome.replay.insert((StoreId(index), key.to_vec()));
+                                }
+                            }
+                            batch.push((key.to_vec(), value));
                         }
-                        batch.push((key.to_vec(), value));
                     }
                 }
                 // The end as the broker sees it now (compaction may hide the last offsets).
@@ -212,7 +237,11 @@ pub fn restore_task(request: &RestoreRequest<'_>, store: &mut TaskStore) -> Resu
         offsets.changelog_next[index] = Some(high);
         store.apply_restored(StoreId(index), &[], &offsets)?;
         outcome.records += applied;
+        request.progress.add_restored(skipped);
         let elapsed = started.elapsed();
+        if skipped > 0 {
+            warn!(%task, store = %name, "skipped {skipped} changelog records older than the state they would overwrite (written by an overlapping previous owner)");
+        }
         info!(
             %task, store = %name,
             "restored {applied} records in {:.3}s ({:.0} records/s)",

@@ -1,18 +1,44 @@
 //! What an instance reports about itself: liveness and readiness, and each task's phase,
 //! restore progress, processed offset and lag (read by `/status`, `/health/*` and the poller).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::task_id::TaskId;
 
 const RESTORING: u8 = 0;
 const RUNNING: u8 = 1;
 const SUSPENDED: u8 = 2;
+
+/// Assignment changes kept for `/status` (the newest last).
+const ASSIGNMENT_HISTORY: usize = 32;
+
+/// One applied assignment change, as `/status` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AssignmentRecord {
+    /// Wall-clock time the change was applied, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// The consumer group generation the change belongs to (-1 when unknown).
+    pub generation: i32,
+    pub added: Vec<String>,
+    pub revoked: Vec<String>,
+    pub lost: Vec<String>,
+    /// Tasks owned after the change.
+    pub owning: Vec<String>,
+    /// How long this instance took to apply it (start tasks, or commit and stop them).
+    pub took_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// One task's progress, written by the task and read by anyone.
 #[derive(Debug)]
@@ -89,9 +115,11 @@ pub struct InstanceStatus {
     instance_id: String,
     liveness_timeout: Duration,
     started: Instant,
-    /// Assignment changes this instance has applied (librdkafka does not expose the group
-    /// generation id, so this is the local count of generations seen).
-    generation: AtomicU64,
+    /// The consumer group generation this member last joined (-1 before the first join).
+    generation: AtomicI64,
+    /// Member id the group coordinator gave this consumer (empty before the first join).
+    member_id: Mutex<String>,
+    assignments: Mutex<VecDeque<AssignmentRecord>>,
     joined: AtomicBool,
     alive: AtomicBool,
     /// Milliseconds since `started` at the consumer loop's last turn.
@@ -99,23 +127,29 @@ pub struct InstanceStatus {
     tasks: Mutex<BTreeMap<TaskId, Arc<TaskProgress>>>,
 }
 
-#[derive(Serialize)]
-struct TaskView {
-    task_id: String,
-    partition: i32,
-    state: &'static str,
-    restore_total: u64,
-    restore_done: u64,
-    processed_offset: Option<i64>,
-    lag: Option<i64>,
+/// One task in the `/status` document.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TaskView {
+    pub task_id: String,
+    pub partition: i32,
+    /// `restoring`, `running` or `suspended`.
+    pub state: String,
+    pub restore_total: u64,
+    pub restore_done: u64,
+    /// Last input offset processed; absent before the first.
+    pub processed_offset: Option<i64>,
+    pub lag: Option<i64>,
 }
 
-#[derive(Serialize)]
-struct InstanceView {
-    instance_id: String,
-    generation: u64,
-    ready: bool,
-    tasks: Vec<TaskView>,
+/// The `/status` document (served by the engine, read by the local runner and the tests).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstanceView {
+    pub instance_id: String,
+    pub member_id: String,
+    pub generation: i64,
+    pub ready: bool,
+    pub tasks: Vec<TaskView>,
+    pub assignments: Vec<AssignmentRecord>,
 }
 
 impl InstanceStatus {
@@ -124,7 +158,9 @@ impl InstanceStatus {
             instance_id,
             liveness_timeout,
             started: Instant::now(),
-            generation: AtomicU64::new(0),
+            generation: AtomicI64::new(-1),
+            member_id: Mutex::default(),
+            assignments: Mutex::default(),
             joined: AtomicBool::new(false),
             alive: AtomicBool::new(true),
             last_poll_ms: AtomicU64::new(0),
@@ -151,8 +187,24 @@ impl InstanceStatus {
         self.tasks().get(&task).cloned()
     }
 
-    pub fn next_generation(&self) -> u64 {
-        self.generation.fetch_add(1, Ordering::Relaxed) + 1
+    /// Records the group membership the consumer reports during a rebalance callback.
+    pub fn set_membership(&self, generation: i32, member_id: String) {
+        self.generation.store(generation.into(), Ordering::Relaxed);
+        *self.member_id.lock().expect("status lock poisoned") = member_id;
+    }
+
+    /// The group generation last joined, -1 before the first join.
+    pub fn generation(&self) -> i32 {
+        self.generation.load(Ordering::Relaxed) as i32
+    }
+
+    /// Appends to the recent assignment history shown by `/status`.
+    pub fn record_assignment(&self, record: AssignmentRecord) {
+        let mut history = self.assignments.lock().expect("status lock poisoned");
+        if history.len() == ASSIGNMENT_HISTORY {
+            history.pop_front();
+        }
+        history.push_back(record);
     }
 
     pub fn set_joined(&self) {
@@ -187,26 +239,38 @@ impl InstanceStatus {
 
     /// The `/status` document.
     pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(&self.view()).expect("status serializes")
+    }
+
+    /// What `/status` shows, as a value.
+    pub fn view(&self) -> InstanceView {
         let tasks = self
             .tasks()
             .iter()
             .map(|(id, t)| TaskView {
                 task_id: id.to_string(),
                 partition: id.partition,
-                state: t.phase_name(),
+                state: t.phase_name().to_string(),
                 restore_total: t.restore_total.load(Ordering::Relaxed),
                 restore_done: t.restore_done.load(Ordering::Relaxed),
                 processed_offset: t.next_offset().map(|o| o - 1).filter(|o| *o >= 0),
                 lag: t.lag(),
             })
             .collect();
-        let view = InstanceView {
+        InstanceView {
             instance_id: self.instance_id.clone(),
+            member_id: self.member_id.lock().expect("status lock poisoned").clone(),
             generation: self.generation.load(Ordering::Relaxed),
             ready: self.is_ready(),
             tasks,
-        };
-        serde_json::to_string_pretty(&view).expect("status serializes")
+            assignments: self
+                .assignments
+                .lock()
+                .expect("status lock poisoned")
+                .iter()
+                .cloned()
+                .collect(),
+        }
     }
 }
 
@@ -260,5 +324,31 @@ mod tests {
         assert_eq!(json["tasks"][0]["task_id"], "0_2");
         assert_eq!(json["tasks"][0]["state"], "restoring");
         assert_eq!(json["tasks"][0]["processed_offset"], 4);
+        assert_eq!(json["generation"], -1);
+        assert_eq!(json["assignments"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn assignment_history_keeps_the_newest() {
+        let status = InstanceStatus::new("i".into(), Duration::from_secs(60));
+        for generation in 0..40 {
+            status.record_assignment(AssignmentRecord {
+                at_unix_ms: unix_millis(),
+                generation,
+                added: vec!["0_0".into()],
+                revoked: vec![],
+                lost: vec![],
+                owning: vec!["0_0".into()],
+                took_ms: 1,
+            });
+        }
+        status.set_membership(39, "member-1".into());
+        let json: serde_json::Value = serde_json::from_str(&status.to_json()).unwrap();
+        let history = json["assignments"].as_array().unwrap();
+        assert_eq!(history.len(), ASSIGNMENT_HISTORY);
+        assert_eq!(history.last().unwrap()["generation"], 39);
+        assert_eq!(history[0]["generation"], 40 - ASSIGNMENT_HISTORY as i64);
+        assert_eq!(json["generation"], 39);
+        assert_eq!(json["member_id"], "member-1");
     }
 }

@@ -18,7 +18,7 @@ use crate::error::{EngineError, Result};
 use crate::metrics::EngineMetrics;
 use crate::processor::InputRecord;
 use crate::state_directory::StateDirectory;
-use crate::status::InstanceStatus;
+use crate::status::{unix_millis, AssignmentRecord, InstanceStatus};
 use crate::task::{StreamTask, TaskArgs, TaskMsg, TaskPhase};
 use crate::task_id::TaskId;
 
@@ -103,12 +103,11 @@ where
     }
 }
 
-fn task_list(partitions: &[i32]) -> String {
+fn task_names(partitions: &[i32]) -> Vec<String> {
     partitions
         .iter()
         .map(|p| TaskId::new(0, *p).to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect()
 }
 
 impl Actor for Supervisor {
@@ -181,6 +180,10 @@ impl Actor for Supervisor {
             SupervisorMsg::StopAll(reply) => {
                 let partitions: Vec<i32> = state.tasks.keys().copied().collect();
                 state.stop(&partitions).await;
+                info!(
+                    "shutdown: stopped tasks [{}]",
+                    task_names(&partitions).join(", ")
+                );
                 let _ = reply.send(());
             }
         }
@@ -223,7 +226,7 @@ impl SupervisorState {
         let change = AssignmentChange::plan(&owned, &event);
         let metrics = self.args.metrics.clone();
         metrics.rebalances.inc();
-        let generation = self.args.status.next_generation();
+        let generation = self.args.status.generation();
         let started = Instant::now();
         let mut offsets = Vec::new();
         let (added, revoked, lost) = match &event {
@@ -251,14 +254,24 @@ impl SupervisorState {
                 (&[][..], &[][..], change.stop.as_slice())
             }
         };
+        let record = AssignmentRecord {
+            at_unix_ms: unix_millis(),
+            generation,
+            added: task_names(added),
+            revoked: task_names(revoked),
+            lost: task_names(lost),
+            owning: task_names(&self.tasks.keys().copied().collect::<Vec<_>>()),
+            took_ms: started.elapsed().as_millis() as u64,
+        };
         info!(
             "assignment change (generation {generation}): added [{}] revoked [{}] lost [{}] -> owning [{}] ({} ms)",
-            task_list(added),
-            task_list(revoked),
-            task_list(lost),
-            task_list(&self.tasks.keys().copied().collect::<Vec<_>>()),
-            started.elapsed().as_millis()
+            record.added.join(", "),
+            record.revoked.join(", "),
+            record.lost.join(", "),
+            record.owning.join(", "),
+            record.took_ms
         );
+        self.args.status.record_assignment(record);
         Ok(offsets)
     }
 
