@@ -199,23 +199,12 @@ fn scaling_1_3_2_1_under_load_keeps_counts_exact_and_one_owner_per_partition() {
     ));
     per_step.push(("2 -> 1", pauses[before..].to_vec()));
 
-    let expected = load.finish();
+    let mut expected = load.finish();
     let produced: u64 = expected.values().sum();
-    if let Err(wrong) = broker.wait_for_counts(&options.output_topic, &expected, COUNTS_TIMEOUT) {
-        panic!(
-            "counts wrong after scaling ({produced} records produced): {wrong}; log of kstreams-count-0:\n{}",
-            instances[0].app().log()
-        );
-    }
-    instances[0].stop();
-
     for (step, step_pauses) in &per_step {
         eprintln!("pause per rebalance, {step}: {}", summary(step_pauses));
     }
-    eprintln!(
-        "all steps: {}; {produced} records counted exactly",
-        summary(&pauses)
-    );
+    eprintln!("all steps: {}", summary(&pauses));
 
     let spans: Vec<_> = instances
         .iter()
@@ -239,8 +228,7 @@ fn scaling_1_3_2_1_under_load_keeps_counts_exact_and_one_owner_per_partition() {
         eprintln!(
             "SKIPPED the every-instant exclusive-ownership assertion: broker limit (tansu 0.6.0 \
              completes a JoinGroup round with stale member subscriptions, so cooperative-sticky \
-             can hand a partition to a new member before its old owner rejoins). Overlaps seen \
-             ({}), counts stayed exact:",
+             can hand a partition to a new member before its old owner rejoins). Overlaps: {}",
             overlaps.len()
         );
         for (a, b) in &overlaps {
@@ -250,6 +238,41 @@ fn scaling_1_3_2_1_under_load_keeps_counts_exact_and_one_owner_per_partition() {
             );
         }
     }
+
+    // The output as the scaling left it. Two owners at once (the broker limit above) write
+    // the same counts but may interleave them, so a key's last output can be an older count
+    // until that key's next record; without an overlap it must be exact.
+    match broker.wait_for_counts(&options.output_topic, &expected, COUNTS_TIMEOUT) {
+        Ok(()) => eprintln!("{produced} records: every key's last output is its exact count"),
+        Err(wrong) if !overlaps.is_empty() && !BROKER_JOIN_BARRIER_RELIABLE => eprintln!(
+            "SKIPPED exact last outputs after an ownership overlap (broker limit above): {wrong}"
+        ),
+        Err(wrong) => panic!(
+            "counts wrong after scaling ({produced} records produced, no ownership overlap): {wrong}; log of kstreams-count-0:\n{}",
+            instances[0].app().log()
+        ),
+    }
+    // The state itself must be exact whatever happened: one more record per key makes the
+    // single remaining owner write every key's count from its store.
+    broker.produce_strings(
+        &options.input_topic,
+        expected
+            .keys()
+            .map(|k| (k.as_str(), "1"))
+            .collect::<Vec<_>>(),
+    );
+    expected.values_mut().for_each(|n| *n += 1);
+    if let Err(wrong) = broker.wait_for_counts(&options.output_topic, &expected, COUNTS_TIMEOUT) {
+        panic!(
+            "state counts wrong after scaling ({produced} records + one per key): {wrong}; log of kstreams-count-0:\n{}",
+            instances[0].app().log()
+        );
+    }
+    eprintln!(
+        "state exact: {} keys' counts match after one more record each",
+        expected.len()
+    );
+    instances[0].stop();
     for took in &settle_times {
         assert!(*took < SETTLE_BOUND);
     }
@@ -264,65 +287,104 @@ fn a_restarted_instance_restores_only_the_changelog_tail_of_the_tasks_it_gets_ba
     let load = Load::start(&broker, &options.input_topic, RATE, KEYS);
     let (mut tracker, mut pauses) = (PauseTracker::default(), Vec::new());
     a.start(&broker);
+    settle("start with 1", &[&a], 4, &mut tracker, &mut pauses);
     b.start(&broker);
     settle("start with 2", &[&a, &b], 4, &mut tracker, &mut pauses);
-    // Let both own their tasks for a while, so each has state worth keeping.
-    let views_before = b.view().unwrap();
-    let b_tasks: BTreeSet<i32> = views_before.tasks.iter().map(|t| t.partition).collect();
-    wait_for_changelog(&broker, &changelog, &b_tasks, &[0; 4], 200);
-
-    b.stop();
-    let at_stop = broker.end_offsets(&changelog);
-    settle("instance 1 stopped", &[&a], 4, &mut tracker, &mut pauses);
-    let a_view = a.view().unwrap();
-    for task in a_view
-        .tasks
-        .iter()
-        .filter(|t| b_tasks.contains(&t.partition))
-    {
-        assert_eq!(
-            task.restore_total, at_stop[task.partition as usize] as u64,
-            "{} moved to the survivor, which had no state for it: a full restore of its changelog",
-            task.task_id
+    // The plain cooperative-sticky assignor does not know where state lives, so the restarted
+    // instance may get other tasks back than it had: repeat until it gets at least one of its
+    // own (each round has about even odds or better).
+    let mut tail_checks = 0;
+    for round in 1..=5 {
+        let b_tasks: BTreeSet<i32> = b
+            .view()
+            .unwrap()
+            .tasks
+            .iter()
+            .map(|t| t.partition)
+            .collect();
+        // Let it own them a while, so it has state worth keeping.
+        wait_for_changelog(
+            &broker,
+            &changelog,
+            &b_tasks,
+            &broker.end_offsets(&changelog),
+            100,
         );
-        eprintln!(
-            "{} on the survivor: restored fully, {} records",
-            task.task_id, task.restore_total
+        b.stop();
+        let at_stop = broker.end_offsets(&changelog);
+        settle(
+            &format!("round {round}: instance 1 stopped"),
+            &[&a],
+            4,
+            &mut tracker,
+            &mut pauses,
         );
-    }
-    // The survivor writes new changelog records for the tasks it took over.
-    wait_for_changelog(&broker, &changelog, &b_tasks, &at_stop, 100);
-
-    b.start(&broker);
-    settle(
-        "instance 1 restarted",
-        &[&a, &b],
-        4,
-        &mut tracker,
-        &mut pauses,
-    );
-    let now = broker.end_offsets(&changelog);
-    let b_view = b.view().unwrap();
-    for task in &b_view.tasks {
-        let p = task.partition as usize;
-        if b_tasks.contains(&task.partition) {
-            let tail = (now[p] - at_stop[p]) as u64;
+        for task in a
+            .view()
+            .unwrap()
+            .tasks
+            .iter()
+            .filter(|t| b_tasks.contains(&t.partition))
+        {
+            let full = at_stop[task.partition as usize] as u64;
             assert!(
-                task.restore_total <= tail && task.restore_total < now[p] as u64,
-                "{} came back to its own state dir: restored {} records, more than the tail of {tail} written since it stopped (changelog end {})",
-                task.task_id, task.restore_total, now[p]
+                task.restore_total <= full,
+                "{} moved to the survivor: restored {} records, more than its whole changelog ({full})",
+                task.task_id,
+                task.restore_total
             );
             eprintln!(
-                "{} back on its own state: restored {} of {} changelog records (tail bound {tail})",
-                task.task_id, task.restore_total, now[p]
-            );
-        } else {
-            eprintln!(
-                "{} new to the restarted instance: restored {} of {} changelog records",
-                task.task_id, task.restore_total, now[p]
+                "{} moved to the survivor: restored {} of {full} changelog records ({})",
+                task.task_id,
+                task.restore_total,
+                if task.restore_total == full {
+                    "fully"
+                } else {
+                    "from its own older state"
+                }
             );
         }
+        // The survivor writes new changelog records for the tasks it took over.
+        wait_for_changelog(&broker, &changelog, &b_tasks, &at_stop, 50);
+
+        b.start(&broker);
+        settle(
+            &format!("round {round}: instance 1 restarted"),
+            &[&a, &b],
+            4,
+            &mut tracker,
+            &mut pauses,
+        );
+        let now = broker.end_offsets(&changelog);
+        for task in &b.view().unwrap().tasks {
+            let p = task.partition as usize;
+            if b_tasks.contains(&task.partition) {
+                let tail = (now[p] - at_stop[p]) as u64;
+                assert!(
+                    task.restore_total <= tail && task.restore_total < now[p] as u64,
+                    "{} came back to its own state dir: restored {} records, more than the tail of {tail} written since it stopped (changelog end {})",
+                    task.task_id, task.restore_total, now[p]
+                );
+                eprintln!(
+                    "{} back on its own state: restored {} of {} changelog records (tail bound {tail})",
+                    task.task_id, task.restore_total, now[p]
+                );
+                tail_checks += 1;
+            } else {
+                eprintln!(
+                    "{} new to the restarted instance: restored {} of {} changelog records",
+                    task.task_id, task.restore_total, now[p]
+                );
+            }
+        }
+        if tail_checks > 0 {
+            break;
+        }
     }
+    assert!(
+        tail_checks > 0,
+        "in 5 restarts the instance never got one of its own tasks back"
+    );
 
     let expected = load.finish();
     if let Err(wrong) = broker.wait_for_counts(&options.output_topic, &expected, COUNTS_TIMEOUT) {
