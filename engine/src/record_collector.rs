@@ -8,7 +8,9 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
+};
 use rdkafka::ClientContext;
 
 use crate::config::StreamsConfig;
@@ -102,6 +104,11 @@ impl RecordCollector {
             changelog_records_sent: 0,
             output_records_sent: 0,
         })
+    }
+
+    /// Drops every queued, undelivered record (benchmarks only: nothing is sent).
+    pub(crate) fn purge_queued(&self) {
+        self.producer.purge(PurgeConfig::default().queue());
     }
 
     fn send(&self, topic: &str, record: BaseRecord<'_, [u8], [u8], ()>) -> Result<()> {

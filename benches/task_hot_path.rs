@@ -1,0 +1,66 @@
+//! The engine alone, one core, no broker: records/s through one word-count task (processor,
+//! RocksDB-backed store with its write-back cache, a changelog record and an output record
+//! queued in librdkafka per input record), committing the store every 100,000 records.
+//! `cargo bench --bench task_hot_path`
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use kstreams_engine::hot_path::TaskHotPath;
+use kstreams_engine::{InputRecord, StreamsBuilder, StringSerde, Topology};
+
+const BATCH: usize = 10_000;
+const BATCHES_PER_COMMIT: u64 = 10;
+
+fn word_count() -> Topology {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream("input-topic", StringSerde, StringSerde)
+        .group_by_key()
+        .count("count-store")
+        .to_stream()
+        .map_values(|count| count.to_string())
+        .to("counts-topic", StringSerde, StringSerde);
+    builder.build().expect("word count topology")
+}
+
+fn batch(keys: usize) -> Vec<InputRecord> {
+    (0..BATCH)
+        .map(|i| InputRecord {
+            partition: 0,
+            offset: i as i64,
+            timestamp: None,
+            key: Some(format!("word-{}", (i * 7919) % keys).into_bytes()),
+            value: Some(b"1".to_vec()),
+        })
+        .collect()
+}
+
+fn hot_path(c: &mut Criterion) {
+    let topology = word_count();
+    let mut group = c.benchmark_group("task_hot_path");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.measurement_time(Duration::from_secs(10));
+    for keys in [1_000, 10_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut task = TaskHotPath::new(&topology, dir.path()).unwrap();
+        let records = batch(keys);
+        group.bench_function(format!("word_count_{keys}_keys"), |b| {
+            b.iter_custom(|iterations| {
+                let started = Instant::now();
+                for i in 0..iterations {
+                    task.process(&records).unwrap();
+                    if (i + 1) % BATCHES_PER_COMMIT == 0 {
+                        task.commit().unwrap();
+                    }
+                }
+                task.commit().unwrap();
+                started.elapsed()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, hot_path);
+criterion_main!(benches);

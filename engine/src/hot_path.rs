@@ -1,0 +1,79 @@
+//! A task's per-record work without an actor or a broker, for benchmarks: the topology's
+//! processor, the task's RocksDB store and its record collector, whose producer only queues
+//! records (its broker address is never reached; queued records are purged on commit).
+
+use std::path::Path;
+
+use crate::config::StreamsConfig;
+use crate::dsl::Topology;
+use crate::error::{EngineError, Result};
+use crate::processor::{InputRecord, Processor, ProcessorContext};
+use crate::record_collector::RecordCollector;
+use crate::task_id::TaskId;
+use crate::task_store::{StoredOffsets, TaskStore};
+
+/// Nothing listens here: the producer queues and never delivers.
+const NOWHERE: &str = "127.0.0.1:9";
+
+pub struct TaskHotPath {
+    task: TaskId,
+    processor: Box<dyn Processor>,
+    store: TaskStore,
+    collector: RecordCollector,
+    next_offset: i64,
+}
+
+impl TaskHotPath {
+    /// Task 0_0 of `topology`, with its store under `dir`.
+    pub fn new(topology: &Topology, dir: &Path) -> Result<Self> {
+        let task = TaskId::new(0, 0);
+        let mut config = StreamsConfig::new("hot-path", NOWHERE);
+        config.client_overrides = vec![
+            ("queue.buffering.max.messages".into(), "10000000".into()),
+            ("queue.buffering.max.kbytes".into(), "2097151".into()),
+            ("message.timeout.ms".into(), "3600000".into()),
+        ];
+        let stores = topology.stores().to_vec();
+        Ok(Self {
+            task,
+            processor: topology.new_processor(),
+            store: TaskStore::open(task, dir, &stores)?,
+            collector: RecordCollector::new(task, &config, &stores)?,
+            next_offset: 0,
+        })
+    }
+
+    /// Runs the processor over `records` as the task would (store update, changelog record,
+    /// output record per input record).
+    pub fn process(&mut self, records: &[InputRecord]) -> Result<()> {
+        for record in records {
+            let mut ctx = ProcessorContext {
+                store: &mut self.store,
+                collector: &mut self.collector,
+                partition: self.task.partition,
+                offset: record.offset,
+            };
+            self.processor
+                .process(record, &mut ctx)
+                .map_err(|e| EngineError::Processing {
+                    task: self.task,
+                    partition: record.partition,
+                    offset: record.offset,
+                    reason: e.to_string(),
+                })?;
+            self.next_offset = record.offset + 1;
+        }
+        Ok(())
+    }
+
+    /// Writes the dirty keys and offsets to RocksDB in one batch (the commit's store half) and
+    /// drops the queued records.
+    pub fn commit(&mut self) -> Result<()> {
+        self.store.commit(&StoredOffsets {
+            input_next: Some(self.next_offset),
+            changelog_next: vec![None; self.store.store_names().len()],
+        })?;
+        self.collector.purge_queued();
+        Ok(())
+    }
+}
