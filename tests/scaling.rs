@@ -252,11 +252,8 @@ fn scaling_1_3_2_1_under_load_keeps_counts_exact_and_one_owner_per_partition() {
             instances[0].app().log()
         ),
     }
-    // The state: one more record per key makes the single remaining owner write every key's
-    // count from its store. Without an overlap this must be exact. After one, the engine
-    // cannot promise it yet: an owner that resumes from its own older state can miss updates
-    // the overlapping owner logged before its checkpoint (per-key versioned state would
-    // close that; see docs/operations.md), so it is reported, not asserted.
+    // The state must be exact whatever happened: one more record per key makes the single
+    // remaining owner write every key's count from its store.
     broker.produce_strings(
         &options.input_topic,
         expected
@@ -265,19 +262,17 @@ fn scaling_1_3_2_1_under_load_keeps_counts_exact_and_one_owner_per_partition() {
             .collect::<Vec<_>>(),
     );
     expected.values_mut().for_each(|n| *n += 1);
-    match broker.wait_for_counts(&options.output_topic, &expected, COUNTS_TIMEOUT) {
-        Ok(()) => eprintln!(
-            "state exact: {} keys' counts match after one more record each",
-            expected.len()
-        ),
-        Err(wrong) if !overlaps.is_empty() && !BROKER_JOIN_BARRIER_RELIABLE => eprintln!(
-            "SKIPPED exact state after an ownership overlap (broker limit above): {wrong}"
-        ),
-        Err(wrong) => panic!(
-            "state counts wrong after scaling ({produced} records + one per key, no ownership overlap): {wrong}; log of kstreams-count-0:\n{}",
+    if let Err(wrong) = broker.wait_for_counts(&options.output_topic, &expected, COUNTS_TIMEOUT) {
+        panic!(
+            "state counts wrong after scaling ({produced} records + one per key, {} ownership overlaps): {wrong}; log of kstreams-count-0:\n{}",
+            overlaps.len(),
             instances[0].app().log()
-        ),
+        );
     }
+    eprintln!(
+        "state exact: {} keys' counts match after one more record each",
+        expected.len()
+    );
     instances[0].stop();
     for took in &settle_times {
         assert!(*took < SETTLE_BOUND);

@@ -36,6 +36,9 @@ impl Processor for FlakyCount {
         {
             panic!("boom at offset {}", record.offset);
         }
+        if ctx.already_applied(StoreId(0), key)? {
+            return Ok(());
+        }
         let count = ctx
             .get(StoreId(0), key)?
             .map_or(0, |b| i64::from_be_bytes(b.try_into().unwrap()))

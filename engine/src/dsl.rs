@@ -319,6 +319,9 @@ impl<K: 'static, V: 'static> KGroupedStream<K, V> {
                     match item {
                         Item::Record(key, _value) => {
                             let key_bytes = key_serde.serialize(&key);
+                            if ctx.already_applied(store, &key_bytes)? {
+                                return Ok(()); // counted before (input processed again)
+                            }
                             let previous = match ctx.get(store, &key_bytes)? {
                                 Some(bytes) => decode_count(&bytes)?,
                                 None => 0,

@@ -101,9 +101,21 @@ impl ProcessorContext<'_> {
             .map_err(|e| RecordError::Failed(e.to_string()))
     }
 
-    /// Writes a key to a store and its changelog.
+    /// Whether the record being processed is already reflected in a key's value: the value
+    /// was produced by this record or a later one. Input can be processed again (a task
+    /// resumes from its own last commit after a crash, a restart or a period with two owners);
+    /// an aggregation that checks this before updating counts each record once.
+    pub fn already_applied(&self, store: StoreId, key: &[u8]) -> Result<bool, RecordError> {
+        let version = self
+            .store
+            .version(store, key)
+            .map_err(|e| RecordError::Failed(e.to_string()))?;
+        Ok(version.is_some_and(|v| v >= self.offset))
+    }
+
+    /// Writes a key to a store and its changelog, tagged with the record's input offset.
     pub fn put(&mut self, store: StoreId, key: &[u8], value: &[u8]) -> Result<(), RecordError> {
-        self.store.put(store, key, value);
+        self.store.put(store, key, value, self.offset);
         self.collector
             .send_changelog(store, self.partition, key, value, self.offset)
             .map_err(|e| RecordError::Failed(e.to_string()))

@@ -23,10 +23,6 @@ use crate::task_id::TaskId;
 use crate::task_store::{ChangelogUpdate, TaskStore};
 
 const BATCH: usize = 10_000;
-/// Keys whose newest input offset a restore remembers, to drop records that an overlapping
-/// previous owner wrote late; past this many keys the memory is released and the check
-/// starts over (bounding a restore's memory whatever the key count).
-const NEWEST_KEYS_TRACKED: usize = 1_000_000;
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes per partition per fetch. Smaller than librdkafka's 1 MiB default: on brokers that
@@ -127,12 +123,22 @@ pub fn restore_task(request: &RestoreRequest<'_>, store: &mut TaskStore) -> Resu
         outcome.wiped = Some("ahead_of_changelog");
     }
     let mut offsets = store.read_offsets()?;
-    // The local state already reflects all input below this offset.
-    let local_input_next = offsets.input_next.unwrap_or(0);
     let committed = group_committed(&consumer, request.source_topic, task.partition)?;
     // Input below this offset was flushed (changelog and output) before a commit.
     let safe_from = offsets.input_next.max(committed).unwrap_or(0);
-    outcome.input_next = offsets.input_next.max(committed);
+    // Where input resumes. With local state: at its own position, which it reflects exactly;
+    // input processed since (by this task before a crash, or by another owner) is applied
+    // again only for keys whose stored version is older (see `already_applied`), so resuming
+    // early costs time, never correctness, while resuming later than the state could skip
+    // updates another owner logged before this store's changelog checkpoint. Without local
+    // state: past every input offset the changelog and the group's commit say was applied
+    // (each writer logs its updates in order, so its latest record implies all earlier ones).
+    let has_local_state = offsets.input_next.is_some();
+    outcome.input_next = if has_local_state {
+        offsets.input_next
+    } else {
+        committed
+    };
 
     for (index, (name, (topic, low, high))) in store_names.iter().zip(watermarks).enumerate() {
         let start = offsets.changelog_next[index].unwrap_or(0).clamp(low, high);
@@ -163,42 +169,36 @@ pub fn restore_task(request: &RestoreRequest<'_>, store: &mut TaskStore) -> Resu
         let mut position = start;
         let mut applied = 0u64;
         let mut skipped = 0u64;
-        let mut newest: HashMap<Vec<u8>, i64> = HashMap::new();
+        // Newest input offset per key in the batch not yet applied to the store.
+        let mut batch_versions: HashMap<Vec<u8>, i64> = HashMap::new();
         while position < high {
             match consumer.poll(Duration::from_millis(500)) {
                 Some(Ok(message)) => {
                     position = position.max(message.offset() + 1);
-                    let (input, value) = match message.payload() {
-                        Some(bytes) => {
-                            let (input, value) = decode_changelog_value(bytes);
-                            (input, Some(value.to_vec()))
-                        }
-                        None => (None, None),
-                    };
-                    if let Some(input) = input {
+                    let payload = message.payload();
+                    let input = payload.and_then(|bytes| decode_changelog_value(bytes).0);
+                    if let Some(input) = input.filter(|_| !has_local_state) {
                         outcome.input_next = outcome.input_next.max(Some(input + 1));
                     }
                     if let Some(key) = message.key() {
                         // Each changelog value is the key's state as of its input offset, so
                         // the newest offset wins, not the newest write: two owners of one
                         // partition for a while (a zombie, or a broker handing a partition out
-                        // early) can interleave their writes.
-                        let stale = input.is_some_and(|input| {
-                            input < local_input_next || newest.get(key).is_some_and(|n| *n > input)
-                        });
-                        if stale {
+                        // early) interleave their writes.
+                        let current = match batch_versions.get(key) {
+                            Some(version) => Some(*version),
+                            None => store.version(StoreId(index), key)?,
+                        };
+                        if input.is_some_and(|input| current.is_some_and(|c| c > input)) {
                             skipped += 1;
                         } else {
                             if let Some(input) = input {
-                                if newest.len() >= NEWEST_KEYS_TRACKED {
-                                    newest = HashMap::new();
-                                }
-                                newest.insert(key.to_vec(), input);
+                                batch_versions.insert(key.to_vec(), input);
                                 if input >= safe_from {
                                     outcome.replay.insert((StoreId(index), key.to_vec()));
                                 }
                             }
-                            batch.push((key.to_vec(), value));
+                            batch.push((key.to_vec(), payload.map(<[u8]>::to_vec)));
                         }
                     }
                 }
@@ -211,8 +211,9 @@ pub fn restore_task(request: &RestoreRequest<'_>, store: &mut TaskStore) -> Resu
             }
             if batch.len() >= BATCH || (position >= high && !batch.is_empty()) {
                 offsets.changelog_next[index] = Some(position);
-                offsets.input_next = offsets.input_next.max(outcome.input_next);
+                offsets.input_next = outcome.input_next;
                 store.apply_restored(StoreId(index), &batch, &offsets)?;
+                batch_versions.clear();
                 let n = batch.len() as u64;
                 applied += n;
                 request

@@ -1,5 +1,7 @@
 //! A task's state: one RocksDB per task, one column family per store plus `offsets`, with a
-//! write-back cache so that state and offsets reach disk together in one write batch.
+//! write-back cache so that state and offsets reach disk together in one write batch. Every
+//! value is stored with the input offset that produced it (the changelog value format), so
+//! an update can tell whether it is already applied.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +10,10 @@ use std::time::{Duration, Instant};
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, DB};
 
 use crate::error::{EngineError, Result};
-use crate::offsets::{changelog_offset_key, decode_offset, encode_offset, INPUT_OFFSET_KEY};
+use crate::offsets::{
+    changelog_offset_key, decode_changelog_value, decode_offset, encode_changelog_value,
+    encode_offset, INPUT_OFFSET_KEY,
+};
 use crate::processor::StoreId;
 use crate::task_id::TaskId;
 use tracing::warn;
@@ -19,6 +24,11 @@ const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// Column family holding the task's offsets.
 pub const OFFSETS_CF: &str = "offsets";
 
+/// Key (in `offsets`) of the state format; state without it predates versioned values.
+const STATE_FORMAT_KEY: &[u8] = b"state-format";
+/// 2: values carry the input offset that produced them.
+const STATE_FORMAT: i64 = 2;
+
 /// What a task's store says it has applied.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StoredOffsets {
@@ -28,7 +38,8 @@ pub struct StoredOffsets {
     pub changelog_next: Vec<Option<i64>>,
 }
 
-/// An update read back from a changelog: a key and its new value, `None` for a delete.
+/// An update read back from a changelog: a key and its changelog value (input offset and
+/// value, as [`encode_changelog_value`] writes it), `None` for a delete.
 pub type ChangelogUpdate = (Vec<u8>, Option<Vec<u8>>);
 
 /// Adds puts (`Some`) and deletes (`None`) for one column family to a write batch.
@@ -51,7 +62,8 @@ pub struct TaskStore {
     path: PathBuf,
     db: DB,
     store_names: Vec<String>,
-    /// Per store: writes since the last commit (`None` = delete).
+    /// Per store: writes since the last commit, encoded with their input offset (`None` =
+    /// delete).
     dirty: Vec<HashMap<Vec<u8>, Option<Vec<u8>>>>,
 }
 
@@ -104,8 +116,10 @@ impl TaskStore {
             }
         };
         let reason = match opened {
-            Ok(store) if store.has_data_without_offsets()? => "missing_offsets",
-            Ok(store) => return Ok((store, None)),
+            Ok(store) => match store.untrusted_reason()? {
+                Some(reason) => reason,
+                None => return Ok((store, None)),
+            },
             Err(EngineError::Store { source, .. }) => {
                 warn!(%task, "state at {} cannot be opened: {source}", path.display());
                 "open_failed"
@@ -120,16 +134,32 @@ impl TaskStore {
         Ok((Self::open(task, path, store_names)?, Some(reason)))
     }
 
-    /// Some store holds data, but the offsets that say how far it got are missing.
-    fn has_data_without_offsets(&self) -> Result<bool> {
-        let offsets = self.read_offsets()?;
+    /// Why state on disk cannot be trusted, if it cannot: data without the offsets that say
+    /// how far it got, or data in the format before values carried their input offset.
+    fn untrusted_reason(&self) -> Result<Option<&'static str>> {
         let has_data = self.store_names.iter().any(|name| {
             self.db
                 .iterator_cf(self.cf(name), rocksdb::IteratorMode::Start)
                 .next()
                 .is_some()
         });
-        Ok(has_data && offsets.changelog_next.iter().any(Option::is_none))
+        if !has_data {
+            return Ok(None);
+        }
+        if self
+            .read_offsets()?
+            .changelog_next
+            .iter()
+            .any(Option::is_none)
+        {
+            return Ok(Some("missing_offsets"));
+        }
+        let format = self
+            .db
+            .get_cf(self.cf(OFFSETS_CF), STATE_FORMAT_KEY)
+            .map_err(self.store_error())?
+            .and_then(|bytes| decode_offset(&bytes));
+        Ok((format != Some(STATE_FORMAT)).then_some("old_format"))
     }
 
     /// Drops all state and offsets (the store stays open, empty).
@@ -167,8 +197,8 @@ impl TaskStore {
         &self.store_names
     }
 
-    /// Reads a key, seeing this task's own uncommitted writes.
-    pub fn get(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    /// A key's stored bytes (input offset and value), seeing uncommitted writes.
+    fn get_versioned(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>> {
         if let Some(pending) = self.dirty[store.0].get(key) {
             return Ok(pending.clone());
         }
@@ -176,9 +206,27 @@ impl TaskStore {
         self.db.get_cf(cf, key).map_err(self.store_error())
     }
 
-    /// Buffers a write until the next commit.
-    pub fn put(&mut self, store: StoreId, key: &[u8], value: &[u8]) {
-        self.dirty[store.0].insert(key.to_vec(), Some(value.to_vec()));
+    /// Reads a key, seeing this task's own uncommitted writes.
+    pub fn get(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .get_versioned(store, key)?
+            .map(|bytes| decode_changelog_value(&bytes).1.to_vec()))
+    }
+
+    /// The input offset of the update that produced a key's current value (`None` when the
+    /// key has no value, or a value without a known offset).
+    pub fn version(&self, store: StoreId, key: &[u8]) -> Result<Option<i64>> {
+        Ok(self
+            .get_versioned(store, key)?
+            .and_then(|bytes| decode_changelog_value(&bytes).0))
+    }
+
+    /// Buffers a write, produced by the input record at `input_offset`, until the next commit.
+    pub fn put(&mut self, store: StoreId, key: &[u8], value: &[u8], input_offset: i64) {
+        self.dirty[store.0].insert(
+            key.to_vec(),
+            Some(encode_changelog_value(input_offset, value)),
+        );
     }
 
     /// Number of keys written since the last commit.
@@ -222,6 +270,7 @@ impl TaskStore {
 
     fn put_offsets(&self, batch: &mut WriteBatch, offsets: &StoredOffsets) {
         let cf = self.cf(OFFSETS_CF);
+        batch.put_cf(cf, STATE_FORMAT_KEY, encode_offset(STATE_FORMAT));
         if let Some(next) = offsets.input_next {
             batch.put_cf(cf, INPUT_OFFSET_KEY, encode_offset(next));
         }
@@ -279,8 +328,9 @@ mod tests {
                     changelog_next: vec![None]
                 }
             );
-            store.put(StoreId(0), b"foo", b"1");
+            store.put(StoreId(0), b"foo", b"1", 6);
             assert_eq!(store.get(StoreId(0), b"foo").unwrap(), Some(b"1".to_vec()));
+            assert_eq!(store.version(StoreId(0), b"foo").unwrap(), Some(6));
             assert_eq!(store.dirty_keys(), 1);
             let offsets = StoredOffsets {
                 input_next: Some(7),
@@ -288,10 +338,11 @@ mod tests {
             };
             store.commit(&offsets).unwrap();
             assert_eq!(store.dirty_keys(), 0);
-            store.put(StoreId(0), b"bar", b"uncommitted");
+            store.put(StoreId(0), b"bar", b"uncommitted", 8);
         }
         let store = TaskStore::open(task, dir.path(), &stores).unwrap();
         assert_eq!(store.get(StoreId(0), b"foo").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.version(StoreId(0), b"foo").unwrap(), Some(6));
         assert_eq!(
             store.get(StoreId(0), b"bar").unwrap(),
             None,
@@ -310,8 +361,8 @@ mod tests {
             changelog_next: vec![Some(3)],
         };
         let updates = vec![
-            (b"a".to_vec(), Some(b"1".to_vec())),
-            (b"b".to_vec(), Some(b"1".to_vec())),
+            (b"a".to_vec(), Some(encode_changelog_value(0, b"1"))),
+            (b"b".to_vec(), Some(encode_changelog_value(1, b"1"))),
             (b"a".to_vec(), None),
         ];
         store
@@ -319,6 +370,7 @@ mod tests {
             .unwrap();
         assert_eq!(store.get(StoreId(0), b"a").unwrap(), None);
         assert_eq!(store.get(StoreId(0), b"b").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.version(StoreId(0), b"b").unwrap(), Some(1));
         assert_eq!(store.read_offsets().unwrap(), offsets);
     }
 
@@ -329,7 +381,7 @@ mod tests {
         let stores = vec!["s".to_string()];
         {
             let mut store = TaskStore::open(task, dir.path(), &stores).unwrap();
-            store.put(StoreId(0), b"k", b"v");
+            store.put(StoreId(0), b"k", b"v", 0);
             store
                 .commit(&StoredOffsets {
                     input_next: Some(1),
@@ -350,7 +402,7 @@ mod tests {
 
         {
             let mut store = TaskStore::open(task, dir.path(), &stores).unwrap();
-            store.put(StoreId(0), b"k", b"v");
+            store.put(StoreId(0), b"k", b"v", 0);
             store
                 .commit(&StoredOffsets {
                     input_next: None,
@@ -358,15 +410,33 @@ mod tests {
                 })
                 .unwrap();
         }
-        let (_, wiped) = TaskStore::open_or_wipe(task, dir.path(), &stores).unwrap();
+        let (store, wiped) = TaskStore::open_or_wipe(task, dir.path(), &stores).unwrap();
         assert_eq!(wiped, Some("missing_offsets"));
+        drop(store);
+
+        {
+            // State written before values carried their input offset.
+            let store = TaskStore::open(task, dir.path(), &stores).unwrap();
+            let offsets = store.cf(OFFSETS_CF);
+            store.db.put_cf(store.cf("s"), b"k", b"plain").unwrap();
+            store
+                .db
+                .put_cf(offsets, INPUT_OFFSET_KEY, encode_offset(1))
+                .unwrap();
+            store
+                .db
+                .put_cf(offsets, changelog_offset_key("s"), encode_offset(1))
+                .unwrap();
+        }
+        let (_, wiped) = TaskStore::open_or_wipe(task, dir.path(), &stores).unwrap();
+        assert_eq!(wiped, Some("old_format"));
     }
 
     #[test]
     fn wipe_empties_state_and_offsets() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = TaskStore::open(TaskId::new(0, 0), dir.path(), &["s".to_string()]).unwrap();
-        store.put(StoreId(0), b"k", b"v");
+        store.put(StoreId(0), b"k", b"v", 3);
         store
             .commit(&StoredOffsets {
                 input_next: Some(4),

@@ -61,7 +61,16 @@ impl Instance {
             .append(true)
             .open(&self.log_path)
             .with_context(|| format!("open log {}", self.log_path.display()))?;
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        // SAFETY: the closure runs in the forked child before exec and only makes one
+        // async-signal-safe system call (prctl).
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                // If the runner dies without stopping the instances, they get SIGTERM.
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+            });
+        }
+        let child = command
             .args(args)
             .arg("--state-dir")
             .arg(&self.state_dir)
