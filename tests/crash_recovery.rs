@@ -123,11 +123,16 @@ fn a_survivor_takes_over_and_gives_back_partitions_of_a_repeatedly_killed_instan
                 !owned(&b).is_empty()
             });
             b.kill();
-            wait_until(
-                &format!("cycle {cycle}: A to take over all tasks"),
-                TIMEOUT,
-                || owned(&a) == all && a.is_ready(),
-            );
+            let deadline = std::time::Instant::now() + TIMEOUT;
+            while !(owned(&a) == all && a.is_ready()) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "cycle {cycle}: A did not take over all tasks within {TIMEOUT:?} (owns {:?}); A's log:\n{}",
+                    owned(&a),
+                    a.log()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
             b = App::spawn(&broker.address(), &options_b);
         }
         wait_until("B to get tasks back", TIMEOUT, || !owned(&b).is_empty());

@@ -126,19 +126,13 @@ pub fn restore_task(request: &RestoreRequest<'_>, store: &mut TaskStore) -> Resu
     let committed = group_committed(&consumer, request.source_topic, task.partition)?;
     // Input below this offset was flushed (changelog and output) before a commit.
     let safe_from = offsets.input_next.max(committed).unwrap_or(0);
-    // Where input resumes. With local state: at its own position, which it reflects exactly;
-    // input processed since (by this task before a crash, or by another owner) is applied
-    // again only for keys whose stored version is older (see `already_applied`), so resuming
-    // early costs time, never correctness, while resuming later than the state could skip
-    // updates another owner logged before this store's changelog checkpoint. Without local
-    // state: past every input offset the changelog and the group's commit say was applied
-    // (each writer logs its updates in order, so its latest record implies all earlier ones).
-    let has_local_state = offsets.input_next.is_some();
-    outcome.input_next = if has_local_state {
-        offsets.input_next
-    } else {
-        committed
-    };
+    // Where input resumes: past everything the local store, the changelog records and the
+    // group's commit say was applied (each writer logs its updates in order, so its latest
+    // record implies all its earlier ones). Resuming at the local position instead would
+    // survive two owners interleaving their writes, but would make a task that comes back
+    // to an instance re-read all input since it left; overlapping owners are a broker fault
+    // (or a zombie) and are documented as such.
+    outcome.input_next = offsets.input_next.max(committed);
 
     for (index, (name, (topic, low, high))) in store_names.iter().zip(watermarks).enumerate() {
         let start = offsets.changelog_next[index].unwrap_or(0).clamp(low, high);
@@ -177,7 +171,7 @@ pub fn restore_task(request: &RestoreRequest<'_>, store: &mut TaskStore) -> Resu
                     position = position.max(message.offset() + 1);
                     let payload = message.payload();
                     let input = payload.and_then(|bytes| decode_changelog_value(bytes).0);
-                    if let Some(input) = input.filter(|_| !has_local_state) {
+                    if let Some(input) = input {
                         outcome.input_next = outcome.input_next.max(Some(input + 1));
                     }
                     if let Some(key) = message.key() {
