@@ -103,7 +103,7 @@ impl Instance {
                 .kill()
                 .with_context(|| format!("kill {}", self.name))?;
         }
-        self.reap();
+        // The next refresh reaps it and reports how it ended.
         Ok(())
     }
 
