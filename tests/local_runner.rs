@@ -22,6 +22,16 @@ fn free_port_range(count: u16) -> u16 {
     panic!("no {count} consecutive free ports found");
 }
 
+/// Kills the runner if the test fails before it quits (its instances follow it).
+struct Runner(std::process::Child);
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn running_tasks(port: u16) -> usize {
     http_get(port, "/status")
         .and_then(|(_, body)| serde_json::from_str::<InstanceView>(&body).ok())
@@ -38,29 +48,31 @@ fn the_local_runner_adds_kills_restarts_and_stops_instances_on_command() {
     broker.create_topic(&output, 4);
     let base = free_port_range(3);
     let out_path = root.path().join("runner.out");
-    let mut runner = Command::new(app_bin())
-        .env_remove("KAFKA_BROKER")
-        .args(["local", "--plain", "--instances", "2", "--partitions", "4"])
-        .args([
-            "--rate",
-            "200",
-            "--keys",
-            "50",
-            "--broker",
-            &broker.address(),
-        ])
-        .args(["--application-id", &unique("counts-app")])
-        .args(["--input-topic", &input, "--output-topic", &output])
-        .args(["--metrics-port-base", &base.to_string()])
-        .arg("--state-root")
-        .arg(root.path().join("instances"))
-        .args(["--", "--session-timeout-ms", "6000"])
-        .stdin(Stdio::piped())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start kstreams-count local");
-    let mut commands = runner.stdin.take().unwrap();
+    let mut runner = Runner(
+        Command::new(app_bin())
+            .env_remove("KAFKA_BROKER")
+            .args(["local", "--plain", "--instances", "2", "--partitions", "4"])
+            .args([
+                "--rate",
+                "200",
+                "--keys",
+                "50",
+                "--broker",
+                &broker.address(),
+            ])
+            .args(["--application-id", &unique("counts-app")])
+            .args(["--input-topic", &input, "--output-topic", &output])
+            .args(["--metrics-port-base", &base.to_string()])
+            .arg("--state-root")
+            .arg(root.path().join("instances"))
+            .args(["--", "--session-timeout-ms", "6000"])
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kstreams-count local"),
+    );
+    let mut commands = runner.0.stdin.take().unwrap();
     let mut send = |line: &str| writeln!(commands, "{line}").unwrap();
     let output_text = || std::fs::read_to_string(&out_path).unwrap_or_default();
 
@@ -101,7 +113,7 @@ fn the_local_runner_adds_kills_restarts_and_stops_instances_on_command() {
     send("quit");
     let deadline = std::time::Instant::now() + TIMEOUT;
     let status = loop {
-        if let Some(status) = runner.try_wait().unwrap() {
+        if let Some(status) = runner.0.try_wait().unwrap() {
             break status;
         }
         assert!(

@@ -134,6 +134,7 @@ impl ConsumerContext for RebalanceListener {
             self.record_membership(consumer);
             let partitions = self.source_partitions(tpl);
             if consumer.assignment_lost() {
+                self.status.set_assignment_lost();
                 self.tell_supervisor(AssignmentEvent::Lost(partitions));
                 return;
             }

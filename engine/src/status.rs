@@ -124,6 +124,9 @@ pub struct InstanceStatus {
     alive: AtomicBool,
     /// Milliseconds since `started` at the consumer loop's last turn.
     last_poll_ms: AtomicU64,
+    /// Milliseconds since `started` when this member lost its assignment without a new one
+    /// since (0: not in that state).
+    lost_at_ms: AtomicU64,
     tasks: Mutex<BTreeMap<TaskId, Arc<TaskProgress>>>,
 }
 
@@ -164,6 +167,7 @@ impl InstanceStatus {
             joined: AtomicBool::new(false),
             alive: AtomicBool::new(true),
             last_poll_ms: AtomicU64::new(0),
+            lost_at_ms: AtomicU64::new(0),
             tasks: Mutex::default(),
         }
     }
@@ -209,6 +213,24 @@ impl InstanceStatus {
 
     pub fn set_joined(&self) {
         self.joined.store(true, Ordering::Relaxed);
+        self.lost_at_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// The member lost its assignment (session expired, fenced): remembered until the next
+    /// assignment arrives.
+    pub fn set_assignment_lost(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.lost_at_ms.store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// How long ago the assignment was lost, if no assignment came since.
+    pub fn assignment_lost_for(&self) -> Option<Duration> {
+        let at = self.lost_at_ms.load(Ordering::Relaxed);
+        (at > 0).then(|| {
+            self.started
+                .elapsed()
+                .saturating_sub(Duration::from_millis(at))
+        })
     }
 
     pub fn set_stopped(&self) {
@@ -294,6 +316,16 @@ mod tests {
         assert!(status.is_ready());
         status.set_stopped();
         assert!(!status.is_live() && !status.is_ready());
+    }
+
+    #[test]
+    fn a_lost_assignment_is_remembered_until_the_next_join() {
+        let status = InstanceStatus::new("i".into(), Duration::from_secs(60));
+        assert_eq!(status.assignment_lost_for(), None);
+        status.set_assignment_lost();
+        assert!(status.assignment_lost_for().is_some());
+        status.set_joined();
+        assert_eq!(status.assignment_lost_for(), None);
     }
 
     #[test]

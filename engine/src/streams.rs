@@ -133,6 +133,8 @@ impl KafkaStreams {
             shutdown: shutdown.clone(),
             commit_interval: config.commit_interval,
             status: status.clone(),
+            rejoin_after: config.session_timeout * 3,
+            source_topic: topology.source_topic().to_string(),
         };
         let poller = std::thread::Builder::new()
             .name("kstreams-poller".into())
