@@ -245,6 +245,23 @@ impl Broker {
         )
     }
 
+    /// The client ids of a consumer group's members, as the broker's group coordinator lists
+    /// them (DescribeGroups); `None` if it cannot be read.
+    pub fn group_members(&self, group: &str) -> Option<Vec<String>> {
+        let consumer: BaseConsumer = self.client().create().ok()?;
+        let groups = consumer
+            .fetch_group_list(Some(group), Duration::from_secs(10))
+            .ok()?;
+        let found = groups.groups().iter().find(|g| g.name() == group)?;
+        Some(
+            found
+                .members()
+                .iter()
+                .map(|m| format!("{} ({})", m.client_id(), m.id()))
+                .collect(),
+        )
+    }
+
     /// High watermark of every partition of a topic, by partition.
     pub fn end_offsets(&self, topic: &str) -> Vec<i64> {
         let consumer: BaseConsumer = self.client().create().unwrap();
