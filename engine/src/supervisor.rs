@@ -338,8 +338,13 @@ impl SupervisorState {
         });
         let mut offsets = Vec::new();
         for (partition, result) in join_all(asks).await {
-            if let Some(offset) = result?? {
-                offsets.push((partition, offset));
+            match result {
+                Ok(Ok(Some(offset))) => offsets.push((partition, offset)),
+                Ok(Ok(None)) => {}
+                Ok(Err(error)) => return Err(error),
+                // The task stopped between the ask and its answer (it failed and supervision
+                // restarts it from its last commit): nothing of it to commit this round.
+                Err(error) => warn!(partition, "task did not answer the commit: {error}"),
             }
         }
         Ok(offsets)
