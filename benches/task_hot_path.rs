@@ -7,22 +7,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kstreams_engine::hot_path::TaskHotPath;
-use kstreams_engine::{InputRecord, StreamsBuilder, StringSerde, Topology};
+use kstreams_engine::InputRecord;
+use kstreams_suite::bench::word_count_topology;
 
 const BATCH: usize = 10_000;
 const BATCHES_PER_COMMIT: u64 = 10;
-
-fn word_count() -> Topology {
-    let builder = StreamsBuilder::new();
-    builder
-        .stream("input-topic", StringSerde, StringSerde)
-        .group_by_key()
-        .count("count-store")
-        .to_stream()
-        .map_values(|count| count.to_string())
-        .to("counts-topic", StringSerde, StringSerde);
-    builder.build().expect("word count topology")
-}
 
 fn batch(keys: usize) -> Vec<InputRecord> {
     (0..BATCH)
@@ -37,7 +26,7 @@ fn batch(keys: usize) -> Vec<InputRecord> {
 }
 
 fn hot_path(c: &mut Criterion) {
-    let topology = word_count();
+    let topology = word_count_topology("input-topic", "counts-topic");
     let mut group = c.benchmark_group("task_hot_path");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.measurement_time(Duration::from_secs(10));

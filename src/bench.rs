@@ -5,7 +5,21 @@
 
 use std::time::{Duration, Instant};
 
-use kstreams_engine::{KafkaStreams, StreamsBuilder, StreamsConfig, StringSerde};
+use kstreams_engine::{KafkaStreams, StreamsBuilder, StreamsConfig, StringSerde, Topology};
+
+/// The word count as `kstreams-count` builds it: `input` -> count per key in `count-store` ->
+/// `output` (counts as decimal strings).
+pub fn word_count_topology(input: &str, output: &str) -> Topology {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream(input, StringSerde, StringSerde)
+        .group_by_key()
+        .count("count-store")
+        .to_stream()
+        .map_values(|n| n.to_string())
+        .to(output, StringSerde, StringSerde);
+    builder.build().expect("word count topology")
+}
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -162,20 +176,12 @@ async fn run_engine(
     state: &std::path::Path,
     app_id: &str,
 ) -> (KafkaStreams, Instant) {
-    let builder = StreamsBuilder::new();
-    builder
-        .stream(input, StringSerde, StringSerde)
-        .group_by_key()
-        .count("count-store")
-        .to_stream()
-        .map_values(|n| n.to_string())
-        .to(output, StringSerde, StringSerde);
     let mut config = StreamsConfig::new(app_id, broker.address());
     config.state_dir = state.to_path_buf();
     config.commit_interval = Duration::from_secs(5);
     let started = Instant::now();
     (
-        KafkaStreams::start(builder.build().unwrap(), config)
+        KafkaStreams::start(word_count_topology(input, output), config)
             .await
             .unwrap(),
         started,

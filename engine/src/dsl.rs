@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::error::{EngineError, Result};
 use crate::processor::{
-    InputRecord, Processor, ProcessorContext, ProcessorFactory, RecordError, StoreId,
+    InputRecord, KeyState, Processor, ProcessorContext, ProcessorFactory, RecordError, StoreId,
 };
 use crate::serde::{I64Serde, Serde};
 
@@ -319,12 +319,11 @@ impl<K: 'static, V: 'static> KGroupedStream<K, V> {
                     match item {
                         Item::Record(key, _value) => {
                             let key_bytes = key_serde.serialize(&key);
-                            if ctx.already_applied(store, &key_bytes)? {
-                                return Ok(()); // counted before (input processed again)
-                            }
-                            let previous = match ctx.get(store, &key_bytes)? {
-                                Some(bytes) => decode_count(&bytes)?,
-                                None => 0,
+                            let previous = match ctx.read_for_update(store, &key_bytes)? {
+                                // Counted before (input processed again).
+                                KeyState::AlreadyApplied => return Ok(()),
+                                KeyState::Current(Some(bytes)) => decode_count(&bytes)?,
+                                KeyState::Current(None) => 0,
                             };
                             let count = previous + 1;
                             ctx.put(store, &key_bytes, &I64Serde.serialize(&count))?;

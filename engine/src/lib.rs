@@ -44,7 +44,7 @@ pub mod task_store;
 pub use config::{normalize_bootstrap_servers, DeserializationErrorPolicy, StreamsConfig};
 pub use dsl::{KGroupedStream, KStream, KTable, StreamsBuilder, Topology};
 pub use error::{EngineError, Result};
-pub use processor::{InputRecord, Processor, ProcessorContext, RecordError, StoreId};
+pub use processor::{InputRecord, KeyState, Processor, ProcessorContext, RecordError, StoreId};
 pub use serde::{I64Serde, Serde, SerdeError, StringSerde};
 pub use streams::KafkaStreams;
 pub use task_id::TaskId;

@@ -47,6 +47,15 @@ impl RecordError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StoreId(pub usize);
 
+/// A key's value as the record being processed sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyState {
+    /// The value already reflects this record (input processed again): leave it.
+    AlreadyApplied,
+    /// The value to update (`None`: the key has none yet).
+    Current(Option<Vec<u8>>),
+}
+
 /// Handles one record at a time for one task. One instance exists per task.
 pub trait Processor: Send + 'static {
     fn process(
@@ -106,11 +115,22 @@ impl ProcessorContext<'_> {
     /// resumes from its own last commit after a crash, a restart or a period with two owners);
     /// an aggregation that checks this before updating counts each record once.
     pub fn already_applied(&self, store: StoreId, key: &[u8]) -> Result<bool, RecordError> {
-        let version = self
+        Ok(matches!(
+            self.read_for_update(store, key)?,
+            KeyState::AlreadyApplied
+        ))
+    }
+
+    /// [`Self::already_applied`] and [`Self::get`] in one store read, for aggregations.
+    pub fn read_for_update(&self, store: StoreId, key: &[u8]) -> Result<KeyState, RecordError> {
+        let current = self
             .store
-            .version(store, key)
+            .get_with_version(store, key)
             .map_err(|e| RecordError::Failed(e.to_string()))?;
-        Ok(version.is_some_and(|v| v >= self.offset))
+        Ok(match current {
+            Some((Some(version), _)) if version >= self.offset => KeyState::AlreadyApplied,
+            current => KeyState::Current(current.map(|(_, value)| value)),
+        })
     }
 
     /// Writes a key to a store and its changelog, tagged with the record's input offset.

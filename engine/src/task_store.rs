@@ -206,19 +206,30 @@ impl TaskStore {
         self.db.get_cf(cf, key).map_err(self.store_error())
     }
 
+    /// Reads a key with the input offset of the update that produced it (`None` when not
+    /// known), seeing this task's own uncommitted writes.
+    pub fn get_with_version(
+        &self,
+        store: StoreId,
+        key: &[u8],
+    ) -> Result<Option<(Option<i64>, Vec<u8>)>> {
+        Ok(self.get_versioned(store, key)?.map(|bytes| {
+            let (version, value) = decode_changelog_value(&bytes);
+            (version, value.to_vec())
+        }))
+    }
+
     /// Reads a key, seeing this task's own uncommitted writes.
     pub fn get(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .get_versioned(store, key)?
-            .map(|bytes| decode_changelog_value(&bytes).1.to_vec()))
+        Ok(self.get_with_version(store, key)?.map(|(_, value)| value))
     }
 
     /// The input offset of the update that produced a key's current value (`None` when the
     /// key has no value, or a value without a known offset).
     pub fn version(&self, store: StoreId, key: &[u8]) -> Result<Option<i64>> {
         Ok(self
-            .get_versioned(store, key)?
-            .and_then(|bytes| decode_changelog_value(&bytes).0))
+            .get_with_version(store, key)?
+            .and_then(|(version, _)| version))
     }
 
     /// Buffers a write, produced by the input record at `input_offset`, until the next commit.
