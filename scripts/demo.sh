@@ -16,8 +16,8 @@ WORK="$KSTREAMS_CACHE/demo"
 
 "$here/install-deps.sh"
 echo "==> building kstreams-count"
-cargo build --locked -p kstreams-count --quiet
-APP="$CARGO_TARGET_DIR/debug/kstreams-count"
+cargo build --release --locked -p kstreams-count --quiet
+APP="$CARGO_TARGET_DIR/release/kstreams-count"
 
 rm -rf "$WORK" && mkdir -p "$WORK"
 pids=()

@@ -3,5 +3,7 @@
 export KSTREAMS_CACHE="${KSTREAMS_CACHE:-$HOME/.cache/kstreams}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$KSTREAMS_CACHE/target}"
 export TANSU_VERSION=0.6.0
-export TANSU_BIN="${TANSU_BIN:-$KSTREAMS_CACHE/tansu-$TANSU_VERSION/bin/tansu}"
+# libsql: sqlite:// storage (tests, demo); dynostore: memory:// storage (throughput benchmarks).
+export TANSU_FEATURES=libsql,dynostore
+export TANSU_BIN="${TANSU_BIN:-$KSTREAMS_CACHE/tansu-$TANSU_VERSION-${TANSU_FEATURES/,/-}/bin/tansu}"
 export PATH="$HOME/.cargo/bin:$PATH"

@@ -21,7 +21,7 @@ fi
 if [ -x "$TANSU_BIN" ]; then
   echo "==> tansu $TANSU_VERSION present at $TANSU_BIN"
 else
-  echo "==> installing tansu $TANSU_VERSION (a Kafka-protocol broker) into $KSTREAMS_CACHE (about 10 minutes, once)"
-  cargo install tansu --version "$TANSU_VERSION" --locked --features libsql \
-    --root "$KSTREAMS_CACHE/tansu-$TANSU_VERSION" --quiet
+  echo "==> installing tansu $TANSU_VERSION (a Kafka-protocol broker) into $KSTREAMS_CACHE (about 20 minutes, once)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features "$TANSU_FEATURES" \
+    --root "$(dirname "$(dirname "$TANSU_BIN")")" --quiet
 fi

@@ -13,8 +13,8 @@ cd "$here/.."
 WORK="${LOCAL_CLUSTER_DIR:-$KSTREAMS_CACHE/local-cluster}"
 "$here/install-deps.sh"
 echo "==> building kstreams-count"
-cargo build --locked -p kstreams-count --quiet
-APP="$CARGO_TARGET_DIR/debug/kstreams-count"
+cargo build --release --locked -p kstreams-count --quiet
+APP="$CARGO_TARGET_DIR/release/kstreams-count"
 
 if [ -z "${KAFKA_BROKER:-}" ]; then
   rm -rf "$WORK" && mkdir -p "$WORK"

@@ -8,7 +8,8 @@ cd "$here/.."
 
 "$here/install-deps.sh"
 "$here/check-k8s.sh"
-echo "==> building (target dir $CARGO_TARGET_DIR)"
-cargo build --workspace --all-targets --locked
+# Release, like demo.sh and bench.sh: one build of RocksDB serves all three.
+echo "==> building (release, target dir $CARGO_TARGET_DIR)"
+cargo build --release --workspace --all-targets --locked
 echo "==> testing"
-cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-2}" "$@"
+cargo test --release --workspace --locked -- --test-threads "${TEST_THREADS:-2}" "$@"

@@ -54,17 +54,17 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
     }
 }
 
-/// The tansu binary: `$TANSU_BIN`, else where `scripts/install-broker.sh` puts it.
+/// The tansu binary: `$TANSU_BIN`, else where `scripts/install-deps.sh` puts it.
 pub fn tansu_bin() -> PathBuf {
     let path = std::env::var_os("TANSU_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/kstreams/tansu-0.6.0/bin/tansu")
+                .join(".cache/kstreams/tansu-0.6.0-libsql-dynostore/bin/tansu")
         });
     assert!(
         path.is_file(),
-        "tansu broker not found at {} (run scripts/install-broker.sh or set TANSU_BIN)",
+        "tansu broker not found at {} (run scripts/install-deps.sh or set TANSU_BIN)",
         path.display()
     );
     path
