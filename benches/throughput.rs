@@ -1,28 +1,134 @@
-//! `cargo bench --bench throughput`: the word count against the plain-pipe ceiling, and
-//! restore against a plain read, on one local tansu broker; prints a Markdown table.
-//! Sizes: BENCH_RECORDS (default 200000), BENCH_KEYS (10000), BENCH_PARTITIONS (4).
+//! `cargo bench --bench throughput` (or `scripts/bench.sh`): every end-to-end table of
+//! docs/benchmarks.md in one run, on local tansu brokers, printed as Markdown as it goes.
+//!
+//! Sizes and sections (defaults in brackets; lists are comma-separated):
+//! - BENCH_SECTIONS [throughput,memory,recovery,latency,scaling]
+//! - throughput: BENCH_RECORDS [1000000], BENCH_KEYS [10000,1000000],
+//!   BENCH_DISTRIBUTIONS [uniform,zipf], BENCH_PARTITIONS [4,16], memory:// storage
+//! - memory (peak RSS, each key once): BENCH_MEMORY_KEYS [1000000,10000000], 4 partitions
+//! - recovery (sqlite storage): BENCH_RECOVERY_KEYS [1000000], 4 partitions
+//! - latency (sqlite storage): BENCH_LATENCY_RATE [2000] records/s for BENCH_LATENCY_SECONDS [20]
+//! - scaling (memory://, 1M records over 10k keys): BENCH_SCALING_PARTITIONS [1,2,4,8,16];
+//!   with BENCH_PIN=1 the word count runs on as many CPUs as partitions (taskset) and the
+//!   broker on the CPUs above them.
 
-use kstreams_suite::bench::{run, BenchConfig};
+use kstreams_suite::bench::{
+    latency, parse_list, recovery, throughput, Input, KeyDistribution, Report,
+};
+use kstreams_suite::Storage;
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+fn setting(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+fn list(name: &str, default: &str) -> Vec<u64> {
+    parse_list(&setting(name, default))
+}
+
+fn distribution(name: &str) -> KeyDistribution {
+    match name.trim() {
+        "uniform" => KeyDistribution::Uniform,
+        "zipf" => KeyDistribution::Zipf,
+        other => panic!("BENCH_DISTRIBUTIONS: `{other}` is neither uniform nor zipf"),
+    }
 }
 
 fn main() {
-    // `cargo bench` passes --bench; nothing else is accepted.
-    let config = BenchConfig {
-        records: env("BENCH_RECORDS", 200_000),
-        keys: env("BENCH_KEYS", 10_000),
-        partitions: env("BENCH_PARTITIONS", 4) as i32,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let report = runtime.block_on(run(config));
-    println!("{}", report.table());
-    assert!(report.counts_exact, "the word count's output was not exact");
+    let sections = setting(
+        "BENCH_SECTIONS",
+        "throughput,memory,recovery,latency,scaling",
+    );
+    let wants = |section: &str| sections.split(',').any(|s| s.trim() == section);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut report = Report::default();
+    let show = |report: &Report| println!("{}", report.markdown());
+
+    if wants("throughput") {
+        for records in list("BENCH_RECORDS", "1000000") {
+            for keys in list("BENCH_KEYS", "10000,1000000") {
+                for name in setting("BENCH_DISTRIBUTIONS", "uniform,zipf").split(',') {
+                    for partitions in list("BENCH_PARTITIONS", "4,16") {
+                        let input = Input {
+                            records,
+                            keys,
+                            distribution: distribution(name),
+                        };
+                        eprintln!(
+                            "throughput: {} on {partitions} partitions",
+                            input.describe()
+                        );
+                        report.throughput.push(throughput(
+                            input,
+                            partitions as i32,
+                            Storage::Memory,
+                            None,
+                            None,
+                        ));
+                        show(&report);
+                    }
+                }
+            }
+        }
+    }
+    if wants("memory") {
+        for keys in list("BENCH_MEMORY_KEYS", "1000000,10000000") {
+            let input = Input {
+                records: keys,
+                keys,
+                distribution: KeyDistribution::Sequential,
+            };
+            eprintln!("memory: {}", input.describe());
+            report
+                .throughput
+                .push(throughput(input, 4, Storage::Memory, None, None));
+            show(&report);
+        }
+    }
+    if wants("recovery") {
+        for keys in list("BENCH_RECOVERY_KEYS", "1000000") {
+            eprintln!("recovery: {keys} keys");
+            report.recovery.push(recovery(keys, 4));
+            show(&report);
+        }
+    }
+    if wants("latency") {
+        let rate = list("BENCH_LATENCY_RATE", "2000")[0];
+        let seconds = list("BENCH_LATENCY_SECONDS", "20")[0];
+        eprintln!("latency: {rate} records/s for {seconds} s");
+        report
+            .latency
+            .push(latency(rate, seconds, 4, Storage::Sqlite));
+        show(&report);
+    }
+    if wants("scaling") {
+        let pin = setting("BENCH_PIN", "0") == "1";
+        for partitions in list("BENCH_SCALING_PARTITIONS", "1,2,4,8,16") {
+            let p = partitions as usize;
+            if pin && p >= cpus {
+                eprintln!("scaling: skipping {p} partitions: pinning needs more than {cpus} CPUs");
+                continue;
+            }
+            let app_cpus = pin.then(|| format!("0-{}", p - 1));
+            let broker_cpus = pin.then(|| format!("{p}-{}", cpus - 1));
+            let input = Input {
+                records: 1_000_000,
+                keys: 10_000,
+                distribution: KeyDistribution::Uniform,
+            };
+            eprintln!("scaling: {partitions} partitions, word count on cpus {app_cpus:?}");
+            report.throughput.push(throughput(
+                input,
+                partitions as i32,
+                Storage::Memory,
+                broker_cpus.as_deref(),
+                app_cpus.as_deref(),
+            ));
+            show(&report);
+        }
+    }
+    println!("## All results\n\n{}", report.markdown());
+    assert!(
+        report.all_counts_exact(),
+        "a word count's output was not exact"
+    );
 }

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The throughput and recovery benchmark (release build), printing a Markdown table.
-#   BENCH_RECORDS=200000 BENCH_KEYS=10000 BENCH_PARTITIONS=4 scripts/bench.sh
+# The end-to-end benchmarks (release build), printing Markdown tables as they finish:
+# throughput vs the plain-pipe ceiling, peak RSS, recovery, latency, scaling.
+# Sizes and sections: see benches/throughput.rs, e.g.
+#   BENCH_SECTIONS=throughput BENCH_KEYS=10000 BENCH_PARTITIONS=4 scripts/bench.sh
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
 cd "$here/.."
 "$here/install-deps.sh"
+cargo build --release --locked -p kstreams-count --quiet
 cargo bench --locked --bench throughput

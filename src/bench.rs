@@ -1,11 +1,27 @@
-//! The throughput and recovery benchmark, shared by `benches/throughput.rs` (release, real
-//! figures) and the CI smoke test (small, checks counts are exact): the word count against a
-//! plain consume -> produce pipe on the same broker and topics, and restore against a plain
-//! read of the same changelog.
+//! The throughput, latency, recovery and memory benchmarks, shared by `benches/throughput.rs`
+//! (release, real figures, one run printing every table) and the CI smoke test (small sizes,
+//! exact counts asserted): the `kstreams-count` process against a plain rdkafka consume ->
+//! produce pipe on the same broker and topics, restore against a plain read of the same
+//! changelog, end-to-end latency at a fixed rate, and the process's peak RSS.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kstreams_engine::{KafkaStreams, StreamsBuilder, StreamsConfig, StringSerde, Topology};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use kstreams_engine::{StreamsBuilder, StringSerde, Topology};
+
+use crate::{free_port, http_get, metric_sum, unique, App, AppOptions, Broker, Storage};
+
+/// Longest any one step may take before the benchmark gives up.
+const STEP_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// The word count as `kstreams-count` builds it: `input` -> count per key in `count-store` ->
 /// `output` (counts as decimal strings).
@@ -20,26 +36,71 @@ pub fn word_count_topology(input: &str, output: &str) -> Topology {
         .to(output, StringSerde, StringSerde);
     builder.build().expect("word count topology")
 }
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
 
-use crate::{metric_sum, unique, word_count_input, Broker};
-
-/// What to run.
-#[derive(Debug, Clone)]
-pub struct BenchConfig {
-    pub records: usize,
-    pub keys: usize,
-    pub partitions: i32,
+/// How input keys are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyDistribution {
+    /// Uniform at random over the keys.
+    Uniform,
+    /// Zipf (exponent 1) over the keys: a few keys get most records.
+    Zipf,
+    /// Each key in turn: with as many records as keys, every record has a new key.
+    Sequential,
 }
 
-/// One measured line of the table.
-#[derive(Debug, Clone)]
+impl KeyDistribution {
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyDistribution::Uniform => "uniform",
+            KeyDistribution::Zipf => "zipf",
+            KeyDistribution::Sequential => "each once",
+        }
+    }
+}
+
+/// One input data set: `records` records with keys `key-<n>`, `n < keys`.
+#[derive(Debug, Clone, Copy)]
+pub struct Input {
+    pub records: u64,
+    pub keys: u64,
+    pub distribution: KeyDistribution,
+}
+
+impl Input {
+    /// The key index of every record, in order (the same sequence on every call).
+    pub fn key_indexes(&self) -> impl Iterator<Item = u64> {
+        let mut rng = StdRng::seed_from_u64(20261125);
+        let zipf = Zipf::new(self.keys as f64, 1.0).expect("zipf over at least one key");
+        let (keys, distribution) = (self.keys, self.distribution);
+        (0..self.records).map(move |i| match distribution {
+            KeyDistribution::Uniform => rng.random_range(0..keys),
+            KeyDistribution::Zipf => zipf.sample(&mut rng) as u64 - 1,
+            KeyDistribution::Sequential => i % keys,
+        })
+    }
+
+    /// The final count of every key index (0 for keys that got no record).
+    pub fn expected_counts(&self) -> Vec<u32> {
+        let mut counts = vec![0u32; self.keys as usize];
+        for key in self.key_indexes() {
+            counts[key as usize] += 1;
+        }
+        counts
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} records, {} keys ({})",
+            self.records,
+            self.keys,
+            self.distribution.name()
+        )
+    }
+}
+
+/// One timed step.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Figure {
-    pub name: &'static str,
     pub records: u64,
     pub seconds: f64,
 }
@@ -48,50 +109,14 @@ impl Figure {
     pub fn rate(&self) -> f64 {
         self.records as f64 / self.seconds.max(1e-9)
     }
-}
 
-/// Everything one run measured.
-#[derive(Debug, Clone)]
-pub struct BenchReport {
-    pub config: BenchConfig,
-    pub produce: Figure,
-    pub pipe: Figure,
-    pub engine: Figure,
-    pub plain_read: Figure,
-    pub restore: Figure,
-    /// The engine's last count per key matched what was produced.
-    pub counts_exact: bool,
-}
-
-impl BenchReport {
-    pub fn table(&self) -> String {
-        let c = &self.config;
-        let mut out = format!(
-            "word count benchmark: {} records, {} keys, {} partitions, tansu 0.6.0 sqlite storage\n\n",
-            c.records, c.keys, c.partitions
-        );
-        out +=
-            "| measurement | records | seconds | records/s | ratio |\n|---|---:|---:|---:|---:|\n";
-        let row = |f: &Figure, ratio: Option<f64>| {
-            format!(
-                "| {} | {} | {:.2} | {:.0} | {} |\n",
-                f.name,
-                f.records,
-                f.seconds,
-                f.rate(),
-                ratio.map_or("".into(), |r| format!("{r:.2}"))
-            )
-        };
-        out += &row(&self.produce, None);
-        out += &row(&self.pipe, None);
-        out += &row(&self.engine, Some(self.engine.rate() / self.pipe.rate()));
-        out += &row(&self.plain_read, None);
-        out += &row(
-            &self.restore,
-            Some(self.restore.rate() / self.plain_read.rate()),
-        );
-        out += &format!("\ncounts exact: {}\n", self.counts_exact);
-        out
+    fn timed(records: u64, f: impl FnOnce()) -> Figure {
+        let started = Instant::now();
+        f();
+        Figure {
+            records,
+            seconds: started.elapsed().as_secs_f64(),
+        }
     }
 }
 
@@ -117,6 +142,7 @@ fn send(
         match producer.send(record) {
             Ok(()) => return,
             Err((_, returned)) => {
+                // Queue full: it drains as the broker acknowledges.
                 std::thread::sleep(Duration::from_millis(1));
                 record = returned;
             }
@@ -124,28 +150,48 @@ fn send(
     }
 }
 
-/// Reads `topic` from the beginning until `expected` records arrived; calls `each` per record.
-fn read_topic(
-    broker: &Broker,
-    topic: &str,
-    partitions: i32,
-    expected: u64,
-    mut each: impl FnMut(&[u8], &[u8]),
-) {
-    let consumer: BaseConsumer = ClientConfig::new()
+/// Produces `input` to `topic` and waits for every acknowledgement.
+pub fn produce_input(broker: &Broker, topic: &str, input: &Input) -> Figure {
+    Figure::timed(input.records, || {
+        let producer = producer(broker);
+        for key in input.key_indexes() {
+            send(&producer, topic, format!("key-{key}").as_bytes(), b"1");
+        }
+        producer.flush(STEP_TIMEOUT).unwrap();
+    })
+}
+
+/// A consumer of every partition of `topic` from the beginning.
+fn reader(broker: &Broker, topic: &str, partitions: i32) -> BaseConsumer {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", broker.address())
         .set("group.id", unique("bench-reader"))
         .set("enable.auto.commit", "false")
-        .set("max.partition.fetch.bytes", "262144")
-        .create()
-        .unwrap();
+        .set("max.partition.fetch.bytes", "262144");
+    for (key, value) in broker.storage.client_overrides() {
+        config.set(key, value);
+    }
+    let consumer: BaseConsumer = config.create().unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
     }
     consumer.assign(&tpl).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(1800);
+    consumer
+}
+
+/// Reads `expected` records of `topic` from the beginning, calling `each` on every one.
+fn read_records(
+    broker: &Broker,
+    topic: &str,
+    partitions: i32,
+    expected: u64,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) {
+    let consumer = reader(broker, topic, partitions);
+    let deadline = Instant::now() + STEP_TIMEOUT;
     let mut seen = 0;
     while seen < expected {
         assert!(
@@ -153,145 +199,473 @@ fn read_topic(
             "reading {topic}: {seen} of {expected}"
         );
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            each(m.key().unwrap_or_default(), m.payload().unwrap_or_default());
+            each(&m);
             seen += 1;
         }
     }
 }
 
-fn timed(name: &'static str, records: u64, f: impl FnOnce()) -> Figure {
-    let started = Instant::now();
-    f();
-    Figure {
-        name,
-        records,
-        seconds: started.elapsed().as_secs_f64(),
-    }
+/// The ceiling: consume `input_topic` and produce every record to `output_topic`, no state.
+pub fn plain_pipe(broker: &Broker, input_topic: &str, output_topic: &str, input: &Input) -> Figure {
+    let partitions = broker.partitions(input_topic).unwrap() as i32;
+    Figure::timed(input.records, || {
+        let producer = producer(broker);
+        read_records(broker, input_topic, partitions, input.records, |m| {
+            send(
+                &producer,
+                output_topic,
+                m.key().unwrap_or_default(),
+                m.payload().unwrap_or_default(),
+            )
+        });
+        producer.flush(STEP_TIMEOUT).unwrap();
+    })
 }
 
-async fn run_engine(
-    broker: &Broker,
-    input: &str,
-    output: &str,
-    state: &std::path::Path,
-    app_id: &str,
-) -> (KafkaStreams, Instant) {
-    let mut config = StreamsConfig::new(app_id, broker.address());
-    config.state_dir = state.to_path_buf();
-    config.commit_interval = Duration::from_secs(5);
-    let started = Instant::now();
-    (
-        KafkaStreams::start(word_count_topology(input, output), config)
-            .await
-            .unwrap(),
-        started,
-    )
-}
-
-async fn wait_metric(streams: &KafkaStreams, name: &str, at_least: f64) {
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    while metric_sum(&streams.metrics().render(), name, &[]) < at_least {
-        assert!(Instant::now() < deadline, "{name} stayed below {at_least}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Runs every measurement on one fresh broker. Needs a multi-threaded Tokio runtime.
-pub async fn run(config: BenchConfig) -> BenchReport {
-    let broker = tokio::task::block_in_place(Broker::start);
-    let input = unique("bench-input");
-    let (pipe_out, engine_out) = (unique("bench-pipe-out"), unique("bench-counts"));
-    let n = config.records as u64;
-    let (records, expected) = word_count_input(config.records, config.keys);
-    let produce = tokio::task::block_in_place(|| {
-        for topic in [&input, &pipe_out, &engine_out] {
-            broker.create_topic(topic, config.partitions);
+/// Reads `topic` from the beginning until the last count of every key is the expected one
+/// (counts as `kstreams-count` writes them: key `key-<n>`, value the decimal count).
+pub fn counts_match(broker: &Broker, topic: &str, expected: &[u32], timeout: Duration) -> bool {
+    let partitions = broker.partitions(topic).unwrap() as i32;
+    let consumer = reader(broker, topic, partitions);
+    let target = expected.iter().filter(|&&n| n > 0).count();
+    let mut latest = vec![0u32; expected.len()];
+    let mut matching = 0;
+    let deadline = Instant::now() + timeout;
+    while matching < target {
+        if Instant::now() >= deadline {
+            return false;
         }
-        timed("produce input (rdkafka producer -> broker)", n, || {
-            let producer = producer(&broker);
-            for (k, v) in &records {
-                send(&producer, &input, k.as_bytes(), v.as_bytes());
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let key = std::str::from_utf8(m.key().unwrap_or_default()).unwrap_or("");
+        let count = std::str::from_utf8(m.payload().unwrap_or_default())
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok());
+        let (Some(index), Some(count)) = (
+            key.strip_prefix("key-")
+                .and_then(|n| n.parse::<usize>().ok()),
+            count,
+        ) else {
+            return false;
+        };
+        let Some(want) = expected.get(index).copied() else {
+            return false;
+        };
+        let was = std::mem::replace(&mut latest[index], count);
+        if count == want && was != want {
+            matching += 1;
+        } else if count != want && was == want {
+            matching -= 1;
+        }
+    }
+    true
+}
+
+/// A finished run of the `kstreams-count` process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppRun {
+    /// From the process's start (group join included) until it processed every record.
+    pub processed: Figure,
+    /// Output records it wrote (the records/s out is this over `processed.seconds`).
+    pub output_records: u64,
+    /// Peak resident set size of the process (VmHWM), bytes.
+    pub peak_rss_bytes: u64,
+    /// Changelog records restored before it ran.
+    pub restored_records: u64,
+    /// From the process's start until every task ran (restore included).
+    pub ready_seconds: f64,
+}
+
+/// How to run `kstreams-count` for a benchmark.
+#[derive(Debug, Clone)]
+pub struct AppSetup {
+    pub options: AppOptions,
+    pub partitions: i32,
+}
+
+impl AppSetup {
+    /// A fresh application (new id, topics created with `partitions`) with its state under
+    /// `state_root`, tuned for `broker`'s storage; other settings are the product's defaults.
+    pub fn fresh(broker: &Broker, state_root: &Path, partitions: i32) -> Self {
+        let mut options = AppOptions::fresh(state_root);
+        options.commit_interval_ms = 30_000;
+        for (key, value) in broker.storage.client_overrides() {
+            options.extra_args.push(format!("-X{key}={value}"));
+        }
+        broker.create_topic(&options.input_topic, partitions);
+        broker.create_topic(&options.output_topic, partitions);
+        AppSetup {
+            options,
+            partitions,
+        }
+    }
+
+    pub fn changelog(&self) -> String {
+        format!("{}-count-store-changelog", self.options.application_id)
+    }
+
+    /// Starts the process and waits until it has processed `records` input records in all.
+    pub fn run_until_processed(&self, broker: &Broker, records: u64) -> AppRun {
+        let started = Instant::now();
+        let mut app = App::spawn_with_metrics_port(&broker.address(), &self.options, free_port());
+        let deadline = started + STEP_TIMEOUT;
+        let mut run = AppRun::default();
+        loop {
+            let metrics = http_get(app.metrics_port, "/metrics").map(|(_, body)| body);
+            let metrics = metrics.as_deref().unwrap_or("");
+            let value = |name| metric_sum(metrics, name, &[]);
+            if run.ready_seconds == 0.0 && value("kstreams_tasks_running") >= self.partitions as f64
+            {
+                run.ready_seconds = started.elapsed().as_secs_f64();
+                run.restored_records = value("kstreams_restore_records_total") as u64;
             }
-            producer.flush(Duration::from_secs(600)).unwrap();
-        })
-    });
-
-    // The ceiling: consume -> produce with no state work, same topics, same client settings.
-    let pipe = tokio::task::block_in_place(|| {
-        timed("ceiling: plain consume -> produce pipe", n, || {
-            let producer = producer(&broker);
-            read_topic(&broker, &input, config.partitions, n, |k, v| {
-                send(&producer, &pipe_out, k, v)
-            });
-            producer.flush(Duration::from_secs(600)).unwrap();
-        })
-    });
-
-    let state = tempfile::tempdir().unwrap();
-    let app_id = unique("bench-app");
-    let (streams, started) = run_engine(&broker, &input, &engine_out, state.path(), &app_id).await;
-    wait_metric(&streams, "kstreams_records_processed_total", n as f64).await;
-    let engine = Figure {
-        name: "kstreams word count (RocksDB state + changelog + output)",
-        records: n,
-        seconds: started.elapsed().as_secs_f64(),
-    };
-    streams.close().await.unwrap();
-    let counts_exact = tokio::task::block_in_place(|| {
-        broker
-            .wait_for_counts(&engine_out, &expected, Duration::from_secs(600))
-            .is_ok()
-    });
-
-    let changelog = format!("{app_id}-count-store-changelog");
-    let changelog_records = tokio::task::block_in_place(|| broker.record_count(&changelog)) as u64;
-    let plain_read = tokio::task::block_in_place(|| {
-        timed(
-            "plain consumer reading the changelog",
-            changelog_records,
-            || {
-                read_topic(
-                    &broker,
-                    &changelog,
-                    config.partitions,
-                    changelog_records,
-                    |_, _| {},
-                )
-            },
-        )
-    });
-    let empty = tempfile::tempdir().unwrap();
-    let (streams, started) = run_engine(&broker, &input, &engine_out, empty.path(), &app_id).await;
-    let restored_to_ready = loop {
-        if streams.is_ready()
-            && metric_sum(
-                &streams.metrics().render(),
-                "kstreams_restore_records_total",
-                &[],
-            ) > 0.0
-        {
-            break started.elapsed();
+            if run.ready_seconds > 0.0
+                && value("kstreams_records_processed_total") >= records as f64
+            {
+                run.processed = Figure {
+                    records,
+                    seconds: started.elapsed().as_secs_f64(),
+                };
+                run.output_records = value("kstreams_output_records_total") as u64;
+                run.peak_rss_bytes = peak_rss_bytes(app.pid());
+                // A clean stop (final commit), so that a restart on this state dir is clean.
+                let status = app.terminate(Duration::from_secs(120));
+                assert!(
+                    status.success(),
+                    "kstreams-count stopped with {status}; its log:\n{}",
+                    app.log()
+                );
+                return run;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kstreams-count did not process {records} records; its log:\n{}",
+                app.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let restored = metric_sum(
-        &streams.metrics().render(),
-        "kstreams_restore_records_total",
-        &[],
-    ) as u64;
-    streams.close().await.unwrap();
-    let restore = Figure {
-        name: "restore into an empty state dir (start to ready)",
-        records: restored,
-        seconds: restored_to_ready.as_secs_f64(),
-    };
-    BenchReport {
-        config,
+    }
+}
+
+/// A process's peak resident set size (VmHWM in /proc/<pid>/status), bytes.
+fn peak_rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0)
+}
+
+/// End-to-end throughput of one data set: produce, the plain pipe, then the word count.
+#[derive(Debug, Clone)]
+pub struct Throughput {
+    pub input: Input,
+    pub partitions: i32,
+    pub storage: Storage,
+    /// `taskset` CPUs of the word count process, if pinned.
+    pub cpus: Option<String>,
+    pub produce: Figure,
+    pub pipe: Figure,
+    pub word_count: AppRun,
+    pub counts_exact: bool,
+}
+
+impl Throughput {
+    pub fn ratio(&self) -> f64 {
+        self.word_count.processed.rate() / self.pipe.rate()
+    }
+}
+
+/// Measures one data set on a fresh broker with `storage`; `cpus` pins the word count.
+pub fn throughput(
+    input: Input,
+    partitions: i32,
+    storage: Storage,
+    broker_cpus: Option<&str>,
+    cpus: Option<&str>,
+) -> Throughput {
+    let broker = Broker::start_with(free_port(), storage, broker_cpus);
+    let state = tempfile::tempdir().unwrap();
+    let mut setup = AppSetup::fresh(&broker, state.path(), partitions);
+    setup.options.cpus = cpus.map(str::to_string);
+    let pipe_out = unique("bench-pipe-out");
+    broker.create_topic(&pipe_out, partitions);
+    let produce = produce_input(&broker, &setup.options.input_topic, &input);
+    let pipe = plain_pipe(&broker, &setup.options.input_topic, &pipe_out, &input);
+    let word_count = setup.run_until_processed(&broker, input.records);
+    let counts_exact = counts_match(
+        &broker,
+        &setup.options.output_topic,
+        &input.expected_counts(),
+        Duration::from_secs(600),
+    );
+    Throughput {
+        input,
+        partitions,
+        storage,
+        cpus: cpus.map(str::to_string),
         produce,
         pipe,
-        engine,
-        plain_read,
-        restore,
+        word_count,
         counts_exact,
     }
+}
+
+/// Restore and restart of a word count that counted `keys` keys once each (sqlite storage:
+/// restore reads the changelog's end offsets, which memory:// gets wrong).
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    pub keys: u64,
+    pub partitions: i32,
+    pub first_run: AppRun,
+    pub changelog_records: u64,
+    pub plain_read: Figure,
+    /// Restart on the same state dir: start to ready.
+    pub same_dir: AppRun,
+    /// Restart on an empty state dir: start to ready, the whole changelog restored.
+    pub empty_dir: AppRun,
+    pub counts_exact: bool,
+}
+
+impl Recovery {
+    pub fn restore_rate(&self) -> f64 {
+        self.empty_dir.restored_records as f64 / self.empty_dir.ready_seconds.max(1e-9)
+    }
+}
+
+pub fn recovery(keys: u64, partitions: i32) -> Recovery {
+    let broker = Broker::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut setup = AppSetup::fresh(&broker, state.path(), partitions);
+    let input = Input {
+        records: keys,
+        keys,
+        distribution: KeyDistribution::Sequential,
+    };
+    produce_input(&broker, &setup.options.input_topic, &input);
+    let first_run = setup.run_until_processed(&broker, keys);
+    let counts_exact = counts_match(
+        &broker,
+        &setup.options.output_topic,
+        &input.expected_counts(),
+        Duration::from_secs(600),
+    );
+    let changelog = setup.changelog();
+    let changelog_records = broker.record_count(&changelog) as u64;
+    let plain_read = Figure::timed(changelog_records, || {
+        read_records(&broker, &changelog, partitions, changelog_records, |_| {})
+    });
+    // Restarted, it processes nothing new: "processed 0" is reached once every task runs.
+    let same_dir = setup.run_until_processed(&broker, 0);
+    setup.options.state_dir = state.path().join("empty");
+    let empty_dir = setup.run_until_processed(&broker, 0);
+    Recovery {
+        keys,
+        partitions,
+        first_run,
+        changelog_records,
+        plain_read,
+        same_dir,
+        empty_dir,
+        counts_exact,
+    }
+}
+
+/// End-to-end latency at a fixed input rate: from the producer's record timestamp to the
+/// count arriving at a consumer of the output topic (the output record keeps the input
+/// record's timestamp).
+#[derive(Debug, Clone)]
+pub struct Latency {
+    pub rate: u64,
+    pub records: u64,
+    pub partitions: i32,
+    pub storage: Storage,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+pub fn latency(rate: u64, seconds: u64, partitions: i32, storage: Storage) -> Latency {
+    let broker = Broker::start_with(free_port(), storage, None);
+    let state = tempfile::tempdir().unwrap();
+    let setup = AppSetup::fresh(&broker, state.path(), partitions);
+    let app = App::spawn_with_metrics_port(&broker.address(), &setup.options, free_port());
+    crate::wait_until("the word count to run every task", STEP_TIMEOUT, || {
+        app.metric("kstreams_tasks_running", &[]).unwrap_or(0.0) >= partitions as f64
+    });
+    let records = rate * seconds;
+    let output = setup.options.output_topic.clone();
+    let collector = {
+        let broker_address = broker.address();
+        let overrides = broker.storage.client_overrides();
+        std::thread::spawn(move || {
+            let mut config = ClientConfig::new();
+            config
+                .set("bootstrap.servers", &broker_address)
+                .set("group.id", unique("bench-latency"))
+                .set("enable.auto.commit", "false");
+            for (key, value) in overrides {
+                config.set(key, value);
+            }
+            let consumer: BaseConsumer = config.create().unwrap();
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..partitions {
+                tpl.add_partition_offset(&output, p, Offset::Beginning)
+                    .unwrap();
+            }
+            consumer.assign(&tpl).unwrap();
+            let mut latencies = Vec::with_capacity(records as usize);
+            let deadline = Instant::now() + STEP_TIMEOUT;
+            while (latencies.len() as u64) < records && Instant::now() < deadline {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                    let now = now_ms();
+                    if let Some(sent) = m.timestamp().to_millis() {
+                        latencies.push((now - sent).max(0) as f64);
+                    }
+                }
+            }
+            latencies
+        })
+    };
+    let producer = producer(&broker);
+    let started = Instant::now();
+    let input = Input {
+        records,
+        keys: 10_000,
+        distribution: KeyDistribution::Uniform,
+    };
+    for (i, key) in input.key_indexes().enumerate() {
+        // Paced: record i leaves at i / rate seconds.
+        let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        send(
+            &producer,
+            &setup.options.input_topic,
+            format!("key-{key}").as_bytes(),
+            b"1",
+        );
+    }
+    producer.flush(STEP_TIMEOUT).unwrap();
+    let mut latencies = collector.join().unwrap();
+    assert_eq!(latencies.len() as u64, records, "every count arrived");
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    Latency {
+        rate,
+        records,
+        partitions,
+        storage,
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+        max_ms: at(1.0),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Every table of one benchmark run, as Markdown.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub throughput: Vec<Throughput>,
+    pub recovery: Vec<Recovery>,
+    pub latency: Vec<Latency>,
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0}", bytes as f64 / (1 << 20) as f64)
+}
+
+impl Report {
+    pub fn all_counts_exact(&self) -> bool {
+        self.throughput.iter().all(|t| t.counts_exact)
+            && self.recovery.iter().all(|r| r.counts_exact)
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        if !self.throughput.is_empty() {
+            out += "### End-to-end throughput (records/s; the word count is the kstreams-count process, from its start, group join included, to its last input record)\n\n";
+            out += "| input | partitions | broker storage | cpus | produce (broker reached) | ceiling: plain pipe | word count in | word count out | word count / ceiling | peak RSS MiB | counts exact |\n";
+            out += "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|\n";
+            for t in &self.throughput {
+                let wc = &t.word_count;
+                out += &format!(
+                    "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {} |\n",
+                    t.input.describe(),
+                    t.partitions,
+                    t.storage.name(),
+                    t.cpus.as_deref().unwrap_or("all"),
+                    t.produce.rate(),
+                    t.pipe.rate(),
+                    wc.processed.rate(),
+                    wc.output_records as f64 / wc.processed.seconds.max(1e-9),
+                    t.ratio(),
+                    mib(wc.peak_rss_bytes),
+                    t.counts_exact,
+                );
+            }
+            out += "\n";
+        }
+        if !self.recovery.is_empty() {
+            out += "### Recovery (sqlite storage; every key counted once, so the changelog holds one record per key)\n\n";
+            out += "| keys | partitions | changelog records | plain read records/s | restore: records | restore: start to ready s | restore records/s | restore / plain read | clean restart, same dir: restored | clean restart: start to ready s | peak RSS MiB (first run / restore) | counts exact |\n";
+            out += "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n";
+            for r in &self.recovery {
+                out += &format!(
+                    "| {} | {} | {} | {:.0} | {} | {:.2} | {:.0} | {:.2} | {} | {:.2} | {} / {} | {} |\n",
+                    r.keys,
+                    r.partitions,
+                    r.changelog_records,
+                    r.plain_read.rate(),
+                    r.empty_dir.restored_records,
+                    r.empty_dir.ready_seconds,
+                    r.restore_rate(),
+                    r.restore_rate() / r.plain_read.rate(),
+                    r.same_dir.restored_records,
+                    r.same_dir.ready_seconds,
+                    mib(r.first_run.peak_rss_bytes),
+                    mib(r.empty_dir.peak_rss_bytes),
+                    r.counts_exact,
+                );
+            }
+            out += "\n";
+        }
+        if !self.latency.is_empty() {
+            out += "### End-to-end latency at a fixed input rate (producer timestamp to the count at a consumer)\n\n";
+            out += "| input rate records/s | records | partitions | broker storage | p50 ms | p99 ms | max ms |\n";
+            out += "|---:|---:|---:|---|---:|---:|---:|\n";
+            for l in &self.latency {
+                out += &format!(
+                    "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} |\n",
+                    l.rate,
+                    l.records,
+                    l.partitions,
+                    l.storage.name(),
+                    l.p50_ms,
+                    l.p99_ms,
+                    l.max_ms
+                );
+            }
+            out += "\n";
+        }
+        out
+    }
+}
+
+/// Parses `BENCH_*` list settings such as `4,16`.
+pub fn parse_list(value: &str) -> Vec<u64> {
+    value
+        .split(',')
+        .filter_map(|v| v.trim().replace('_', "").parse().ok())
+        .collect()
 }

@@ -86,9 +86,64 @@ pub fn app_bin() -> PathBuf {
     path
 }
 
-/// A tansu broker with sqlite storage in its own temp dir; killed on drop.
+/// A command for `program`, run under `taskset -c <cpus>` when `cpus` is given.
+fn pinned_command(program: PathBuf, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", cpus]).arg(program);
+            taskset
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Where a tansu broker keeps its records (see ../shared/broker.md for what each can do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// sqlite:// in the broker's temp dir: everything the tests need (resume, watermarks).
+    Sqlite,
+    /// memory://: much faster, but only for reading sequentially from offset 0 without
+    /// resuming; its high watermarks are wrong (no lag, restore or record counts on it).
+    Memory,
+}
+
+impl Storage {
+    pub fn url(self) -> &'static str {
+        match self {
+            Storage::Sqlite => "sqlite://tansu.db",
+            Storage::Memory => "memory://tansu/",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Storage::Sqlite => "sqlite",
+            Storage::Memory => "memory",
+        }
+    }
+
+    /// Client settings a consumer needs to be fast against this storage: memory:// answers
+    /// a fetch only after `fetch.wait.max.ms`, even when records are ready.
+    pub fn client_overrides(self) -> Vec<(String, String)> {
+        match self {
+            Storage::Sqlite => vec![],
+            Storage::Memory => [
+                ("fetch.wait.max.ms", "10"),
+                ("fetch.queue.backoff.ms", "10"),
+                ("queued.min.messages", "1000000"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        }
+    }
+}
+
+/// A tansu broker with its storage in its own temp dir; killed on drop.
 pub struct Broker {
     pub port: u16,
+    pub storage: Storage,
     child: Child,
     _dir: TempDir,
 }
@@ -99,10 +154,15 @@ impl Broker {
     }
 
     pub fn start_on(port: u16) -> Self {
+        Self::start_with(port, Storage::Sqlite, None)
+    }
+
+    /// A broker with the given storage; `cpus` (a `taskset` list such as `8-15`) pins it.
+    pub fn start_with(port: u16, storage: Storage, cpus: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("tcp://127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("broker.log")).unwrap();
-        let child = Command::new(tansu_bin())
+        let child = pinned_command(tansu_bin(), cpus)
             .current_dir(dir.path())
             .args([
                 "broker",
@@ -111,13 +171,14 @@ impl Broker {
                 "--advertised-listener-url",
                 &url,
             ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(["--storage-engine", storage.url()])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start tansu");
         let broker = Broker {
             port,
+            storage,
             child,
             _dir: dir,
         };
@@ -409,6 +470,10 @@ pub struct AppOptions {
     pub output_topic: String,
     pub state_dir: PathBuf,
     pub extra_args: Vec<String>,
+    /// Tests commit often (500 ms); benchmarks use the product's default.
+    pub commit_interval_ms: u64,
+    /// `taskset` CPU list to pin the process to (benchmarks), e.g. `0-3`.
+    pub cpus: Option<String>,
 }
 
 impl AppOptions {
@@ -420,6 +485,8 @@ impl AppOptions {
             output_topic: unique("counts-topic"),
             state_dir: state_root.join("state"),
             extra_args: vec![],
+            commit_interval_ms: 500,
+            cpus: None,
         }
     }
 }
@@ -452,7 +519,7 @@ impl App {
         let log_dir = tempfile::tempdir().unwrap();
         let log_path = log_dir.path().join("app.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(app_bin())
+        let child = pinned_command(app_bin(), options.cpus.as_deref())
             .env_remove("KAFKA_BROKER")
             .env("RUST_LOG", "info")
             .args([
@@ -471,7 +538,7 @@ impl App {
             .arg(&options.state_dir)
             .args([
                 "--commit-interval-ms",
-                "500",
+                &options.commit_interval_ms.to_string(),
                 "--session-timeout-ms",
                 "6000",
             ])

@@ -1,22 +1,48 @@
-//! A small run of the throughput benchmark, so it cannot rot: it must complete with exact
+//! A small run of every benchmark section, so they cannot rot: each must complete with exact
 //! counts and a full restore (speed is not asserted; figures live in docs/benchmarks.md).
 
-use kstreams_suite::bench::{run, BenchConfig};
+use kstreams_suite::bench::{latency, recovery, throughput, Input, KeyDistribution, Report};
+use kstreams_suite::Storage;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn benchmark_smoke_run_completes_with_exact_counts() {
-    let report = run(BenchConfig {
-        records: 5_000,
-        keys: 500,
-        partitions: 4,
-    })
-    .await;
-    println!("{}", report.table());
-    assert!(report.counts_exact);
-    assert_eq!(report.engine.records, 5_000);
-    assert!(
-        report.restore.records >= report.plain_read.records,
-        "{}",
-        report.table()
+#[test]
+fn benchmark_smoke_run_completes_with_exact_counts() {
+    let mut report = Report::default();
+    for (storage, distribution) in [
+        (Storage::Memory, KeyDistribution::Zipf),
+        (Storage::Sqlite, KeyDistribution::Uniform),
+    ] {
+        let input = Input {
+            records: 5_000,
+            keys: 500,
+            distribution,
+        };
+        report
+            .throughput
+            .push(throughput(input, 4, storage, None, None));
+    }
+    report.recovery.push(recovery(2_000, 4));
+    report.latency.push(latency(500, 2, 4, Storage::Sqlite));
+    println!("{}", report.markdown());
+
+    assert!(report.all_counts_exact(), "{}", report.markdown());
+    for run in &report.throughput {
+        assert_eq!(run.word_count.processed.records, 5_000);
+        assert_eq!(run.word_count.output_records, 5_000, "one count per record");
+        assert!(run.word_count.peak_rss_bytes > 0, "peak RSS read");
+    }
+    let restart = &report.recovery[0];
+    assert_eq!(
+        restart.changelog_records, 2_000,
+        "one changelog record per key"
     );
+    assert_eq!(
+        restart.empty_dir.restored_records, restart.changelog_records,
+        "an empty state dir restores the whole changelog"
+    );
+    assert_eq!(
+        restart.same_dir.restored_records, 0,
+        "a clean restart on its own state dir restores nothing"
+    );
+    assert_eq!(report.latency[0].records, 1_000);
+    assert!(report.latency[0].p50_ms <= report.latency[0].p99_ms);
 }

@@ -186,3 +186,35 @@ fn restart_on_empty_state_dir_restores_everything_and_keeps_counting() {
     );
     keeps_counting_then_stops(&setup, app, expected);
 }
+
+#[test]
+fn a_cache_over_its_budget_writes_out_early_and_a_killed_instance_resumes_exactly() {
+    let mut setup = setup();
+    // No commit during the test: only early write-outs put state on disk.
+    setup.options.commit_interval_ms = 600_000;
+    setup.options.extra_args = vec!["--cache-max-bytes".into(), "2000".into()];
+    let (first, expected) = word_count_input(20_000, 500);
+    produce(&setup.broker, &setup.options.input_topic, &first);
+    let mut app = App::spawn(&setup.broker.address(), &setup.options);
+    setup
+        .broker
+        .wait_for_counts(&setup.options.output_topic, &expected, COUNTS_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", app.log()));
+    let flushes = app
+        .metric("kstreams_state_cache_flushes_total", &[])
+        .unwrap_or(0.0);
+    assert!(
+        flushes > 0.0,
+        "500 keys (~50 KB of cache) never went over a 2,000-byte budget; log:\n{}",
+        app.log()
+    );
+    let cached = app.metric("kstreams_state_cache_bytes", &[]).unwrap();
+    eprintln!("{flushes} early write-outs; {cached} bytes cached at the end");
+    // SIGKILL: no final commit, so the restart resumes from the early write-outs.
+    app.kill();
+    keeps_counting_then_stops(
+        &setup,
+        App::spawn(&setup.broker.address(), &setup.options),
+        expected,
+    );
+}

@@ -17,7 +17,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use kstreams_engine::{
-    DeserializationErrorPolicy, KafkaStreams, StreamsBuilder, StreamsConfig, StringSerde,
+    DeserializationErrorPolicy, KafkaStreams, StoreMemorySettings, StreamsBuilder, StreamsConfig,
+    StringSerde,
 };
 use tracing::{error, info};
 
@@ -118,6 +119,16 @@ struct RunArgs {
     /// Group session timeout.
     #[arg(long, env = "SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     session_timeout_ms: u64,
+    /// Write-back cache of uncommitted state, all tasks together (statestore.cache.max.bytes);
+    /// a task over its share writes its updates out before the next commit.
+    #[arg(long, env = "CACHE_MAX_BYTES", default_value_t = 10 << 20)]
+    cache_max_bytes: usize,
+    /// RocksDB block cache shared by all tasks (data, index and filter blocks).
+    #[arg(long, env = "ROCKSDB_BLOCK_CACHE_BYTES", default_value_t = 64 << 20)]
+    rocksdb_block_cache_bytes: usize,
+    /// RocksDB memtables, all tasks and stores together (at least 1 MiB).
+    #[arg(long, env = "ROCKSDB_WRITE_BUFFER_BYTES", default_value_t = 64 << 20)]
+    rocksdb_write_buffer_bytes: usize,
     /// Extra librdkafka setting for every client the engine creates, `key=value`
     /// (repeatable), e.g. `-X heartbeat.interval.ms=1000` or `-X debug=cgrp`.
     #[arg(short = 'X', long = "client-config", value_parser = console::key_value)]
@@ -147,6 +158,11 @@ impl RunArgs {
         config.task_failure_window = Duration::from_millis(self.task_failure_window_ms);
         config.state_cleanup_delay = Duration::from_millis(self.state_cleanup_delay_ms);
         config.client_overrides = self.client_config.clone();
+        config.store_memory = StoreMemorySettings {
+            cache_max_bytes: self.cache_max_bytes,
+            block_cache_bytes: self.rocksdb_block_cache_bytes,
+            write_buffer_bytes: self.rocksdb_write_buffer_bytes,
+        };
         config.validate()?;
         Ok(config)
     }

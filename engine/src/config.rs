@@ -6,6 +6,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::error::{EngineError, Result};
+use crate::store_memory::StoreMemorySettings;
+
+/// RocksDB needs room for at least one memtable.
+const MIN_WRITE_BUFFER_BYTES: usize = 1 << 20;
 
 /// What to do with a record whose key or value cannot be deserialized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,6 +79,8 @@ pub struct StreamsConfig {
     pub session_timeout: Duration,
     /// Extra librdkafka settings applied to the consumer and producers (`key=value`).
     pub client_overrides: Vec<(String, String)>,
+    /// Memory the task stores share: write-back cache, RocksDB block cache and memtables.
+    pub store_memory: StoreMemorySettings,
 }
 
 impl StreamsConfig {
@@ -96,6 +102,7 @@ impl StreamsConfig {
             task_failure_window: Duration::from_secs(300),
             state_cleanup_delay: Duration::from_secs(600),
             client_overrides: Vec::new(),
+            store_memory: StoreMemorySettings::default(),
         }
     }
 
@@ -165,6 +172,15 @@ impl StreamsConfig {
         }
         if self.session_timeout < Duration::from_secs(1) {
             return invalid("session-timeout-ms", "must be at least 1000".into());
+        }
+        if self.store_memory.write_buffer_bytes < MIN_WRITE_BUFFER_BYTES {
+            return invalid(
+                "rocksdb-write-buffer-bytes",
+                format!(
+                    "{} is below the minimum of {MIN_WRITE_BUFFER_BYTES} (1 MiB)",
+                    self.store_memory.write_buffer_bytes
+                ),
+            );
         }
         Ok(())
     }
@@ -268,6 +284,9 @@ mod tests {
         let mut c = valid();
         c.state_dir = PathBuf::new();
         assert_eq!(setting_of(&c), "state-dir");
+        let mut c = valid();
+        c.store_memory.write_buffer_bytes = 1000;
+        assert_eq!(setting_of(&c), "rocksdb-write-buffer-bytes");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::processor::{InputRecord, Processor, ProcessorContext};
 use crate::record_collector::RecordCollector;
+use crate::store_memory::StoreMemory;
 use crate::task_id::TaskId;
 use crate::task_store::{StoredOffsets, TaskStore};
 
@@ -37,7 +38,7 @@ impl TaskHotPath {
         Ok(Self {
             task,
             processor: topology.new_processor(),
-            store: TaskStore::open(task, dir, &stores)?,
+            store: TaskStore::open(task, dir, &stores, &StoreMemory::new(config.store_memory))?,
             collector: RecordCollector::new(task, &config, &stores)?,
             next_offset: 0,
         })
@@ -52,6 +53,7 @@ impl TaskHotPath {
                 collector: &mut self.collector,
                 partition: self.task.partition,
                 offset: record.offset,
+                timestamp: record.timestamp,
             };
             self.processor
                 .process(record, &mut ctx)

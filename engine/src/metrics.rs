@@ -36,6 +36,9 @@ pub struct EngineMetrics {
     pub state_wipes: IntCounterVec,
     pub task_restarts: IntCounter,
     pub state_dirs_removed: IntCounter,
+    pub state_cache_bytes: IntGauge,
+    pub state_cache_flushes: IntCounterVec,
+    pub rocksdb_memory_bytes: IntGauge,
 }
 
 fn register<M: Collector + Clone + 'static>(
@@ -114,6 +117,18 @@ impl EngineMetrics {
             )),
             task_restarts: register(r, IntCounter::new("kstreams_task_restarts_total", "Failed tasks restarted from their last committed state")),
             state_dirs_removed: register(r, IntCounter::new("kstreams_state_dirs_removed_total", "Task directories deleted after the cleanup delay")),
+            state_cache_bytes: register(r, IntGauge::new(
+                "kstreams_state_cache_bytes",
+                "Bytes of uncommitted state held in the tasks' write-back caches (bounded by --cache-max-bytes)",
+            )),
+            state_cache_flushes: register(r, IntCounterVec::new(
+                opts("kstreams_state_cache_flushes_total", "Early write-outs of a task's cache between commits, because the caches were over --cache-max-bytes"),
+                TASK,
+            )),
+            rocksdb_memory_bytes: register(r, IntGauge::new(
+                "kstreams_rocksdb_memory_bytes",
+                "RocksDB block cache and memtable bytes, all tasks (bounded by --rocksdb-block-cache-bytes and --rocksdb-write-buffer-bytes)",
+            )),
             registry,
         }
     }

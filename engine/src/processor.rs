@@ -90,6 +90,8 @@ pub struct ProcessorContext<'a> {
     pub(crate) collector: &'a mut RecordCollector,
     pub(crate) partition: i32,
     pub(crate) offset: i64,
+    /// The record's timestamp (ms since the epoch), given to the records it produces.
+    pub(crate) timestamp: Option<i64>,
 }
 
 impl ProcessorContext<'_> {
@@ -141,10 +143,11 @@ impl ProcessorContext<'_> {
             .map_err(|e| RecordError::Failed(e.to_string()))
     }
 
-    /// Sends a record to an output topic (partitioned by key).
+    /// Sends a record to an output topic (partitioned by key), with the input record's
+    /// timestamp, as Kafka Streams does.
     pub fn forward(&mut self, topic: &str, key: &[u8], value: &[u8]) -> Result<(), RecordError> {
         self.collector
-            .send_output(topic, key, value)
+            .send_output(topic, key, value, self.timestamp)
             .map_err(|e| RecordError::Failed(e.to_string()))
     }
 }

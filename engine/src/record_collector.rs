@@ -90,7 +90,10 @@ impl RecordCollector {
             .set("acks", "all")
             .set("compression.type", "lz4")
             .set("linger.ms", "5")
-            .set("queue.buffering.max.messages", "1000000");
+            .set("queue.buffering.max.messages", "1000000")
+            // librdkafka's default (1 GiB per producer, one producer per task) would let memory
+            // grow with the broker's backlog; 32 MiB per task keeps it bounded.
+            .set("queue.buffering.max.kbytes", "32768");
         for (key, value) in &config.client_overrides {
             client.set(key, value);
         }
@@ -152,9 +155,20 @@ impl RecordCollector {
         Ok(())
     }
 
-    /// Sends an output record, partitioned by its key.
-    pub fn send_output(&mut self, topic: &str, key: &[u8], value: &[u8]) -> Result<()> {
-        self.send(topic, BaseRecord::to(topic).key(key).payload(value))?;
+    /// Sends an output record, partitioned by its key; without a timestamp it gets the
+    /// producer's current time.
+    pub fn send_output(
+        &mut self,
+        topic: &str,
+        key: &[u8],
+        value: &[u8],
+        timestamp: Option<i64>,
+    ) -> Result<()> {
+        let mut record = BaseRecord::to(topic).key(key).payload(value);
+        if let Some(timestamp) = timestamp {
+            record = record.timestamp(timestamp);
+        }
+        self.send(topic, record)?;
         self.output_records_sent += 1;
         Ok(())
     }

@@ -23,6 +23,7 @@ use crate::poller::Poller;
 use crate::rebalance::RebalanceListener;
 use crate::state_directory::StateDirectory;
 use crate::status::InstanceStatus;
+use crate::store_memory::StoreMemory;
 use crate::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
 
 /// A running engine instance.
@@ -101,6 +102,7 @@ impl KafkaStreams {
                 config: config.clone(),
                 metrics: metrics.clone(),
                 state_directory: state_directory.clone(),
+                store_memory: StoreMemory::new(config.store_memory),
                 poller: poller_tx,
                 fatal: fatal_tx.clone(),
                 status: status.clone(),

@@ -19,6 +19,7 @@ use crate::metrics::EngineMetrics;
 use crate::processor::InputRecord;
 use crate::state_directory::StateDirectory;
 use crate::status::{unix_millis, AssignmentRecord, InstanceStatus};
+use crate::store_memory::StoreMemory;
 use crate::task::{StreamTask, TaskArgs, TaskMsg, TaskPhase};
 use crate::task_id::TaskId;
 
@@ -58,6 +59,7 @@ pub struct SupervisorArgs {
     pub config: Arc<StreamsConfig>,
     pub metrics: EngineMetrics,
     pub state_directory: Arc<StateDirectory>,
+    pub store_memory: Arc<StoreMemory>,
     pub poller: Sender<PollerCommand>,
     pub fatal: UnboundedSender<EngineError>,
     pub status: Arc<InstanceStatus>,
@@ -284,6 +286,7 @@ impl SupervisorState {
             config: self.args.config.clone(),
             metrics: self.args.metrics.clone(),
             task_dir: self.args.state_directory.task_dir(task),
+            store_memory: self.args.store_memory.clone(),
             supervisor: myself.clone(),
             progress: self.args.status.add_task(task),
         };

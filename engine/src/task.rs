@@ -18,6 +18,7 @@ use crate::processor::{InputRecord, Processor, ProcessorContext, RecordError, St
 use crate::record_collector::RecordCollector;
 use crate::restore::{restore_task, RestoreOutcome, RestoreRequest};
 use crate::status::TaskProgress;
+use crate::store_memory::StoreMemory;
 use crate::supervisor::SupervisorMsg;
 use crate::task_id::TaskId;
 use crate::task_store::{StoredOffsets, TaskStore};
@@ -47,6 +48,7 @@ pub struct TaskArgs {
     pub config: Arc<StreamsConfig>,
     pub metrics: EngineMetrics,
     pub task_dir: PathBuf,
+    pub store_memory: Arc<StoreMemory>,
     pub supervisor: ActorRef<SupervisorMsg>,
     pub progress: Arc<TaskProgress>,
 }
@@ -89,11 +91,12 @@ impl Actor for StreamTask {
             config,
             metrics,
             task_dir,
+            store_memory,
             supervisor,
             progress,
         } = args;
         let (store, wiped) = tokio::task::block_in_place(|| {
-            TaskStore::open_or_wipe(task, &task_dir, topology.stores())
+            TaskStore::open_or_wipe(task, &task_dir, topology.stores(), &store_memory)
         })?;
         if let Some(reason) = wiped {
             metrics.state_wipes.with_label_values(&[reason]).inc();
@@ -222,6 +225,7 @@ impl TaskState {
                 collector: &mut self.collector,
                 partition: self.task.partition,
                 offset,
+                timestamp: None,
             };
             self.processor
                 .replay(*store, key, &value, &mut ctx)
@@ -254,6 +258,7 @@ impl TaskState {
                 collector: &mut self.collector,
                 partition: record.partition,
                 offset: record.offset,
+                timestamp: record.timestamp,
             };
             let processor = &mut self.processor;
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -303,6 +308,19 @@ impl TaskState {
             .with_label_values(&labels)
             .inc_by(sent.1 - self.reported_sent.1);
         self.reported_sent = sent;
+        if self.store.cache_over_budget() {
+            // Over --cache-max-bytes: write this task's updates out now rather than at the
+            // next commit (the group offset still waits for the commit; a restart resumes
+            // from the store's own offset, which is never behind it).
+            self.commit()?;
+            self.metrics
+                .state_cache_flushes
+                .with_label_values(&[self.labels[0].as_str(), self.labels[1].as_str()])
+                .inc();
+        }
+        self.metrics
+            .state_cache_bytes
+            .set(self.store.memory().cache_bytes() as i64);
         Ok(())
     }
 
@@ -363,6 +381,9 @@ impl TaskState {
             .store_size
             .with_label_values(&[self.labels[0].as_str(), self.labels[1].as_str()])
             .set(self.store.approximate_size_bytes() as i64);
+        self.metrics
+            .rocksdb_memory_bytes
+            .set(self.store.memory().rocksdb_bytes() as i64);
         Ok(self.position.next())
     }
 }

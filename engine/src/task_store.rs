@@ -1,13 +1,15 @@
 //! A task's state: one RocksDB per task, one column family per store plus `offsets`, with a
-//! write-back cache so that state and offsets reach disk together in one write batch. Every
+//! write-back cache (within the instance's [`StoreMemory`] budget) so that state and offsets
+//! reach disk together in one write batch. Every
 //! value is stored with the input offset that produced it (the changelog value format), so
 //! an update can tell whether it is already applied.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, DB};
+use rocksdb::{ColumnFamilyDescriptor, WriteBatch, DB};
 
 use crate::error::{EngineError, Result};
 use crate::offsets::{
@@ -15,6 +17,7 @@ use crate::offsets::{
     encode_offset, INPUT_OFFSET_KEY,
 };
 use crate::processor::StoreId;
+use crate::store_memory::{StoreMemory, CACHE_ENTRY_OVERHEAD};
 use crate::task_id::TaskId;
 use tracing::warn;
 
@@ -65,12 +68,26 @@ pub struct TaskStore {
     /// Per store: writes since the last commit, encoded with their input offset (`None` =
     /// delete).
     dirty: Vec<HashMap<Vec<u8>, Option<Vec<u8>>>>,
+    /// What `dirty` holds, counted against the instance's cache budget.
+    dirty_bytes: usize,
+    memory: Arc<StoreMemory>,
+}
+
+impl Drop for TaskStore {
+    fn drop(&mut self) {
+        self.memory.close_cache(self.dirty_bytes);
+    }
 }
 
 impl TaskStore {
     /// Opens (or creates) the task's RocksDB at `path` with one column family per store.
-    pub fn open(task: TaskId, path: &Path, store_names: &[String]) -> Result<Self> {
-        let mut options = Options::default();
+    pub fn open(
+        task: TaskId,
+        path: &Path,
+        store_names: &[String],
+        memory: &Arc<StoreMemory>,
+    ) -> Result<Self> {
+        let mut options = memory.db_options();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_keep_log_file_num(2);
@@ -78,7 +95,7 @@ impl TaskStore {
             .iter()
             .map(String::as_str)
             .chain([OFFSETS_CF])
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+            .map(|name| ColumnFamilyDescriptor::new(name, memory.column_family_options()));
         let db = DB::open_cf_descriptors(&options, path, families).map_err(|source| {
             EngineError::Store {
                 task,
@@ -92,6 +109,11 @@ impl TaskStore {
             db,
             store_names: store_names.to_vec(),
             dirty: vec![HashMap::new(); store_names.len()],
+            dirty_bytes: 0,
+            memory: {
+                memory.open_cache();
+                memory.clone()
+            },
         })
     }
 
@@ -102,11 +124,12 @@ impl TaskStore {
         task: TaskId,
         path: &Path,
         store_names: &[String],
+        memory: &Arc<StoreMemory>,
     ) -> Result<(Self, Option<&'static str>)> {
         // A restarted task may briefly find its previous instance's lock still held.
         let deadline = Instant::now() + LOCK_WAIT;
         let opened = loop {
-            match Self::open(task, path, store_names) {
+            match Self::open(task, path, store_names, memory) {
                 Err(EngineError::Store { source, .. })
                     if source.to_string().contains("lock") && Instant::now() < deadline =>
                 {
@@ -131,7 +154,7 @@ impl TaskStore {
             path: path.to_path_buf(),
             source,
         })?;
-        Ok((Self::open(task, path, store_names)?, Some(reason)))
+        Ok((Self::open(task, path, store_names, memory)?, Some(reason)))
     }
 
     /// Why state on disk cannot be trusted, if it cannot: data without the offsets that say
@@ -172,10 +195,10 @@ impl TaskStore {
         {
             self.db.drop_cf(name).map_err(self.store_error())?;
             self.db
-                .create_cf(name, &Options::default())
+                .create_cf(name, &self.memory.column_family_options())
                 .map_err(self.store_error())?;
         }
-        self.dirty.iter_mut().for_each(HashMap::clear);
+        self.clear_dirty();
         Ok(())
     }
 
@@ -234,10 +257,49 @@ impl TaskStore {
 
     /// Buffers a write, produced by the input record at `input_offset`, until the next commit.
     pub fn put(&mut self, store: StoreId, key: &[u8], value: &[u8], input_offset: i64) {
-        self.dirty[store.0].insert(
-            key.to_vec(),
-            Some(encode_changelog_value(input_offset, value)),
-        );
+        let value = encode_changelog_value(input_offset, value);
+        let added = value.len();
+        let replaced = match self.dirty[store.0].get_mut(key) {
+            Some(pending) => pending.replace(value).map_or(0, |old| old.len()),
+            None => {
+                self.dirty[store.0].insert(key.to_vec(), Some(value));
+                self.reserve(key.len() + CACHE_ENTRY_OVERHEAD);
+                0
+            }
+        };
+        self.reserve(added);
+        self.release(replaced);
+    }
+
+    fn reserve(&mut self, bytes: usize) {
+        self.dirty_bytes += bytes;
+        self.memory.reserve(bytes);
+    }
+
+    fn release(&mut self, bytes: usize) {
+        self.dirty_bytes -= bytes;
+        self.memory.release(bytes);
+    }
+
+    fn clear_dirty(&mut self) {
+        self.dirty.iter_mut().for_each(HashMap::clear);
+        self.release(self.dirty_bytes);
+    }
+
+    /// Whether this store's uncommitted writes should be written out now, to keep the
+    /// instance's write-back caches within their budget.
+    pub fn cache_over_budget(&self) -> bool {
+        self.memory.cache_over_budget(self.dirty_bytes)
+    }
+
+    /// The instance's shared store memory.
+    pub fn memory(&self) -> &StoreMemory {
+        &self.memory
+    }
+
+    /// Bytes of uncommitted writes held (counted as the cache budget counts them).
+    pub fn dirty_bytes(&self) -> usize {
+        self.dirty_bytes
     }
 
     /// Number of keys written since the last commit.
@@ -275,7 +337,7 @@ impl TaskStore {
         }
         self.put_offsets(&mut batch, offsets);
         self.db.write(batch).map_err(self.store_error())?;
-        self.dirty.iter_mut().for_each(HashMap::clear);
+        self.clear_dirty();
         Ok(())
     }
 
@@ -324,6 +386,11 @@ impl TaskStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store_memory::StoreMemorySettings;
+
+    fn memory() -> Arc<StoreMemory> {
+        StoreMemory::new(StoreMemorySettings::default())
+    }
 
     #[test]
     fn commit_writes_state_and_offsets_together_and_survives_reopen() {
@@ -331,7 +398,7 @@ mod tests {
         let task = TaskId::new(0, 1);
         let stores = vec!["count-store".to_string()];
         {
-            let mut store = TaskStore::open(task, dir.path(), &stores).unwrap();
+            let mut store = TaskStore::open(task, dir.path(), &stores, &memory()).unwrap();
             assert_eq!(
                 store.read_offsets().unwrap(),
                 StoredOffsets {
@@ -351,7 +418,7 @@ mod tests {
             assert_eq!(store.dirty_keys(), 0);
             store.put(StoreId(0), b"bar", b"uncommitted", 8);
         }
-        let store = TaskStore::open(task, dir.path(), &stores).unwrap();
+        let store = TaskStore::open(task, dir.path(), &stores, &memory()).unwrap();
         assert_eq!(store.get(StoreId(0), b"foo").unwrap(), Some(b"1".to_vec()));
         assert_eq!(store.version(StoreId(0), b"foo").unwrap(), Some(6));
         assert_eq!(
@@ -366,7 +433,8 @@ mod tests {
     #[test]
     fn restored_updates_apply_deletes() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = TaskStore::open(TaskId::new(0, 0), dir.path(), &["s".to_string()]).unwrap();
+        let mut store =
+            TaskStore::open(TaskId::new(0, 0), dir.path(), &["s".to_string()], &memory()).unwrap();
         let offsets = StoredOffsets {
             input_next: Some(2),
             changelog_next: vec![Some(3)],
@@ -391,7 +459,7 @@ mod tests {
         let task = TaskId::new(0, 2);
         let stores = vec!["s".to_string()];
         {
-            let mut store = TaskStore::open(task, dir.path(), &stores).unwrap();
+            let mut store = TaskStore::open(task, dir.path(), &stores, &memory()).unwrap();
             store.put(StoreId(0), b"k", b"v", 0);
             store
                 .commit(&StoredOffsets {
@@ -400,19 +468,19 @@ mod tests {
                 })
                 .unwrap();
         }
-        let (store, wiped) = TaskStore::open_or_wipe(task, dir.path(), &stores).unwrap();
+        let (store, wiped) = TaskStore::open_or_wipe(task, dir.path(), &stores, &memory()).unwrap();
         assert_eq!(wiped, None, "consistent state is kept");
         assert_eq!(store.get(StoreId(0), b"k").unwrap(), Some(b"v".to_vec()));
         drop(store);
 
         std::fs::write(dir.path().join("CURRENT"), b"garbage\n").unwrap();
-        let (store, wiped) = TaskStore::open_or_wipe(task, dir.path(), &stores).unwrap();
+        let (store, wiped) = TaskStore::open_or_wipe(task, dir.path(), &stores, &memory()).unwrap();
         assert_eq!(wiped, Some("open_failed"));
         assert_eq!(store.get(StoreId(0), b"k").unwrap(), None);
         drop(store);
 
         {
-            let mut store = TaskStore::open(task, dir.path(), &stores).unwrap();
+            let mut store = TaskStore::open(task, dir.path(), &stores, &memory()).unwrap();
             store.put(StoreId(0), b"k", b"v", 0);
             store
                 .commit(&StoredOffsets {
@@ -421,13 +489,13 @@ mod tests {
                 })
                 .unwrap();
         }
-        let (store, wiped) = TaskStore::open_or_wipe(task, dir.path(), &stores).unwrap();
+        let (store, wiped) = TaskStore::open_or_wipe(task, dir.path(), &stores, &memory()).unwrap();
         assert_eq!(wiped, Some("missing_offsets"));
         drop(store);
 
         {
             // State written before values carried their input offset.
-            let store = TaskStore::open(task, dir.path(), &stores).unwrap();
+            let store = TaskStore::open(task, dir.path(), &stores, &memory()).unwrap();
             let offsets = store.cf(OFFSETS_CF);
             store.db.put_cf(store.cf("s"), b"k", b"plain").unwrap();
             store
@@ -439,14 +507,15 @@ mod tests {
                 .put_cf(offsets, changelog_offset_key("s"), encode_offset(1))
                 .unwrap();
         }
-        let (_, wiped) = TaskStore::open_or_wipe(task, dir.path(), &stores).unwrap();
+        let (_, wiped) = TaskStore::open_or_wipe(task, dir.path(), &stores, &memory()).unwrap();
         assert_eq!(wiped, Some("old_format"));
     }
 
     #[test]
     fn wipe_empties_state_and_offsets() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = TaskStore::open(TaskId::new(0, 0), dir.path(), &["s".to_string()]).unwrap();
+        let mut store =
+            TaskStore::open(TaskId::new(0, 0), dir.path(), &["s".to_string()], &memory()).unwrap();
         store.put(StoreId(0), b"k", b"v", 3);
         store
             .commit(&StoredOffsets {
@@ -463,5 +532,42 @@ mod tests {
                 changelog_next: vec![None]
             }
         );
+    }
+
+    #[test]
+    fn cache_bytes_count_each_key_once_and_are_released_at_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = StoreMemory::new(StoreMemorySettings {
+            cache_max_bytes: 1000,
+            ..StoreMemorySettings::default()
+        });
+        let mut store =
+            TaskStore::open(TaskId::new(0, 0), dir.path(), &["s".to_string()], &memory).unwrap();
+        store.put(StoreId(0), b"k", b"1", 0);
+        let one_key = store.dirty_bytes();
+        assert!(one_key > CACHE_ENTRY_OVERHEAD);
+        assert_eq!(memory.cache_bytes(), one_key);
+        store.put(StoreId(0), b"k", b"2", 1);
+        assert_eq!(
+            store.dirty_bytes(),
+            one_key,
+            "an update replaces, it does not add"
+        );
+        assert!(!store.cache_over_budget());
+        for i in 2..20 {
+            store.put(StoreId(0), format!("key-{i}").as_bytes(), b"1", i);
+        }
+        assert!(store.cache_over_budget(), "{} bytes", store.dirty_bytes());
+        store
+            .commit(&StoredOffsets {
+                input_next: Some(20),
+                changelog_next: vec![None],
+            })
+            .unwrap();
+        assert_eq!((store.dirty_bytes(), memory.cache_bytes()), (0, 0));
+        assert!(!store.cache_over_budget());
+        store.put(StoreId(0), b"k", b"3", 20);
+        drop(store);
+        assert_eq!(memory.cache_bytes(), 0, "a closed store releases its share");
     }
 }

@@ -1,0 +1,164 @@
+//! The memory all task stores of one instance share, bounded by settings rather than by the
+//! number of keys: the write-back cache budget (Kafka Streams' `statestore.cache.max.bytes`),
+//! RocksDB's block cache, and RocksDB's memtables (write buffers).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use rocksdb::{BlockBasedOptions, Cache, Options, WriteBufferManager};
+
+/// Per cached key, what a `HashMap<Vec<u8>, Option<Vec<u8>>>` entry costs beyond its bytes.
+pub const CACHE_ENTRY_OVERHEAD: usize = 80;
+
+/// The largest memtable one column family gets before RocksDB flushes it to a file.
+const MAX_MEMTABLE_BYTES: usize = 16 << 20;
+
+/// How much memory the stores of one instance may use. Defaults follow Kafka Streams (10 MiB
+/// of record cache) and keep RocksDB within 64 MiB of blocks plus 64 MiB of memtables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreMemorySettings {
+    /// Write-back cache of uncommitted updates, all tasks together; a task whose share is
+    /// exceeded writes its updates out early (flush, then one RocksDB batch).
+    pub cache_max_bytes: usize,
+    /// RocksDB block cache (data, index and filter blocks), shared by all tasks.
+    pub block_cache_bytes: usize,
+    /// RocksDB memtables, all tasks and stores together; above it RocksDB flushes memtables.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for StoreMemorySettings {
+    fn default() -> Self {
+        Self {
+            cache_max_bytes: 10 << 20,
+            block_cache_bytes: 64 << 20,
+            write_buffer_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The shared budgets; every task store of an instance holds the same one.
+pub struct StoreMemory {
+    settings: StoreMemorySettings,
+    /// Bytes held by the write-back caches of all open task stores.
+    cache_bytes: AtomicUsize,
+    /// Open task stores (each holds one write-back cache).
+    caches: AtomicUsize,
+    block_cache: Cache,
+    write_buffers: WriteBufferManager,
+}
+
+impl StoreMemory {
+    pub fn new(settings: StoreMemorySettings) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            cache_bytes: AtomicUsize::new(0),
+            caches: AtomicUsize::new(0),
+            block_cache: Cache::new_lru_cache(settings.block_cache_bytes),
+            write_buffers: WriteBufferManager::new_write_buffer_manager(
+                settings.write_buffer_bytes,
+                false,
+            ),
+        })
+    }
+
+    pub fn settings(&self) -> StoreMemorySettings {
+        self.settings
+    }
+
+    /// Database options drawing on the shared memtable budget.
+    pub(crate) fn db_options(&self) -> Options {
+        let mut options = Options::default();
+        options.set_write_buffer_manager(&self.write_buffers);
+        options
+    }
+
+    /// Column family options: blocks (index and filters included) in the shared cache, a
+    /// bloom filter for point lookups, memtables within the shared budget.
+    pub(crate) fn column_family_options(&self) -> Options {
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&self.block_cache);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        table.set_bloom_filter(10.0, false);
+        let mut options = Options::default();
+        options.set_block_based_table_factory(&table);
+        options.set_write_buffer_size(
+            (self.settings.write_buffer_bytes / 4).clamp(1 << 20, MAX_MEMTABLE_BYTES),
+        );
+        options
+    }
+
+    pub(crate) fn open_cache(&self) {
+        self.caches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A task store closes, releasing what its cache still held.
+    pub(crate) fn close_cache(&self, held_bytes: usize) {
+        self.release(held_bytes);
+        self.caches.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn reserve(&self, bytes: usize) {
+        self.cache_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn release(&self, bytes: usize) {
+        self.cache_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Whether a cache holding `own_bytes` should be written out: the caches together are over
+    /// budget and this one holds at least an even share of what they hold.
+    pub(crate) fn cache_over_budget(&self, own_bytes: usize) -> bool {
+        let used = self.cache_bytes();
+        let caches = self.caches.load(Ordering::Relaxed).max(1);
+        used > self.settings.cache_max_bytes && own_bytes.saturating_mul(caches) >= used
+    }
+
+    /// Bytes held by all write-back caches now.
+    pub fn cache_bytes(&self) -> usize {
+        self.cache_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes RocksDB holds in its block cache and memtables now.
+    pub fn rocksdb_bytes(&self) -> usize {
+        self.block_cache.get_usage() + self.write_buffers.get_usage()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory(cache_max_bytes: usize) -> Arc<StoreMemory> {
+        StoreMemory::new(StoreMemorySettings {
+            cache_max_bytes,
+            ..StoreMemorySettings::default()
+        })
+    }
+
+    #[test]
+    fn within_budget_nothing_is_written_out() {
+        let memory = memory(1000);
+        memory.open_cache();
+        memory.reserve(1000);
+        assert!(!memory.cache_over_budget(1000));
+    }
+
+    #[test]
+    fn over_budget_only_caches_holding_an_even_share_are_written_out() {
+        let memory = memory(1000);
+        for _ in 0..4 {
+            memory.open_cache();
+        }
+        memory.reserve(1200);
+        assert!(memory.cache_over_budget(300), "an even share (1200 / 4)");
+        assert!(memory.cache_over_budget(900));
+        assert!(
+            !memory.cache_over_budget(100),
+            "a small cache is left alone"
+        );
+        memory.close_cache(900);
+        assert_eq!(memory.cache_bytes(), 300);
+        assert!(!memory.cache_over_budget(300));
+    }
+}
