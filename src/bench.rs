@@ -267,8 +267,13 @@ pub fn counts_match(broker: &Broker, topic: &str, expected: &[u32], timeout: Dur
 pub struct AppRun {
     /// From the process's start (group join included) until it processed every record.
     pub processed: Figure,
-    /// Output records it wrote (the records/s out is this over `processed.seconds`).
+    /// From the process's start until it stopped cleanly after the last record: the final
+    /// commit (cached updates sent, every record acknowledged, state written) included.
+    pub committed: Figure,
+    /// Output and changelog records it sent in all (the record cache sends one per key per
+    /// commit).
     pub output_records: u64,
+    pub changelog_records: u64,
     /// Peak resident set size of the process (VmHWM), bytes.
     pub peak_rss_bytes: u64,
     /// Changelog records restored before it ran.
@@ -327,15 +332,24 @@ impl AppSetup {
                     records,
                     seconds: started.elapsed().as_secs_f64(),
                 };
-                run.output_records = value("kstreams_output_records_total") as u64;
-                run.peak_rss_bytes = peak_rss_bytes(app.pid());
                 // A clean stop (final commit), so that a restart on this state dir is clean.
                 let status = app.terminate(Duration::from_secs(120));
+                run.committed = Figure {
+                    records,
+                    seconds: started.elapsed().as_secs_f64(),
+                };
+                let log = app.log();
                 assert!(
                     status.success(),
-                    "kstreams-count stopped with {status}; its log:\n{}",
-                    app.log()
+                    "kstreams-count stopped with {status}; its log:\n{log}"
                 );
+                let stopped = |field| {
+                    stopped_field(&log, field)
+                        .unwrap_or_else(|| panic!("no `{field}` on a `stopped:` line:\n{log}"))
+                };
+                run.output_records = stopped("output");
+                run.changelog_records = stopped("changelog");
+                run.peak_rss_bytes = stopped("peak_rss_kib") * 1024;
                 return run;
             }
             assert!(
@@ -348,16 +362,13 @@ impl AppSetup {
     }
 }
 
-/// A process's peak resident set size (VmHWM in /proc/<pid>/status), bytes.
-fn peak_rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib * 1024)
-        })
-        .unwrap_or(0)
+/// A field (`output=123`) of the engine's last log line, "stopped: ... processed=.. output=..
+/// changelog=.. peak_rss_kib=..".
+fn stopped_field(log: &str, field: &str) -> Option<u64> {
+    let line = log.lines().rev().find(|l| l.contains("stopped: "))?;
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(field)?.strip_prefix('='))
+        .and_then(|value| value.parse().ok())
 }
 
 /// End-to-end throughput of one data set: produce, the plain pipe, then the word count.
@@ -376,7 +387,7 @@ pub struct Throughput {
 
 impl Throughput {
     pub fn ratio(&self) -> f64 {
-        self.word_count.processed.rate() / self.pipe.rate()
+        self.word_count.committed.rate() / self.pipe.rate()
     }
 }
 
@@ -477,7 +488,8 @@ pub fn recovery(keys: u64, partitions: i32) -> Recovery {
 
 /// End-to-end latency at a fixed input rate: from the producer's record timestamp to the
 /// count arriving at a consumer of the output topic (the output record keeps the input
-/// record's timestamp).
+/// record's timestamp). The record cache is off (`--cache-max-bytes 0`): with it, counts wait
+/// for the commit (`--commit-interval-ms`) by design.
 #[derive(Debug, Clone)]
 pub struct Latency {
     pub rate: u64,
@@ -489,10 +501,21 @@ pub struct Latency {
     pub max_ms: f64,
 }
 
+/// The consumers' fetch wait in the latency run (see [`latency`]).
+const LATENCY_FETCH_WAIT: &str = "fetch.wait.max.ms=10";
+
 pub fn latency(rate: u64, seconds: u64, partitions: i32, storage: Storage) -> Latency {
     let broker = Broker::start_with(free_port(), storage, None);
     let state = tempfile::tempdir().unwrap();
-    let setup = AppSetup::fresh(&broker, state.path(), partitions);
+    let mut setup = AppSetup::fresh(&broker, state.path(), partitions);
+    // Every update sent as it happens: the record cache would hold counts until the commit.
+    // tansu answers a fetch only when fetch.wait.max.ms (500 ms by default) is up, where
+    // Kafka answers as soon as records are there: 10 ms keeps that wait out of the figure.
+    setup.options.extra_args.extend([
+        "--cache-max-bytes".to_string(),
+        "0".to_string(),
+        format!("-X{LATENCY_FETCH_WAIT}"),
+    ]);
     let app = App::spawn_with_metrics_port(&broker.address(), &setup.options, free_port());
     crate::wait_until("the word count to run every task", STEP_TIMEOUT, || {
         app.metric("kstreams_tasks_running", &[]).unwrap_or(0.0) >= partitions as f64
@@ -508,6 +531,8 @@ pub fn latency(rate: u64, seconds: u64, partitions: i32, storage: Storage) -> La
                 .set("bootstrap.servers", &broker_address)
                 .set("group.id", unique("bench-latency"))
                 .set("enable.auto.commit", "false");
+            let (key, value) = LATENCY_FETCH_WAIT.split_once('=').unwrap();
+            config.set(key, value);
             for (key, value) in overrides {
                 config.set(key, value);
             }
@@ -519,7 +544,7 @@ pub fn latency(rate: u64, seconds: u64, partitions: i32, storage: Storage) -> La
             }
             consumer.assign(&tpl).unwrap();
             let mut latencies = Vec::with_capacity(records as usize);
-            let deadline = Instant::now() + STEP_TIMEOUT;
+            let deadline = Instant::now() + Duration::from_secs(seconds + 120);
             while (latencies.len() as u64) < records && Instant::now() < deadline {
                 if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
                     let now = now_ms();
@@ -594,21 +619,23 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         if !self.throughput.is_empty() {
-            out += "### End-to-end throughput (records/s; the word count is the kstreams-count process, from its start, group join included, to its last input record)\n\n";
-            out += "| input | partitions | broker storage | cpus | produce (broker reached) | ceiling: plain pipe | word count in | word count out | word count / ceiling | peak RSS MiB | counts exact |\n";
-            out += "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|\n";
+            out += "### End-to-end throughput (records/s. Word count: the kstreams-count process with default settings, from its start, group join included, to its clean stop after the last record, final commit included. Records sent: output and changelog records in all; the record cache sends one per key per commit)\n\n";
+            out += "| input | partitions | broker storage | cpus | produce (broker reached) | ceiling: plain pipe | word count in | word count out | records sent (output / changelog) | word count / ceiling | peak RSS MiB | counts exact |\n";
+            out += "|---|---:|---|---|---:|---:|---:|---:|---|---:|---:|---|\n";
             for t in &self.throughput {
                 let wc = &t.word_count;
                 out += &format!(
-                    "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {} |\n",
+                    "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} / {} | {:.2} | {} | {} |\n",
                     t.input.describe(),
                     t.partitions,
                     t.storage.name(),
                     t.cpus.as_deref().unwrap_or("all"),
                     t.produce.rate(),
                     t.pipe.rate(),
-                    wc.processed.rate(),
-                    wc.output_records as f64 / wc.processed.seconds.max(1e-9),
+                    wc.committed.rate(),
+                    wc.output_records as f64 / wc.committed.seconds.max(1e-9),
+                    wc.output_records,
+                    wc.changelog_records,
                     t.ratio(),
                     mib(wc.peak_rss_bytes),
                     t.counts_exact,
@@ -641,7 +668,7 @@ impl Report {
             out += "\n";
         }
         if !self.latency.is_empty() {
-            out += "### End-to-end latency at a fixed input rate (producer timestamp to the count at a consumer)\n\n";
+            out += "### End-to-end latency at a fixed input rate (producer timestamp to the count at a consumer; record cache off, --cache-max-bytes 0)\n\n";
             out += "| input rate records/s | records | partitions | broker storage | p50 ms | p99 ms | max ms |\n";
             out += "|---:|---:|---:|---|---:|---:|---:|\n";
             for l in &self.latency {

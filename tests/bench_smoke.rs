@@ -27,7 +27,18 @@ fn benchmark_smoke_run_completes_with_exact_counts() {
     assert!(report.all_counts_exact(), "{}", report.markdown());
     for run in &report.throughput {
         assert_eq!(run.word_count.processed.records, 5_000);
-        assert_eq!(run.word_count.output_records, 5_000, "one count per record");
+        // The record cache sends one count per key per commit (a few commits here).
+        let keys = run
+            .input
+            .expected_counts()
+            .iter()
+            .filter(|&&n| n > 0)
+            .count() as u64;
+        let output = run.word_count.output_records;
+        assert!(
+            (keys..=5_000).contains(&output),
+            "{output} counts out for {keys} keys"
+        );
         assert!(run.word_count.peak_rss_bytes > 0, "peak RSS read");
     }
     let restart = &report.recovery[0];

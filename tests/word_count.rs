@@ -147,9 +147,10 @@ fn clean_restart_restores_only_the_tail_and_keeps_counting() {
     produce(&setup.broker, &setup.options.input_topic, &first);
     run_until_counted(&setup, &expected);
     let changelog_records = setup.broker.record_count(&changelog(&setup.options));
+    // The record cache sends one changelog record per key per commit: at least one per key.
     assert!(
-        changelog_records >= 10_000,
-        "changelog has {changelog_records} records"
+        changelog_records >= 300,
+        "changelog has {changelog_records} records for 300 keys"
     );
 
     let mut app = App::spawn(&setup.broker.address(), &setup.options);

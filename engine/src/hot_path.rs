@@ -9,7 +9,8 @@ use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::processor::{InputRecord, Processor, ProcessorContext};
 use crate::record_collector::RecordCollector;
-use crate::store_memory::StoreMemory;
+use crate::store_memory::{StoreMemory, StoreMemorySettings};
+use crate::task::emit_cached_writes;
 use crate::task_id::TaskId;
 use crate::task_store::{StoredOffsets, TaskStore};
 
@@ -22,11 +23,13 @@ pub struct TaskHotPath {
     store: TaskStore,
     collector: RecordCollector,
     next_offset: i64,
+    caching: bool,
 }
 
 impl TaskHotPath {
-    /// Task 0_0 of `topology`, with its store under `dir`.
-    pub fn new(topology: &Topology, dir: &Path) -> Result<Self> {
+    /// Task 0_0 of `topology`, with its store under `dir` and the given memory settings
+    /// (`cache_max_bytes` 0: no caching, every update sent at once).
+    pub fn new(topology: &Topology, dir: &Path, memory: StoreMemorySettings) -> Result<Self> {
         let task = TaskId::new(0, 0);
         let mut config = StreamsConfig::new("hot-path", NOWHERE);
         config.client_overrides = vec![
@@ -38,14 +41,16 @@ impl TaskHotPath {
         Ok(Self {
             task,
             processor: topology.new_processor(),
-            store: TaskStore::open(task, dir, &stores, &StoreMemory::new(config.store_memory))?,
+            store: TaskStore::open(task, dir, &stores, &StoreMemory::new(memory))?,
             collector: RecordCollector::new(task, &config, &stores)?,
             next_offset: 0,
+            caching: memory.cache_max_bytes > 0,
         })
     }
 
-    /// Runs the processor over `records` as the task would (store update, changelog record,
-    /// output record per input record).
+    /// Runs the processor over `records` as the task would: store update, then a changelog
+    /// and an output record per input record, or with caching per key at the commit (early
+    /// when the cache is over its budget).
     pub fn process(&mut self, records: &[InputRecord]) -> Result<()> {
         for record in records {
             let mut ctx = ProcessorContext {
@@ -54,6 +59,7 @@ impl TaskHotPath {
                 partition: self.task.partition,
                 offset: record.offset,
                 timestamp: record.timestamp,
+                caching: self.caching,
             };
             self.processor
                 .process(record, &mut ctx)
@@ -65,12 +71,23 @@ impl TaskHotPath {
                 })?;
             self.next_offset = record.offset + 1;
         }
+        if self.store.cache_over_budget() {
+            self.commit()?;
+        }
         Ok(())
     }
 
-    /// Writes the dirty keys and offsets to RocksDB in one batch (the commit's store half) and
-    /// drops the queued records.
+    /// Queues the cached writes' records (with caching), writes the dirty keys and offsets to
+    /// RocksDB in one batch (the commit's store half) and drops the queued records.
     pub fn commit(&mut self) -> Result<()> {
+        if self.caching {
+            emit_cached_writes(
+                self.task,
+                &mut self.store,
+                &mut self.collector,
+                self.processor.as_mut(),
+            )?;
+        }
         self.store.commit(&StoredOffsets {
             input_next: Some(self.next_offset),
             changelog_next: vec![None; self.store.store_names().len()],

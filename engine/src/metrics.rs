@@ -54,6 +54,13 @@ fn register<M: Collector + Clone + 'static>(
 
 const TASK: &[&str] = &["task_id", "partition"];
 
+/// This process's peak resident set size (VmHWM), KiB; `None` where /proc is not there.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 impl EngineMetrics {
     pub fn new(application_id: &str) -> Self {
         let labels = [("application_id".to_string(), application_id.to_string())].into();
@@ -145,6 +152,24 @@ impl EngineMetrics {
         let _ = self.consumer_lag.remove_label_values(&labels);
         let _ = self.restore_remaining.remove_label_values(&labels);
         let _ = self.store_size.remove_label_values(&labels);
+    }
+
+    /// Totals over all tasks this instance ran: (records processed, output records, changelog
+    /// records).
+    pub fn record_totals(&self) -> (u64, u64, u64) {
+        let total = |counter: &IntCounterVec| -> u64 {
+            counter
+                .collect()
+                .iter()
+                .flat_map(|family| family.get_metric())
+                .map(|metric| metric.get_counter().get_value() as u64)
+                .sum()
+        };
+        (
+            total(&self.records_processed),
+            total(&self.output_records),
+            total(&self.changelog_records),
+        )
     }
 
     /// The registry in Prometheus text format.

@@ -92,6 +92,8 @@ pub struct ProcessorContext<'a> {
     pub(crate) offset: i64,
     /// The record's timestamp (ms since the epoch), given to the records it produces.
     pub(crate) timestamp: Option<i64>,
+    /// Store writes are cached until the commit (see [`Self::caching`]).
+    pub(crate) caching: bool,
 }
 
 impl ProcessorContext<'_> {
@@ -103,6 +105,16 @@ impl ProcessorContext<'_> {
     /// The offset of the record being processed.
     pub fn offset(&self) -> i64 {
         self.offset
+    }
+
+    /// Whether store writes are cached (`--cache-max-bytes` > 0), like Kafka Streams' record
+    /// cache: the updates of a key between two commits collapse into one, whose changelog
+    /// record is sent at the commit, when the engine also calls [`Processor::replay`] for
+    /// every written key. A processor whose output derives from a store then forwards it from
+    /// `replay` only (one record per key per commit), as the built-in count does; without
+    /// caching it forwards every update as it happens.
+    pub fn caching(&self) -> bool {
+        self.caching
     }
 
     /// Reads a key from a store.
@@ -135,9 +147,14 @@ impl ProcessorContext<'_> {
         })
     }
 
-    /// Writes a key to a store and its changelog, tagged with the record's input offset.
+    /// Writes a key to a store and its changelog (now, or at the commit when caching), tagged
+    /// with the record's input offset.
     pub fn put(&mut self, store: StoreId, key: &[u8], value: &[u8]) -> Result<(), RecordError> {
-        self.store.put(store, key, value, self.offset);
+        self.store
+            .put(store, key, value, self.offset, self.timestamp);
+        if self.caching {
+            return Ok(());
+        }
         self.collector
             .send_changelog(store, self.partition, key, value, self.offset)
             .map_err(|e| RecordError::Failed(e.to_string()))

@@ -144,12 +144,24 @@ impl RecordCollector {
         value: &[u8],
         input_offset: i64,
     ) -> Result<()> {
-        let topic = self.tracker.changelog_topics[store.0].clone();
         let value = encode_changelog_value(input_offset, value);
-        let record = BaseRecord::to(&topic)
-            .partition(partition)
-            .key(key)
-            .payload(&value[..]);
+        self.send_changelog_encoded(store, partition, key, Some(&value))
+    }
+
+    /// Sends a store entry as stored (input offset and value, `None`: a delete) to the
+    /// store's changelog partition.
+    pub fn send_changelog_encoded(
+        &mut self,
+        store: StoreId,
+        partition: i32,
+        key: &[u8],
+        stored: Option<&[u8]>,
+    ) -> Result<()> {
+        let topic = self.tracker.changelog_topics[store.0].clone();
+        let mut record = BaseRecord::to(&topic).partition(partition).key(key);
+        if let Some(stored) = stored {
+            record = record.payload(stored);
+        }
         self.send(&topic, record)?;
         self.changelog_records_sent += 1;
         Ok(())

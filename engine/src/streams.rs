@@ -234,6 +234,15 @@ impl KafkaStreams {
         .map_err(|_| EngineError::ShutdownTimeout(timeout))?;
         self.status.set_stopped();
         self.supervisor.stop(None);
+        let (processed, output, changelog) = self.metrics.record_totals();
+        let peak_rss_kib = crate::metrics::peak_rss_kib().unwrap_or(0);
+        info!(
+            processed,
+            output,
+            changelog,
+            peak_rss_kib,
+            "stopped: records processed, output and changelog records sent"
+        );
         match finished {
             Ok(Some(Ok(result))) => result,
             Ok(Some(Err(_))) => Err(EngineError::actor("poller", "panicked")),

@@ -13,7 +13,7 @@ use crate::config::{DeserializationErrorPolicy, StreamsConfig};
 use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::metrics::EngineMetrics;
-use crate::offsets::InputPosition;
+use crate::offsets::{decode_changelog_value, InputPosition};
 use crate::processor::{InputRecord, Processor, ProcessorContext, RecordError, StoreId};
 use crate::record_collector::RecordCollector;
 use crate::restore::{restore_task, RestoreOutcome, RestoreRequest};
@@ -71,6 +71,8 @@ pub struct TaskState {
     logged_skips: HashSet<&'static str>,
     /// Records sent so far, to update the write counters by difference.
     reported_sent: (u64, u64),
+    /// Store writes are cached until the commit (`--cache-max-bytes` > 0).
+    caching: bool,
 }
 
 pub struct StreamTask;
@@ -106,6 +108,7 @@ impl Actor for StreamTask {
         metrics.tasks_restoring.inc();
         myself.cast(TaskMsg::Restore)?;
         Ok(TaskState {
+            caching: config.store_memory.cache_max_bytes > 0,
             task,
             labels: EngineMetrics::task_labels(task),
             config,
@@ -226,6 +229,7 @@ impl TaskState {
                 partition: self.task.partition,
                 offset,
                 timestamp: None,
+                caching: self.caching,
             };
             self.processor
                 .replay(*store, key, &value, &mut ctx)
@@ -259,6 +263,7 @@ impl TaskState {
                 partition: record.partition,
                 offset: record.offset,
                 timestamp: record.timestamp,
+                caching: self.caching,
             };
             let processor = &mut self.processor;
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -298,16 +303,7 @@ impl TaskState {
                 .with_label_values(&labels)
                 .set(lag);
         }
-        let sent = self.collector.sent();
-        self.metrics
-            .changelog_records
-            .with_label_values(&labels)
-            .inc_by(sent.0 - self.reported_sent.0);
-        self.metrics
-            .output_records
-            .with_label_values(&labels)
-            .inc_by(sent.1 - self.reported_sent.1);
-        self.reported_sent = sent;
+        self.report_sent();
         if self.store.cache_over_budget() {
             // Over --cache-max-bytes: write this task's updates out now rather than at the
             // next commit (the group offset still waits for the commit; a restart resumes
@@ -324,12 +320,29 @@ impl TaskState {
         Ok(())
     }
 
+    /// Adds the records sent since the last report to the write counters.
+    fn report_sent(&mut self) {
+        let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
+        let sent = self.collector.sent();
+        self.metrics
+            .changelog_records
+            .with_label_values(&labels)
+            .inc_by(sent.0 - self.reported_sent.0);
+        self.metrics
+            .output_records
+            .with_label_values(&labels)
+            .inc_by(sent.1 - self.reported_sent.1);
+        self.reported_sent = sent;
+    }
+
     fn handle_record_error(&mut self, record: &InputRecord, error: RecordError) -> Result<()> {
         let (task, partition, offset) = (self.task, record.partition, record.offset);
         match &error {
             RecordError::Deserialization { .. }
                 if self.config.deserialization_error_policy == DeserializationErrorPolicy::Fail =>
             {
+                // Everything before the bad record is kept: sent, flushed and written.
+                self.commit()?;
                 return Err(EngineError::Deserialization {
                     task,
                     partition,
@@ -369,7 +382,16 @@ impl TaskState {
         if self.phase != TaskPhase::Running {
             return Ok(None);
         }
+        if self.caching {
+            emit_cached_writes(
+                self.task,
+                &mut self.store,
+                &mut self.collector,
+                self.processor.as_mut(),
+            )?;
+        }
         self.collector.flush(FLUSH_TIMEOUT)?;
+        self.report_sent();
         for (index, next) in self.changelog_next.iter_mut().enumerate() {
             *next = self.collector.changelog_next(StoreId(index)).max(*next);
         }
@@ -386,4 +408,40 @@ impl TaskState {
             .set(self.store.memory().rocksdb_bytes() as i64);
         Ok(self.position.next())
     }
+}
+
+/// With caching, sends what the writes since the last commit produce: one changelog record
+/// per written key and, through [`Processor::replay`], the output derived from it (with the
+/// timestamp of the key's last input record).
+pub(crate) fn emit_cached_writes(
+    task: TaskId,
+    store: &mut TaskStore,
+    collector: &mut RecordCollector,
+    processor: &mut dyn Processor,
+) -> Result<()> {
+    for (store_id, key, stored, timestamp) in store.pending_writes() {
+        collector.send_changelog_encoded(store_id, task.partition, &key, stored.as_deref())?;
+        let Some(stored) = stored else {
+            continue;
+        };
+        let (offset, value) = decode_changelog_value(&stored);
+        let offset = offset.unwrap_or_default();
+        let mut ctx = ProcessorContext {
+            store,
+            collector,
+            partition: task.partition,
+            offset,
+            timestamp,
+            caching: true,
+        };
+        processor
+            .replay(store_id, &key, value, &mut ctx)
+            .map_err(|e| EngineError::Processing {
+                task,
+                partition: task.partition,
+                offset,
+                reason: format!("emitting a cached update: {e}"),
+            })?;
+    }
+    Ok(())
 }

@@ -59,6 +59,18 @@ fn add_updates<'a>(
     }
 }
 
+/// A write not yet committed: the stored bytes (input offset and value; `None` = delete) and
+/// the timestamp of the input record that made it (given to the records it emits).
+#[derive(Debug, Clone)]
+struct Pending {
+    bytes: Option<Vec<u8>>,
+    timestamp: Option<i64>,
+}
+
+/// An uncommitted write, as the cache flush sends it on: store, key, stored bytes (input
+/// offset and value, `None` = delete) and the input record's timestamp.
+pub type PendingWrite = (StoreId, Vec<u8>, Option<Vec<u8>>, Option<i64>);
+
 /// One task's RocksDB plus the writes not yet committed.
 pub struct TaskStore {
     task: TaskId,
@@ -67,7 +79,7 @@ pub struct TaskStore {
     store_names: Vec<String>,
     /// Per store: writes since the last commit, encoded with their input offset (`None` =
     /// delete).
-    dirty: Vec<HashMap<Vec<u8>, Option<Vec<u8>>>>,
+    dirty: Vec<HashMap<Vec<u8>, Pending>>,
     /// What `dirty` holds, counted against the instance's cache budget.
     dirty_bytes: usize,
     memory: Arc<StoreMemory>,
@@ -223,7 +235,7 @@ impl TaskStore {
     /// A key's stored bytes (input offset and value), seeing uncommitted writes.
     fn get_versioned(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>> {
         if let Some(pending) = self.dirty[store.0].get(key) {
-            return Ok(pending.clone());
+            return Ok(pending.bytes.clone());
         }
         let cf = self.cf(&self.store_names[store.0]);
         self.db.get_cf(cf, key).map_err(self.store_error())
@@ -255,14 +267,29 @@ impl TaskStore {
             .and_then(|(version, _)| version))
     }
 
-    /// Buffers a write, produced by the input record at `input_offset`, until the next commit.
-    pub fn put(&mut self, store: StoreId, key: &[u8], value: &[u8], input_offset: i64) {
+    /// Buffers a write, produced by the input record at `input_offset` (with `timestamp`),
+    /// until the next commit.
+    pub fn put(
+        &mut self,
+        store: StoreId,
+        key: &[u8],
+        value: &[u8],
+        input_offset: i64,
+        timestamp: Option<i64>,
+    ) {
         let value = encode_changelog_value(input_offset, value);
         let added = value.len();
         let replaced = match self.dirty[store.0].get_mut(key) {
-            Some(pending) => pending.replace(value).map_or(0, |old| old.len()),
+            Some(pending) => {
+                pending.timestamp = timestamp;
+                pending.bytes.replace(value).map_or(0, |old| old.len())
+            }
             None => {
-                self.dirty[store.0].insert(key.to_vec(), Some(value));
+                let pending = Pending {
+                    bytes: Some(value),
+                    timestamp,
+                };
+                self.dirty[store.0].insert(key.to_vec(), pending);
                 self.reserve(key.len() + CACHE_ENTRY_OVERHEAD);
                 0
             }
@@ -302,6 +329,21 @@ impl TaskStore {
         self.dirty_bytes
     }
 
+    /// Every write since the last commit (copies: the flush that sends them on may read the
+    /// store meanwhile).
+    pub fn pending_writes(&self) -> Vec<PendingWrite> {
+        self.dirty
+            .iter()
+            .enumerate()
+            .flat_map(|(index, dirty)| {
+                dirty.iter().map(move |(key, pending)| {
+                    let Pending { bytes, timestamp } = pending;
+                    (StoreId(index), key.clone(), bytes.clone(), *timestamp)
+                })
+            })
+            .collect()
+    }
+
     /// Number of keys written since the last commit.
     pub fn dirty_keys(&self) -> usize {
         self.dirty.iter().map(HashMap::len).sum()
@@ -333,7 +375,8 @@ impl TaskStore {
     pub fn commit(&mut self, offsets: &StoredOffsets) -> Result<()> {
         let mut batch = WriteBatch::default();
         for (name, dirty) in self.store_names.iter().zip(&self.dirty) {
-            add_updates(&mut batch, self.cf(name), dirty);
+            let updates = dirty.iter().map(|(key, pending)| (key, &pending.bytes));
+            add_updates(&mut batch, self.cf(name), updates);
         }
         self.put_offsets(&mut batch, offsets);
         self.db.write(batch).map_err(self.store_error())?;
@@ -406,7 +449,7 @@ mod tests {
                     changelog_next: vec![None]
                 }
             );
-            store.put(StoreId(0), b"foo", b"1", 6);
+            store.put(StoreId(0), b"foo", b"1", 6, None);
             assert_eq!(store.get(StoreId(0), b"foo").unwrap(), Some(b"1".to_vec()));
             assert_eq!(store.version(StoreId(0), b"foo").unwrap(), Some(6));
             assert_eq!(store.dirty_keys(), 1);
@@ -416,7 +459,7 @@ mod tests {
             };
             store.commit(&offsets).unwrap();
             assert_eq!(store.dirty_keys(), 0);
-            store.put(StoreId(0), b"bar", b"uncommitted", 8);
+            store.put(StoreId(0), b"bar", b"uncommitted", 8, None);
         }
         let store = TaskStore::open(task, dir.path(), &stores, &memory()).unwrap();
         assert_eq!(store.get(StoreId(0), b"foo").unwrap(), Some(b"1".to_vec()));
@@ -460,7 +503,7 @@ mod tests {
         let stores = vec!["s".to_string()];
         {
             let mut store = TaskStore::open(task, dir.path(), &stores, &memory()).unwrap();
-            store.put(StoreId(0), b"k", b"v", 0);
+            store.put(StoreId(0), b"k", b"v", 0, None);
             store
                 .commit(&StoredOffsets {
                     input_next: Some(1),
@@ -481,7 +524,7 @@ mod tests {
 
         {
             let mut store = TaskStore::open(task, dir.path(), &stores, &memory()).unwrap();
-            store.put(StoreId(0), b"k", b"v", 0);
+            store.put(StoreId(0), b"k", b"v", 0, None);
             store
                 .commit(&StoredOffsets {
                     input_next: None,
@@ -516,7 +559,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store =
             TaskStore::open(TaskId::new(0, 0), dir.path(), &["s".to_string()], &memory()).unwrap();
-        store.put(StoreId(0), b"k", b"v", 3);
+        store.put(StoreId(0), b"k", b"v", 3, None);
         store
             .commit(&StoredOffsets {
                 input_next: Some(4),
@@ -543,11 +586,11 @@ mod tests {
         });
         let mut store =
             TaskStore::open(TaskId::new(0, 0), dir.path(), &["s".to_string()], &memory).unwrap();
-        store.put(StoreId(0), b"k", b"1", 0);
+        store.put(StoreId(0), b"k", b"1", 0, None);
         let one_key = store.dirty_bytes();
         assert!(one_key > CACHE_ENTRY_OVERHEAD);
         assert_eq!(memory.cache_bytes(), one_key);
-        store.put(StoreId(0), b"k", b"2", 1);
+        store.put(StoreId(0), b"k", b"2", 1, None);
         assert_eq!(
             store.dirty_bytes(),
             one_key,
@@ -555,7 +598,7 @@ mod tests {
         );
         assert!(!store.cache_over_budget());
         for i in 2..20 {
-            store.put(StoreId(0), format!("key-{i}").as_bytes(), b"1", i);
+            store.put(StoreId(0), format!("key-{i}").as_bytes(), b"1", i, None);
         }
         assert!(store.cache_over_budget(), "{} bytes", store.dirty_bytes());
         store
@@ -566,7 +609,7 @@ mod tests {
             .unwrap();
         assert_eq!((store.dirty_bytes(), memory.cache_bytes()), (0, 0));
         assert!(!store.cache_over_budget());
-        store.put(StoreId(0), b"k", b"3", 20);
+        store.put(StoreId(0), b"k", b"3", 20, None);
         drop(store);
         assert_eq!(memory.cache_bytes(), 0, "a closed store releases its share");
     }
