@@ -8,9 +8,11 @@
 //! - memory (peak RSS, each key once): BENCH_MEMORY_KEYS [1000000,10000000], 4 partitions
 //! - recovery (sqlite storage): BENCH_RECOVERY_KEYS [1000000], 4 partitions
 //! - latency (sqlite storage): BENCH_LATENCY_RATE [2000] records/s for BENCH_LATENCY_SECONDS [20]
-//! - scaling (memory://, 1M records over 10k keys): BENCH_SCALING_PARTITIONS [1,2,4,8,16];
+//! - scaling (memory://, BENCH_SCALING_RECORDS [1000000] over 10k keys):
+//!   BENCH_SCALING_PARTITIONS [1,2,4,8,16];
 //!   with BENCH_PIN=1 the word count runs on as many CPUs as partitions (taskset) and the
 //!   broker on the CPUs above them.
+//! - BENCH_APP_ARGS: extra kstreams-count flags for every run (default: none, the defaults).
 
 use kstreams_suite::bench::{
     latency, parse_list, recovery, throughput, Input, KeyDistribution, Report,
@@ -111,7 +113,7 @@ fn main() {
             let app_cpus = pin.then(|| format!("0-{}", p - 1));
             let broker_cpus = pin.then(|| format!("{p}-{}", cpus - 1));
             let input = Input {
-                records: 1_000_000,
+                records: list("BENCH_SCALING_RECORDS", "1000000")[0],
                 keys: 10_000,
                 distribution: KeyDistribution::Uniform,
             };

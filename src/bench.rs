@@ -291,12 +291,19 @@ pub struct AppSetup {
 
 impl AppSetup {
     /// A fresh application (new id, topics created with `partitions`) with its state under
-    /// `state_root`, tuned for `broker`'s storage; other settings are the product's defaults.
+    /// `state_root`, tuned for `broker`'s storage; other settings are the product's defaults
+    /// unless `BENCH_APP_ARGS` adds flags.
     pub fn fresh(broker: &Broker, state_root: &Path, partitions: i32) -> Self {
         let mut options = AppOptions::fresh(state_root);
         options.commit_interval_ms = 30_000;
         for (key, value) in broker.storage.client_overrides() {
             options.extra_args.push(format!("-X{key}={value}"));
+        }
+        // Other settings to try, e.g. BENCH_APP_ARGS="--cache-max-bytes 104857600".
+        if let Ok(args) = std::env::var("BENCH_APP_ARGS") {
+            options
+                .extra_args
+                .extend(args.split_whitespace().map(str::to_string));
         }
         broker.create_topic(&options.input_topic, partitions);
         broker.create_topic(&options.output_topic, partitions);
@@ -620,12 +627,12 @@ impl Report {
         let mut out = String::new();
         if !self.throughput.is_empty() {
             out += "### End-to-end throughput (records/s. Word count: the kstreams-count process with default settings, from its start, group join included, to its clean stop after the last record, final commit included. Records sent: output and changelog records in all; the record cache sends one per key per commit)\n\n";
-            out += "| input | partitions | broker storage | cpus | produce (broker reached) | ceiling: plain pipe | word count in | word count out | records sent (output / changelog) | word count / ceiling | peak RSS MiB | counts exact |\n";
-            out += "|---|---:|---|---|---:|---:|---:|---:|---|---:|---:|---|\n";
+            out += "| input | partitions | broker storage | cpus | produce (broker reached) | ceiling: plain pipe | word count in | word count out | start to ready s | word count in, once ready | records sent (output / changelog) | word count / ceiling | peak RSS MiB | counts exact |\n";
+            out += "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|\n";
             for t in &self.throughput {
                 let wc = &t.word_count;
                 out += &format!(
-                    "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} / {} | {:.2} | {} | {} |\n",
+                    "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {} / {} | {:.2} | {} | {} |\n",
                     t.input.describe(),
                     t.partitions,
                     t.storage.name(),
@@ -634,6 +641,9 @@ impl Report {
                     t.pipe.rate(),
                     wc.committed.rate(),
                     wc.output_records as f64 / wc.committed.seconds.max(1e-9),
+                    wc.ready_seconds,
+                    wc.committed.records as f64
+                        / (wc.committed.seconds - wc.ready_seconds).max(1e-9),
                     wc.output_records,
                     wc.changelog_records,
                     t.ratio(),

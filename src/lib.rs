@@ -131,7 +131,6 @@ impl Storage {
             Storage::Memory => [
                 ("fetch.wait.max.ms", "10"),
                 ("fetch.queue.backoff.ms", "10"),
-                ("queued.min.messages", "1000000"),
             ]
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

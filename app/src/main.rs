@@ -119,8 +119,9 @@ struct RunArgs {
     /// Group session timeout.
     #[arg(long, env = "SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     session_timeout_ms: u64,
-    /// Write-back cache of uncommitted state, all tasks together (statestore.cache.max.bytes);
-    /// a task over its share writes its updates out before the next commit.
+    /// Record cache, all tasks together (statestore.cache.max.bytes): a key's updates between
+    /// commits collapse into one changelog and one output record, sent at the commit (early
+    /// when a task is over its share). 0: every update is sent at once.
     #[arg(long, env = "CACHE_MAX_BYTES", default_value_t = 10 << 20)]
     cache_max_bytes: usize,
     /// RocksDB block cache shared by all tasks (data, index and filter blocks).

@@ -71,7 +71,7 @@ impl TaskHotPath {
                 })?;
             self.next_offset = record.offset + 1;
         }
-        if self.store.cache_over_budget() {
+        if self.caching && self.store.cache_over_budget() {
             self.commit()?;
         }
         Ok(())

@@ -304,7 +304,7 @@ impl TaskState {
                 .set(lag);
         }
         self.report_sent();
-        if self.store.cache_over_budget() {
+        if self.caching && self.store.cache_over_budget() {
             // Over --cache-max-bytes: write this task's updates out now rather than at the
             // next commit (the group offset still waits for the commit; a restart resumes
             // from the store's own offset, which is never behind it).
