@@ -161,8 +161,9 @@ pub fn produce_input(broker: &Broker, topic: &str, input: &Input) -> Figure {
     })
 }
 
-/// A consumer of every partition of `topic` from the beginning.
-fn reader(broker: &Broker, topic: &str, partitions: i32) -> BaseConsumer {
+/// A consumer of every partition of `topic` from the beginning, tuned for the broker's
+/// storage, then with `extra` settings.
+fn reader(broker: &Broker, topic: &str, partitions: i32, extra: &[(&str, &str)]) -> BaseConsumer {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", broker.address())
@@ -171,6 +172,9 @@ fn reader(broker: &Broker, topic: &str, partitions: i32) -> BaseConsumer {
         .set("max.partition.fetch.bytes", "262144");
     for (key, value) in broker.storage.client_overrides() {
         config.set(key, value);
+    }
+    for (key, value) in extra {
+        config.set(*key, *value);
     }
     let consumer: BaseConsumer = config.create().unwrap();
     let mut tpl = TopicPartitionList::new();
@@ -190,7 +194,7 @@ fn read_records(
     expected: u64,
     mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
 ) {
-    let consumer = reader(broker, topic, partitions);
+    let consumer = reader(broker, topic, partitions, &[]);
     let deadline = Instant::now() + STEP_TIMEOUT;
     let mut seen = 0;
     while seen < expected {
@@ -226,7 +230,7 @@ pub fn plain_pipe(broker: &Broker, input_topic: &str, output_topic: &str, input:
 /// (counts as `kstreams-count` writes them: key `key-<n>`, value the decimal count).
 pub fn counts_match(broker: &Broker, topic: &str, expected: &[u32], timeout: Duration) -> bool {
     let partitions = broker.partitions(topic).unwrap() as i32;
-    let consumer = reader(broker, topic, partitions);
+    let consumer = reader(broker, topic, partitions, &[]);
     let target = expected.iter().filter(|&&n| n > 0).count();
     let mut latest = vec![0u32; expected.len()];
     let mut matching = 0;
@@ -509,7 +513,7 @@ pub struct Latency {
 }
 
 /// The consumers' fetch wait in the latency run (see [`latency`]).
-const LATENCY_FETCH_WAIT: &str = "fetch.wait.max.ms=10";
+const LATENCY_FETCH_WAIT: (&str, &str) = ("fetch.wait.max.ms", "10");
 
 pub fn latency(rate: u64, seconds: u64, partitions: i32, storage: Storage) -> Latency {
     let broker = Broker::start_with(free_port(), storage, None);
@@ -521,48 +525,32 @@ pub fn latency(rate: u64, seconds: u64, partitions: i32, storage: Storage) -> La
     setup.options.extra_args.extend([
         "--cache-max-bytes".to_string(),
         "0".to_string(),
-        format!("-X{LATENCY_FETCH_WAIT}"),
+        format!("-X{}={}", LATENCY_FETCH_WAIT.0, LATENCY_FETCH_WAIT.1),
     ]);
     let app = App::spawn_with_metrics_port(&broker.address(), &setup.options, free_port());
     crate::wait_until("the word count to run every task", STEP_TIMEOUT, || {
         app.metric("kstreams_tasks_running", &[]).unwrap_or(0.0) >= partitions as f64
     });
     let records = rate * seconds;
-    let output = setup.options.output_topic.clone();
-    let collector = {
-        let broker_address = broker.address();
-        let overrides = broker.storage.client_overrides();
-        std::thread::spawn(move || {
-            let mut config = ClientConfig::new();
-            config
-                .set("bootstrap.servers", &broker_address)
-                .set("group.id", unique("bench-latency"))
-                .set("enable.auto.commit", "false");
-            let (key, value) = LATENCY_FETCH_WAIT.split_once('=').unwrap();
-            config.set(key, value);
-            for (key, value) in overrides {
-                config.set(key, value);
-            }
-            let consumer: BaseConsumer = config.create().unwrap();
-            let mut tpl = TopicPartitionList::new();
-            for p in 0..partitions {
-                tpl.add_partition_offset(&output, p, Offset::Beginning)
-                    .unwrap();
-            }
-            consumer.assign(&tpl).unwrap();
-            let mut latencies = Vec::with_capacity(records as usize);
-            let deadline = Instant::now() + Duration::from_secs(seconds + 120);
-            while (latencies.len() as u64) < records && Instant::now() < deadline {
-                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                    let now = now_ms();
-                    if let Some(sent) = m.timestamp().to_millis() {
-                        latencies.push((now - sent).max(0) as f64);
-                    }
+    let consumer = reader(
+        &broker,
+        &setup.options.output_topic,
+        partitions,
+        &[LATENCY_FETCH_WAIT],
+    );
+    let collector = std::thread::spawn(move || {
+        let mut latencies = Vec::with_capacity(records as usize);
+        let deadline = Instant::now() + Duration::from_secs(seconds + 120);
+        while (latencies.len() as u64) < records && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                let now = now_ms();
+                if let Some(sent) = m.timestamp().to_millis() {
+                    latencies.push((now - sent).max(0) as f64);
                 }
             }
-            latencies
-        })
-    };
+        }
+        latencies
+    });
     let producer = producer(&broker);
     let started = Instant::now();
     let input = Input {

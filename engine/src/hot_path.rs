@@ -23,7 +23,6 @@ pub struct TaskHotPath {
     store: TaskStore,
     collector: RecordCollector,
     next_offset: i64,
-    caching: bool,
 }
 
 impl TaskHotPath {
@@ -44,7 +43,6 @@ impl TaskHotPath {
             store: TaskStore::open(task, dir, &stores, &StoreMemory::new(memory))?,
             collector: RecordCollector::new(task, &config, &stores)?,
             next_offset: 0,
-            caching: memory.cache_max_bytes > 0,
         })
     }
 
@@ -59,7 +57,6 @@ impl TaskHotPath {
                 partition: self.task.partition,
                 offset: record.offset,
                 timestamp: record.timestamp,
-                caching: self.caching,
             };
             self.processor
                 .process(record, &mut ctx)
@@ -71,7 +68,7 @@ impl TaskHotPath {
                 })?;
             self.next_offset = record.offset + 1;
         }
-        if self.caching && self.store.cache_over_budget() {
+        if self.store.cache_over_budget() {
             self.commit()?;
         }
         Ok(())
@@ -80,14 +77,12 @@ impl TaskHotPath {
     /// Queues the cached writes' records (with caching), writes the dirty keys and offsets to
     /// RocksDB in one batch (the commit's store half) and drops the queued records.
     pub fn commit(&mut self) -> Result<()> {
-        if self.caching {
-            emit_cached_writes(
-                self.task,
-                &mut self.store,
-                &mut self.collector,
-                self.processor.as_mut(),
-            )?;
-        }
+        emit_cached_writes(
+            self.task,
+            &mut self.store,
+            &mut self.collector,
+            self.processor.as_mut(),
+        )?;
         self.store.commit(&StoredOffsets {
             input_next: Some(self.next_offset),
             changelog_next: vec![None; self.store.store_names().len()],

@@ -92,8 +92,6 @@ pub struct ProcessorContext<'a> {
     pub(crate) offset: i64,
     /// The record's timestamp (ms since the epoch), given to the records it produces.
     pub(crate) timestamp: Option<i64>,
-    /// Store writes are cached until the commit (see [`Self::caching`]).
-    pub(crate) caching: bool,
 }
 
 impl ProcessorContext<'_> {
@@ -114,7 +112,7 @@ impl ProcessorContext<'_> {
     /// `replay` only (one record per key per commit), as the built-in count does; without
     /// caching it forwards every update as it happens.
     pub fn caching(&self) -> bool {
-        self.caching
+        self.store.caching()
     }
 
     /// Reads a key from a store.
@@ -152,7 +150,7 @@ impl ProcessorContext<'_> {
     pub fn put(&mut self, store: StoreId, key: &[u8], value: &[u8]) -> Result<(), RecordError> {
         self.store
             .put(store, key, value, self.offset, self.timestamp);
-        if self.caching {
+        if self.store.caching() {
             return Ok(());
         }
         self.collector

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use rocksdb::{BlockBasedIndexType, BlockBasedOptions, Cache, Options, WriteBufferManager};
 
-/// Per cached key, what a `HashMap<Vec<u8>, Option<Vec<u8>>>` entry costs beyond its bytes.
+/// Per cached key, what a write-back cache entry (key, value and timestamp in a `HashMap`)
+/// costs beyond its bytes.
 pub const CACHE_ENTRY_OVERHEAD: usize = 80;
 
 /// Size of one partition of an SST file's index or filter.
@@ -64,8 +65,10 @@ impl StoreMemory {
         })
     }
 
-    pub fn settings(&self) -> StoreMemorySettings {
-        self.settings
+    /// Whether the record cache is on (`cache_max_bytes` > 0): store writes wait for the
+    /// commit, and their changelog and output records with them.
+    pub fn caching(&self) -> bool {
+        self.settings.cache_max_bytes > 0
     }
 
     /// Database options drawing on the shared memtable budget.
@@ -117,12 +120,15 @@ impl StoreMemory {
         self.cache_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 
-    /// Whether a cache holding `own_bytes` should be written out: the caches together are over
-    /// budget and this one holds at least an even share of what they hold.
+    /// Whether a cache holding `own_bytes` should be written out: the record cache is on, the
+    /// caches together are over budget and this one holds at least an even share of it. With
+    /// the cache off, writes wait for the commit alone.
     pub(crate) fn cache_over_budget(&self, own_bytes: usize) -> bool {
         let used = self.cache_bytes();
         let caches = self.caches.load(Ordering::Relaxed).max(1);
-        used > self.settings.cache_max_bytes && own_bytes.saturating_mul(caches) >= used
+        self.caching()
+            && used > self.settings.cache_max_bytes
+            && own_bytes.saturating_mul(caches) >= used
     }
 
     /// Bytes held by all write-back caches now.
@@ -171,5 +177,14 @@ mod tests {
         memory.close_cache(900);
         assert_eq!(memory.cache_bytes(), 300);
         assert!(!memory.cache_over_budget(300));
+    }
+
+    #[test]
+    fn with_the_cache_off_nothing_is_written_out_early() {
+        let memory = memory(0);
+        memory.open_cache();
+        memory.reserve(1000);
+        assert!(!memory.caching());
+        assert!(!memory.cache_over_budget(1000));
     }
 }

@@ -71,8 +71,6 @@ pub struct TaskState {
     logged_skips: HashSet<&'static str>,
     /// Records sent so far, to update the write counters by difference.
     reported_sent: (u64, u64),
-    /// Store writes are cached until the commit (`--cache-max-bytes` > 0).
-    caching: bool,
 }
 
 pub struct StreamTask;
@@ -108,7 +106,6 @@ impl Actor for StreamTask {
         metrics.tasks_restoring.inc();
         myself.cast(TaskMsg::Restore)?;
         Ok(TaskState {
-            caching: config.store_memory.cache_max_bytes > 0,
             task,
             labels: EngineMetrics::task_labels(task),
             config,
@@ -229,7 +226,6 @@ impl TaskState {
                 partition: self.task.partition,
                 offset,
                 timestamp: None,
-                caching: self.caching,
             };
             self.processor
                 .replay(*store, key, &value, &mut ctx)
@@ -263,7 +259,6 @@ impl TaskState {
                 partition: record.partition,
                 offset: record.offset,
                 timestamp: record.timestamp,
-                caching: self.caching,
             };
             let processor = &mut self.processor;
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -304,7 +299,7 @@ impl TaskState {
                 .set(lag);
         }
         self.report_sent();
-        if self.caching && self.store.cache_over_budget() {
+        if self.store.cache_over_budget() {
             // Over --cache-max-bytes: write this task's updates out now rather than at the
             // next commit (the group offset still waits for the commit; a restart resumes
             // from the store's own offset, which is never behind it).
@@ -382,14 +377,12 @@ impl TaskState {
         if self.phase != TaskPhase::Running {
             return Ok(None);
         }
-        if self.caching {
-            emit_cached_writes(
-                self.task,
-                &mut self.store,
-                &mut self.collector,
-                self.processor.as_mut(),
-            )?;
-        }
+        emit_cached_writes(
+            self.task,
+            &mut self.store,
+            &mut self.collector,
+            self.processor.as_mut(),
+        )?;
         self.collector.flush(FLUSH_TIMEOUT)?;
         self.report_sent();
         for (index, next) in self.changelog_next.iter_mut().enumerate() {
@@ -410,15 +403,19 @@ impl TaskState {
     }
 }
 
-/// With caching, sends what the writes since the last commit produce: one changelog record
-/// per written key and, through [`Processor::replay`], the output derived from it (with the
-/// timestamp of the key's last input record).
+/// With the record cache on, sends what the writes since the last commit produce: one
+/// changelog record per written key and, through [`Processor::replay`], the output derived
+/// from it (with the timestamp of the key's last input record). Without it they went out
+/// with each update: nothing to do.
 pub(crate) fn emit_cached_writes(
     task: TaskId,
     store: &mut TaskStore,
     collector: &mut RecordCollector,
     processor: &mut dyn Processor,
 ) -> Result<()> {
+    if !store.caching() {
+        return Ok(());
+    }
     for (store_id, key, stored, timestamp) in store.pending_writes() {
         collector.send_changelog_encoded(store_id, task.partition, &key, stored.as_deref())?;
         let Some(stored) = stored else {
@@ -432,7 +429,6 @@ pub(crate) fn emit_cached_writes(
             partition: task.partition,
             offset,
             timestamp,
-            caching: true,
         };
         processor
             .replay(store_id, &key, value, &mut ctx)

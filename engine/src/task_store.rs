@@ -319,6 +319,11 @@ impl TaskStore {
         self.memory.cache_over_budget(self.dirty_bytes)
     }
 
+    /// Whether the record cache is on (see [`StoreMemory::caching`]).
+    pub fn caching(&self) -> bool {
+        self.memory.caching()
+    }
+
     /// The instance's shared store memory.
     pub fn memory(&self) -> &StoreMemory {
         &self.memory
