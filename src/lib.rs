@@ -144,7 +144,7 @@ pub struct Broker {
     pub port: u16,
     pub storage: Storage,
     child: Child,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Broker {
@@ -171,6 +171,13 @@ impl Broker {
                 &url,
             ])
             .args(["--storage-engine", storage.url()])
+            // tansu logs only errors by default; its group coordinator's info lines (members
+            // joining, missed heartbeats) are what explain a stuck rebalance in a failed test.
+            .env(
+                "RUST_LOG",
+                std::env::var("TANSU_LOG")
+                    .unwrap_or_else(|_| "warn,tansu_broker::coordinator=info".into()),
+            )
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -179,7 +186,7 @@ impl Broker {
             port,
             storage,
             child,
-            _dir: dir,
+            dir,
         };
         wait_until(
             "the broker to accept connections",
@@ -305,21 +312,27 @@ impl Broker {
         )
     }
 
-    /// The client ids of a consumer group's members, as the broker's group coordinator lists
-    /// them (DescribeGroups); `None` if it cannot be read.
-    pub fn group_members(&self, group: &str) -> Option<Vec<String>> {
-        let consumer: BaseConsumer = self.client().create().ok()?;
-        let groups = consumer
-            .fetch_group_list(Some(group), Duration::from_secs(10))
-            .ok()?;
-        let found = groups.groups().iter().find(|g| g.name() == group)?;
-        Some(
-            found
-                .members()
-                .iter()
-                .map(|m| format!("{} ({})", m.client_id(), m.id()))
-                .collect(),
-        )
+    /// The last `lines` lines the broker logged (its coordinator at info level by default,
+    /// `TANSU_LOG` overrides the filter), for a failure message.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+
+    /// How often tansu's group coordinator has named a new leader for `group` (its info line
+    /// `member_id=.. group_id=".." ..generation_id=..`). tansu 0.6.0 answers DescribeGroups
+    /// with an error on sqlite storage, so its log is the only view of the group it offers.
+    pub fn leader_elections(&self, group: &str) -> usize {
+        let field = format!("group_id=\"{group}\"");
+        self.log()
+            .lines()
+            .filter(|line| line.contains(&field) && line.contains("generation_id="))
+            .count()
     }
 
     /// High watermark of every partition of a topic, by partition.
@@ -458,6 +471,13 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // `TANSU_LOG_KEEP=<dir>` keeps every broker's whole log for a post-mortem.
+        if let Ok(keep) = std::env::var("TANSU_LOG_KEEP") {
+            let _ = std::fs::copy(
+                self.dir.path().join("broker.log"),
+                Path::new(&keep).join(format!("broker-{}.log", self.port)),
+            );
+        }
     }
 }
 
