@@ -12,4 +12,18 @@ cd "$here/.."
 echo "==> building (release, target dir $CARGO_TARGET_DIR)"
 cargo build --release --workspace --all-targets --locked
 echo "==> testing"
+# Tests that skip an assertion for a limit of the local broker append a line here; listed at
+# the end, pass or fail, since libtest does not show a passing test's output.
+skipped="$(mktemp)"
+export KSTREAMS_SKIPPED_LOG="$skipped"
+list_skips() {
+  if [ -s "$skipped" ]; then
+    echo "==> skipped for limits of the local broker (see README, 'The local broker and its limits'):"
+    cat "$skipped"
+  else
+    echo "==> no test skipped anything for a broker limit"
+  fi
+  rm -f "$skipped"
+}
+trap list_skips EXIT
 cargo test --release --workspace --locked -- --test-threads "${TEST_THREADS:-2}" "$@"

@@ -139,6 +139,89 @@ impl Storage {
     }
 }
 
+/// Reports that (part of) the running test is skipped for a limit of the local broker. The line
+/// goes to the test's output and, where `KSTREAMS_SKIPPED_LOG` names a file, is appended to it:
+/// `scripts/test.sh` lists every skip at the end of the suite, since libtest shows a passing
+/// test's output to no one.
+pub fn skip_for_broker_limit(what: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_owned();
+    let line = format!("SKIPPED {what} [{test}]");
+    eprintln!("{line}");
+    if let Ok(path) = std::env::var("KSTREAMS_SKIPPED_LOG") {
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(file, "{line}");
+        }
+    }
+}
+
+/// Text without ANSI colour sequences (ESC [ parameters, ended by a letter).
+pub fn strip_ansi(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// What tansu's group coordinator logged for one group (see [`Broker::group_events`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEvents {
+    /// Lines naming a new leader (`member_id=".." group_id=".." __self.generation_id=..`).
+    pub leader_elections: usize,
+    /// The member id the last of them named.
+    pub leader: Option<String>,
+    /// Lines saying a member's session ran out (`missed heartbeat for <member> for <group> ..`).
+    pub member_expiries: usize,
+}
+
+impl GroupEvents {
+    /// Reads them from tansu 0.6.0's log text (ANSI escapes already stripped).
+    pub fn from_log(log: &str, group: &str) -> Self {
+        let group_field = format!("group_id=\"{group}\"");
+        let expiry = format!(" for {group} in generation");
+        let elections: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&group_field) && l.contains("generation_id="))
+            .collect();
+        GroupEvents {
+            leader_elections: elections.len(),
+            leader: elections
+                .last()
+                .and_then(|l| l.split("member_id=\"").nth(1)?.split('"').next())
+                .map(str::to_owned),
+            member_expiries: log
+                .lines()
+                .filter(|l| l.contains("missed heartbeat for ") && l.contains(&expiry))
+                .count(),
+        }
+    }
+
+    /// The group is stuck without a leader since `before`: tansu 0.6.0 keeps a leader that
+    /// died or left mid-rebalance as the group's leader (see README, "The local broker and its
+    /// limits"), so it names no leader again while the live members' ids expire one after
+    /// another (a JoinGroup does not count as contact). Real Kafka elects a new leader.
+    pub fn leaderless_since(&self, before: &GroupEvents) -> bool {
+        self.leader_elections == before.leader_elections
+            && self.member_expiries >= before.member_expiries + 2
+    }
+}
+
 /// A tansu broker with its storage in its own temp dir; killed on drop.
 pub struct Broker {
     pub port: u16,
@@ -178,6 +261,7 @@ impl Broker {
                 std::env::var("TANSU_LOG")
                     .unwrap_or_else(|_| "warn,tansu_broker::coordinator=info".into()),
             )
+            .env("NO_COLOR", "1")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -320,19 +404,21 @@ impl Broker {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// The broker's log as plain text.
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+        strip_ansi(&std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default())
     }
 
-    /// How often tansu's group coordinator has named a new leader for `group` (its info line
-    /// `member_id=.. group_id=".." ..generation_id=..`). tansu 0.6.0 answers DescribeGroups
-    /// with an error on sqlite storage, so its log is the only view of the group it offers.
-    pub fn leader_elections(&self, group: &str) -> usize {
-        let field = format!("group_id=\"{group}\"");
-        self.log()
-            .lines()
-            .filter(|line| line.contains(&field) && line.contains("generation_id="))
-            .count()
+    /// The member id of `group`'s leader as tansu's coordinator last named it, if it did.
+    pub fn group_leader(&self, group: &str) -> Option<String> {
+        GroupEvents::from_log(&self.log(), group).leader
+    }
+
+    /// What tansu's group coordinator has logged for `group` so far. tansu 0.6.0 answers
+    /// DescribeGroups with an error on sqlite storage, so its log is the only view of the
+    /// group it offers.
+    pub fn group_events(&self, group: &str) -> GroupEvents {
+        GroupEvents::from_log(&self.log(), group)
     }
 
     /// High watermark of every partition of a topic, by partition.
@@ -981,4 +1067,59 @@ pub fn ownership_overlaps(spans: &[Ownership]) -> Vec<(Ownership, Ownership)> {
         }
     }
     overlaps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines as tansu 0.6.0 writes them: a leader named, a leader dropped on a survivor's
+    /// heartbeat, the survivor's member ids expiring; ANSI colours as in its log file.
+    const TANSU_LOG: &str = "\
+\u{1b}[2m2026-11-26T04:05:33.311629Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m \u{1b}[2mtansu_broker::coordinator::group::administrator\u{1b}[0m\u{1b}[2m:\u{1b}[0m \u{1b}[2m1865:\u{1b}[0m \u{1b}[3mmember_id\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"g-consumer-b\" \u{1b}[3mgroup_id\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"g\" \u{1b}[3m__self.generation_id\u{1b}[0m\u{1b}[2m=\u{1b}[0m1
+2026-11-26T04:05:33.4Z  INFO tansu_broker::coordinator::group::administrator: 1865: member_id=\"other-consumer-x\" group_id=\"other\" __self.generation_id=1
+2026-11-26T04:05:39.3Z  INFO tansu_broker::coordinator::group::administrator: 1386: missed heartbeat for g-consumer-b for g in generation: 1, after 6004ms
+2026-11-26T04:05:42.3Z  INFO tansu_broker::coordinator::group::administrator: 1344: missed heartbeat for g-consumer-a for g in generation: 2, after 6007ms
+";
+
+    #[test]
+    fn group_events_are_read_from_tansus_coloured_log() {
+        let plain = strip_ansi(TANSU_LOG);
+        assert!(!plain.contains('\u{1b}'));
+        let events = GroupEvents::from_log(&plain, "g");
+        assert_eq!(
+            events,
+            GroupEvents {
+                leader_elections: 1,
+                leader: Some("g-consumer-b".into()),
+                member_expiries: 2,
+            }
+        );
+        let other = GroupEvents::from_log(&plain, "other");
+        assert_eq!((other.leader_elections, other.member_expiries), (1, 0));
+    }
+
+    #[test]
+    fn a_group_is_leaderless_only_with_no_election_and_expiring_members() {
+        let before = GroupEvents {
+            leader_elections: 1,
+            leader: None,
+            member_expiries: 0,
+        };
+        let stuck = GroupEvents {
+            member_expiries: 2,
+            ..before.clone()
+        };
+        assert!(stuck.leaderless_since(&before));
+        let re_elected = GroupEvents {
+            leader_elections: 2,
+            ..stuck.clone()
+        };
+        assert!(!re_elected.leaderless_since(&before));
+        let quiet = GroupEvents {
+            member_expiries: 1,
+            ..before.clone()
+        };
+        assert!(!quiet.leaderless_since(&before));
+    }
 }
