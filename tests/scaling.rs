@@ -73,102 +73,112 @@ impl Instance {
     }
 }
 
-/// The consumer group of a test's instances, as the broker's log shows it.
-struct Group<'a> {
+/// Waits for scaling steps to settle: the test's group on its broker, its partition count, and
+/// the pauses every poll has seen so far.
+struct Settler<'a> {
     broker: &'a Broker,
-    id: &'a str,
+    group: &'a str,
+    partitions: usize,
+    tracker: PauseTracker,
+    pauses: Vec<Duration>,
 }
 
-/// Polls the live instances until every partition runs on exactly one of them and each has
-/// at least one task; feeds the pause tracker on every poll. Returns how long it took, or
-/// `None` (reported as a skip) when it did not settle because the broker left the group
-/// without a leader; any other timeout fails.
-#[must_use]
-fn settle(
-    step: &str,
-    group: &Group,
-    live: &[&Instance],
-    partitions: usize,
-    tracker: &mut PauseTracker,
-    pauses: &mut Vec<Duration>,
-) -> Option<Duration> {
-    let started = Instant::now();
-    let before = group.broker.group_events(group.id);
-    loop {
-        let views: Vec<Option<InstanceView>> = live.iter().map(|i| i.view()).collect();
-        let mut running = BTreeMap::new();
-        let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (instance, view) in live.iter().zip(&views) {
-            for task in view.iter().flat_map(|v| &v.tasks) {
-                owners
-                    .entry(task.task_id.clone())
-                    .or_default()
-                    .push(instance.name.clone());
-                if task.state == "running" {
-                    running.insert(task.task_id.clone(), instance.name.clone());
+impl<'a> Settler<'a> {
+    fn new(broker: &'a Broker, group: &'a str, partitions: usize) -> Self {
+        Self {
+            broker,
+            group,
+            partitions,
+            tracker: PauseTracker::default(),
+            pauses: Vec::new(),
+        }
+    }
+
+    /// Polls the live instances until every partition runs on exactly one of them and each
+    /// has at least one task; feeds the pause tracker on every poll. Returns how long it took,
+    /// or `None` (reported as a skip) when it did not settle because the broker left the group
+    /// without a leader; any other timeout fails.
+    #[must_use]
+    fn settle(&mut self, step: &str, live: &[&Instance]) -> Option<Duration> {
+        let (broker, group, partitions) = (self.broker, self.group, self.partitions);
+        let started = Instant::now();
+        let before = broker.group_events(group);
+        loop {
+            let views: Vec<Option<InstanceView>> = live.iter().map(|i| i.view()).collect();
+            let mut running = BTreeMap::new();
+            let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (instance, view) in live.iter().zip(&views) {
+                for task in view.iter().flat_map(|v| &v.tasks) {
+                    owners
+                        .entry(task.task_id.clone())
+                        .or_default()
+                        .push(instance.name.clone());
+                    if task.state == "running" {
+                        running.insert(task.task_id.clone(), instance.name.clone());
+                    }
                 }
             }
-        }
-        pauses.extend(
-            tracker
-                .observe(Instant::now(), &running)
-                .into_iter()
-                .map(|p| p.paused),
-        );
-        let settled = running.len() == partitions
-            && owners.values().all(|o| o.len() == 1)
-            && views
-                .iter()
-                .all(|v| v.as_ref().is_some_and(|v| !v.tasks.is_empty()));
-        if settled {
-            let took = started.elapsed();
-            let layout: Vec<String> = live
-                .iter()
-                .zip(&views)
-                .map(|(i, v)| {
-                    let tasks: Vec<&str> = v
-                        .iter()
-                        .flat_map(|v| &v.tasks)
-                        .map(|t| t.task_id.as_str())
-                        .collect();
-                    format!("{} [{}]", i.name, tasks.join(" "))
-                })
-                .collect();
-            eprintln!(
-                "{step}: every task running again after {:.2} s: {}",
-                took.as_secs_f64(),
-                layout.join(", ")
+            self.pauses.extend(
+                self.tracker
+                    .observe(Instant::now(), &running)
+                    .into_iter()
+                    .map(|p| p.paused),
             );
-            return Some(took);
-        }
-        if started.elapsed() >= SETTLE_BOUND {
-            let events = group.broker.group_events(group.id);
-            if events.leaderless_since(&before) {
-                skip_for_broker_limit(&format!(
+            let settled = running.len() == partitions
+                && owners.values().all(|o| o.len() == 1)
+                && views
+                    .iter()
+                    .all(|v| v.as_ref().is_some_and(|v| !v.tasks.is_empty()));
+            if settled {
+                let took = started.elapsed();
+                let layout: Vec<String> = live
+                    .iter()
+                    .zip(&views)
+                    .map(|(i, v)| {
+                        let tasks: Vec<&str> = v
+                            .iter()
+                            .flat_map(|v| &v.tasks)
+                            .map(|t| t.task_id.as_str())
+                            .collect();
+                        format!("{} [{}]", i.name, tasks.join(" "))
+                    })
+                    .collect();
+                eprintln!(
+                    "{step}: every task running again after {:.2} s: {}",
+                    took.as_secs_f64(),
+                    layout.join(", ")
+                );
+                return Some(took);
+            }
+            if started.elapsed() >= SETTLE_BOUND {
+                let events = broker.group_events(group);
+                if events.leaderless_since(&before) {
+                    skip_for_broker_limit(&format!(
                     "the rest of this test after \"{step}\": broker limit (tansu 0.6.0 named no \
                      leader for group {} in {SETTLE_BOUND:?} while {} of its members' sessions \
                      expired: a leader that left or died mid-rebalance stays the group's leader)",
-                    group.id,
+                    group,
                     events.member_expiries - before.member_expiries
                 ));
-                return None;
-            }
-            let logs: Vec<String> = live
-                .iter()
-                .map(|i| {
-                    let log = i.app.as_ref().map(App::log).unwrap_or_default();
-                    let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                    let tail: Vec<&str> = tail.into_iter().rev().collect();
-                    format!("--- {} (last 40 lines) ---\n{}", i.name, tail.join("\n"))
-                })
-                .collect();
-            panic!(
+                    return None;
+                }
+                let logs: Vec<String> = live
+                    .iter()
+                    .map(|i| {
+                        let log = i.app.as_ref().map(App::log).unwrap_or_default();
+                        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                        let tail: Vec<&str> = tail.into_iter().rev().collect();
+                        format!("--- {} (last 40 lines) ---\n{}", i.name, tail.join("\n"))
+                    })
+                    .collect();
+                panic!(
                 "{step}: tasks not all running on exactly one instance within {SETTLE_BOUND:?}: {owners:?}, running {running:?}\n{}\n--- the broker (last 60 lines) ---\n{}",
                 logs.join("\n"),
-                group.broker.log_tail(60)
+                broker.log_tail(60)
             );
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -207,38 +217,26 @@ fn scaling_1_3_2_1_under_load_keeps_counts_exact_and_one_owner_per_partition() {
         .map(|i| Instance::new(&format!("kstreams-count-{i}"), &options, root.path()))
         .collect();
     let load = Load::start(&broker, &options.input_topic, RATE, KEYS);
-    let mut tracker = PauseTracker::default();
-    let mut pauses = Vec::new();
+    let mut settler = Settler::new(&broker, &options.application_id, 6);
     let mut settle_times = Vec::new();
-    let group = Group {
-        broker: &broker,
-        id: &options.application_id,
-    };
 
     instances[0].start(&broker);
-    let Some(took) = settle(
-        "start with 1",
-        &group,
-        &[&instances[0]],
-        6,
-        &mut tracker,
-        &mut pauses,
-    ) else {
+    let Some(took) = settler.settle("start with 1", &[&instances[0]]) else {
         return;
     };
     settle_times.push(took);
-    pauses.clear(); // the first start is not a rebalance of running work
+    settler.pauses.clear(); // the first start is not a rebalance of running work
     let mut per_step = Vec::new();
 
     instances[1].start(&broker);
     instances[2].start(&broker);
-    let before = pauses.len();
+    let before = settler.pauses.len();
     let live: Vec<&Instance> = instances.iter().collect();
-    let Some(took) = settle("scale 1 -> 3", &group, &live, 6, &mut tracker, &mut pauses) else {
+    let Some(took) = settler.settle("scale 1 -> 3", &live) else {
         return;
     };
     settle_times.push(took);
-    per_step.push(("1 -> 3", pauses[before..].to_vec()));
+    per_step.push(("1 -> 3", settler.pauses[before..].to_vec()));
 
     // tansu 0.6.0 keeps a leader that leaves mid-rebalance as the group's leader and never
     // forms the group again (README, "The local broker and its limits"), so the instance the
@@ -259,40 +257,33 @@ fn scaling_1_3_2_1_under_load_keeps_counts_exact_and_one_owner_per_partition() {
     );
 
     instances[leaving[1]].stop();
-    let before = pauses.len();
+    let before = settler.pauses.len();
     let live: Vec<&Instance> = instances
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != leaving[1])
         .map(|(_, instance)| instance)
         .collect();
-    let Some(took) = settle("scale 3 -> 2", &group, &live, 6, &mut tracker, &mut pauses) else {
+    let Some(took) = settler.settle("scale 3 -> 2", &live) else {
         return;
     };
     settle_times.push(took);
-    per_step.push(("3 -> 2", pauses[before..].to_vec()));
+    per_step.push(("3 -> 2", settler.pauses[before..].to_vec()));
 
     instances[leaving[0]].stop();
-    let before = pauses.len();
-    let Some(took) = settle(
-        "scale 2 -> 1",
-        &group,
-        &[&instances[keep]],
-        6,
-        &mut tracker,
-        &mut pauses,
-    ) else {
+    let before = settler.pauses.len();
+    let Some(took) = settler.settle("scale 2 -> 1", &[&instances[keep]]) else {
         return;
     };
     settle_times.push(took);
-    per_step.push(("2 -> 1", pauses[before..].to_vec()));
+    per_step.push(("2 -> 1", settler.pauses[before..].to_vec()));
 
     let mut expected = load.finish();
     let produced: u64 = expected.values().sum();
     for (step, step_pauses) in &per_step {
         eprintln!("pause per rebalance, {step}: {}", summary(step_pauses));
     }
-    eprintln!("all steps: {}", summary(&pauses));
+    eprintln!("all steps: {}", summary(&settler.pauses));
 
     let spans: Vec<_> = instances
         .iter()
@@ -384,26 +375,13 @@ fn a_restarted_instance_restores_only_the_changelog_tail_of_the_tasks_it_gets_ba
     let mut a = Instance::new("kstreams-count-0", &options, root.path());
     let mut b = Instance::new("kstreams-count-1", &options, root.path());
     let load = Load::start(&broker, &options.input_topic, RATE, KEYS);
-    let (mut tracker, mut pauses) = (PauseTracker::default(), Vec::new());
-    let group = Group {
-        broker: &broker,
-        id: &options.application_id,
-    };
+    let mut settler = Settler::new(&broker, &options.application_id, 4);
     a.start(&broker);
-    if settle("start with 1", &group, &[&a], 4, &mut tracker, &mut pauses).is_none() {
+    if settler.settle("start with 1", &[&a]).is_none() {
         return;
     }
     b.start(&broker);
-    if settle(
-        "start with 2",
-        &group,
-        &[&a, &b],
-        4,
-        &mut tracker,
-        &mut pauses,
-    )
-    .is_none()
-    {
+    if settler.settle("start with 2", &[&a, &b]).is_none() {
         return;
     }
     // The plain cooperative-sticky assignor does not know where state lives, so the restarted
@@ -428,15 +406,9 @@ fn a_restarted_instance_restores_only_the_changelog_tail_of_the_tasks_it_gets_ba
         );
         b.stop();
         let at_stop = broker.end_offsets(&changelog);
-        if settle(
-            &format!("round {round}: instance 1 stopped"),
-            &group,
-            &[&a],
-            4,
-            &mut tracker,
-            &mut pauses,
-        )
-        .is_none()
+        if settler
+            .settle(&format!("round {round}: instance 1 stopped"), &[&a])
+            .is_none()
         {
             return;
         }
@@ -469,15 +441,9 @@ fn a_restarted_instance_restores_only_the_changelog_tail_of_the_tasks_it_gets_ba
         wait_for_changelog(&broker, &changelog, &b_tasks, &at_stop, 50);
 
         b.start(&broker);
-        if settle(
-            &format!("round {round}: instance 1 restarted"),
-            &group,
-            &[&a, &b],
-            4,
-            &mut tracker,
-            &mut pauses,
-        )
-        .is_none()
+        if settler
+            .settle(&format!("round {round}: instance 1 restarted"), &[&a, &b])
+            .is_none()
         {
             return;
         }
@@ -516,7 +482,7 @@ fn a_restarted_instance_restores_only_the_changelog_tail_of_the_tasks_it_gets_ba
     if let Err(wrong) = broker.wait_for_counts(&options.output_topic, &expected, COUNTS_TIMEOUT) {
         panic!("counts wrong after the restart: {wrong}");
     }
-    eprintln!("pauses: {}", summary(&pauses));
+    eprintln!("pauses: {}", summary(&settler.pauses));
 }
 
 /// Waits until the changelog of each of `partitions` has grown `by` records past `base`.
@@ -552,13 +518,9 @@ fn cooperative_rebalancing_keeps_unaffected_tasks_processing_while_an_instance_j
     let mut a = Instance::new("kstreams-count-0", &options, root.path());
     let mut b = Instance::new("kstreams-count-1", &options, root.path());
     let load = Load::start(&broker, &options.input_topic, RATE, KEYS);
-    let (mut tracker, mut pauses) = (PauseTracker::default(), Vec::new());
-    let group = Group {
-        broker: &broker,
-        id: &options.application_id,
-    };
+    let mut settler = Settler::new(&broker, &options.application_id, 6);
     a.start(&broker);
-    if settle("start with 1", &group, &[&a], 6, &mut tracker, &mut pauses).is_none() {
+    if settler.settle("start with 1", &[&a]).is_none() {
         return;
     }
     let (backlog, backlog_counts) = word_count_input(PRELOADED_RECORDS, KEYS as usize);
