@@ -186,15 +186,16 @@ pub struct GroupEvents {
     pub leader_elections: usize,
     /// The member id the last of them named.
     pub leader: Option<String>,
-    /// Lines saying a member's session ran out (`missed heartbeat for <member> for <group> ..`).
-    pub member_expiries: usize,
+    /// Members whose session ran out, in order (`missed heartbeat for [leader] <member> for
+    /// <group> in generation ..`).
+    pub expired: Vec<String>,
 }
 
 impl GroupEvents {
     /// Reads them from tansu 0.6.0's log text (ANSI escapes already stripped).
     pub fn from_log(log: &str, group: &str) -> Self {
         let group_field = format!("group_id=\"{group}\"");
-        let expiry = format!(" for {group} in generation");
+        let expiry_end = format!(" for {group} in generation");
         let elections: Vec<&str> = log
             .lines()
             .filter(|l| l.contains(&group_field) && l.contains("generation_id="))
@@ -205,20 +206,32 @@ impl GroupEvents {
                 .last()
                 .and_then(|l| l.split("member_id=\"").nth(1)?.split('"').next())
                 .map(str::to_owned),
-            member_expiries: log
+            expired: log
                 .lines()
-                .filter(|l| l.contains("missed heartbeat for ") && l.contains(&expiry))
-                .count(),
+                .filter_map(|l| {
+                    let rest = l.split("missed heartbeat for ").nth(1)?;
+                    let member = rest.split(expiry_end.as_str()).next()?;
+                    (member.len() < rest.len())
+                        .then(|| member.trim_start_matches("leader ").to_owned())
+                })
+                .collect(),
         }
     }
 
-    /// The group is stuck without a leader since `before`: tansu 0.6.0 keeps a leader that
-    /// died or left mid-rebalance as the group's leader (see README, "The local broker and its
-    /// limits"), so it names no leader again while the live members' ids expire one after
-    /// another (a JoinGroup does not count as contact). Real Kafka elects a new leader.
+    /// How many members' sessions ran out since `before`.
+    pub fn expiries_since(&self, before: &GroupEvents) -> usize {
+        self.expired.len().saturating_sub(before.expired.len())
+    }
+
+    /// The group has had no leader since `before`: tansu 0.6.0 names no new leader once the
+    /// leader died or left mid-rebalance (see README, "The local broker and its limits"). Its
+    /// log then shows no election since `before` while either the leader of then expired or
+    /// the live members' ids expire one after another (a JoinGroup does not count as contact).
+    /// Real Kafka elects a new leader.
     pub fn leaderless_since(&self, before: &GroupEvents) -> bool {
+        let since = &self.expired[before.expired.len().min(self.expired.len())..];
         self.leader_elections == before.leader_elections
-            && self.member_expiries >= before.member_expiries + 2
+            && (since.len() >= 2 || before.leader.as_ref().is_some_and(|l| since.contains(l)))
     }
 }
 
@@ -1080,6 +1093,7 @@ mod tests {
 2026-11-26T04:05:33.4Z  INFO tansu_broker::coordinator::group::administrator: 1865: member_id=\"other-consumer-x\" group_id=\"other\" __self.generation_id=1
 2026-11-26T04:05:39.3Z  INFO tansu_broker::coordinator::group::administrator: 1386: missed heartbeat for g-consumer-b for g in generation: 1, after 6004ms
 2026-11-26T04:05:42.3Z  INFO tansu_broker::coordinator::group::administrator: 1344: missed heartbeat for g-consumer-a for g in generation: 2, after 6007ms
+2026-11-26T04:05:43.3Z  INFO tansu_broker::coordinator::group::administrator: 1337: missed heartbeat for leader other-consumer-x for other in generation: 1, after 6181ms
 ";
 
     #[test]
@@ -1092,34 +1106,32 @@ mod tests {
             GroupEvents {
                 leader_elections: 1,
                 leader: Some("g-consumer-b".into()),
-                member_expiries: 2,
+                expired: vec!["g-consumer-b".into(), "g-consumer-a".into()],
             }
         );
         let other = GroupEvents::from_log(&plain, "other");
-        assert_eq!((other.leader_elections, other.member_expiries), (1, 0));
+        assert_eq!(other.leader_elections, 1);
+        assert_eq!(other.expired, vec!["other-consumer-x".to_string()]);
     }
 
     #[test]
-    fn a_group_is_leaderless_only_with_no_election_and_expiring_members() {
+    fn a_group_is_leaderless_only_with_no_election_and_its_leader_or_members_expiring() {
         let before = GroupEvents {
             leader_elections: 1,
-            leader: None,
-            member_expiries: 0,
+            leader: Some("old-leader".into()),
+            expired: vec![],
         };
-        let stuck = GroupEvents {
-            member_expiries: 2,
+        let with_expired = |ids: &[&str]| GroupEvents {
+            expired: ids.iter().map(|s| s.to_string()).collect(),
             ..before.clone()
         };
-        assert!(stuck.leaderless_since(&before));
+        assert!(with_expired(&["a-1", "a-2"]).leaderless_since(&before));
+        assert!(with_expired(&["old-leader"]).leaderless_since(&before));
+        assert!(!with_expired(&["a-1"]).leaderless_since(&before));
         let re_elected = GroupEvents {
             leader_elections: 2,
-            ..stuck.clone()
+            ..with_expired(&["old-leader", "a-1"])
         };
         assert!(!re_elected.leaderless_since(&before));
-        let quiet = GroupEvents {
-            member_expiries: 1,
-            ..before.clone()
-        };
-        assert!(!quiet.leaderless_since(&before));
     }
 }

@@ -220,7 +220,7 @@ fn a_survivor_takes_over_from_a_killed_group_leader() {
              expired; the survivor owns {:?})",
             options.application_id,
             killed_at.elapsed().as_secs_f64(),
-            events.member_expiries - before_kill.member_expiries,
+            events.expiries_since(&before_kill),
             owned(&survivor)
         ));
         return;

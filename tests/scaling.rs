@@ -158,7 +158,7 @@ impl<'a> Settler<'a> {
                      leader for group {} in {SETTLE_BOUND:?} while {} of its members' sessions \
                      expired: a leader that left or died mid-rebalance stays the group's leader)",
                     group,
-                    events.member_expiries - before.member_expiries
+                    events.expiries_since(&before)
                 ));
                     return None;
                 }

@@ -224,8 +224,10 @@ fn a_cache_over_its_budget_writes_out_early_and_a_killed_instance_resumes_exactl
         < PARTITIONS as f64
     {
         if killed.elapsed() > READY_TIMEOUT {
-            // The killed instance led the group; tansu 0.6.0 can keep a dead leader (see
-            // crash_recovery's killed-leader test), and then names no leader again.
+            // The killed instance led the group. Seen with tansu 0.6.0: the restarted member
+            // joins as a follower of the dead leader; once that leader expires, the follower's
+            // SyncGroup forms the group with no leader named and an empty assignment, and the
+            // group stays so (README, "The local broker and its limits").
             let events = setup.broker.group_events(&setup.options.application_id);
             if events.leaderless_since(&before_kill) {
                 skip_for_broker_limit(&format!(
