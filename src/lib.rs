@@ -161,24 +161,6 @@ pub fn skip_for_broker_limit(what: &str) {
     }
 }
 
-/// Text without ANSI colour sequences (ESC [ parameters, ended by a letter).
-pub fn strip_ansi(text: &str) -> String {
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
-}
-
 /// What tansu's group coordinator logged for one group (see [`Broker::group_events`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupEvents {
@@ -192,7 +174,7 @@ pub struct GroupEvents {
 }
 
 impl GroupEvents {
-    /// Reads them from tansu 0.6.0's log text (ANSI escapes already stripped).
+    /// Reads them from tansu 0.6.0's log text (written without colours: `NO_COLOR`).
     pub fn from_log(log: &str, group: &str) -> Self {
         let group_field = format!("group_id=\"{group}\"");
         let expiry_end = format!(" for {group} in generation");
@@ -274,6 +256,7 @@ impl Broker {
                 std::env::var("TANSU_LOG")
                     .unwrap_or_else(|_| "warn,tansu_broker::coordinator=info".into()),
             )
+            // Plain text, so the tests can read the group's events from it.
             .env("NO_COLOR", "1")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -417,14 +400,9 @@ impl Broker {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    /// The broker's log as plain text.
+    /// The broker's log (plain text: the broker runs with `NO_COLOR`).
     fn log(&self) -> String {
-        strip_ansi(&std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default())
-    }
-
-    /// The member id of `group`'s leader as tansu's coordinator last named it, if it did.
-    pub fn group_leader(&self, group: &str) -> Option<String> {
-        GroupEvents::from_log(&self.log(), group).leader
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
     }
 
     /// What tansu's group coordinator has logged for `group` so far. tansu 0.6.0 answers
@@ -1087,9 +1065,9 @@ mod tests {
     use super::*;
 
     /// Lines as tansu 0.6.0 writes them: a leader named, a leader dropped on a survivor's
-    /// heartbeat, the survivor's member ids expiring; ANSI colours as in its log file.
+    /// heartbeat, the survivor's member ids expiring, another group's lines in between.
     const TANSU_LOG: &str = "\
-\u{1b}[2m2026-11-26T04:05:33.311629Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m \u{1b}[2mtansu_broker::coordinator::group::administrator\u{1b}[0m\u{1b}[2m:\u{1b}[0m \u{1b}[2m1865:\u{1b}[0m \u{1b}[3mmember_id\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"g-consumer-b\" \u{1b}[3mgroup_id\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"g\" \u{1b}[3m__self.generation_id\u{1b}[0m\u{1b}[2m=\u{1b}[0m1
+2026-11-26T04:05:33.311629Z  INFO tansu_broker::coordinator::group::administrator: 1865: member_id=\"g-consumer-b\" group_id=\"g\" __self.generation_id=1
 2026-11-26T04:05:33.4Z  INFO tansu_broker::coordinator::group::administrator: 1865: member_id=\"other-consumer-x\" group_id=\"other\" __self.generation_id=1
 2026-11-26T04:05:39.3Z  INFO tansu_broker::coordinator::group::administrator: 1386: missed heartbeat for g-consumer-b for g in generation: 1, after 6004ms
 2026-11-26T04:05:42.3Z  INFO tansu_broker::coordinator::group::administrator: 1344: missed heartbeat for g-consumer-a for g in generation: 2, after 6007ms
@@ -1097,10 +1075,8 @@ mod tests {
 ";
 
     #[test]
-    fn group_events_are_read_from_tansus_coloured_log() {
-        let plain = strip_ansi(TANSU_LOG);
-        assert!(!plain.contains('\u{1b}'));
-        let events = GroupEvents::from_log(&plain, "g");
+    fn group_events_are_read_from_tansus_log() {
+        let events = GroupEvents::from_log(TANSU_LOG, "g");
         assert_eq!(
             events,
             GroupEvents {
@@ -1109,7 +1085,7 @@ mod tests {
                 expired: vec!["g-consumer-b".into(), "g-consumer-a".into()],
             }
         );
-        let other = GroupEvents::from_log(&plain, "other");
+        let other = GroupEvents::from_log(TANSU_LOG, "other");
         assert_eq!(other.leader_elections, 1);
         assert_eq!(other.expired, vec!["other-consumer-x".to_string()]);
     }

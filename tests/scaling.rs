@@ -154,12 +154,12 @@ impl<'a> Settler<'a> {
                 let events = broker.group_events(group);
                 if events.leaderless_since(&before) {
                     skip_for_broker_limit(&format!(
-                    "the rest of this test after \"{step}\": broker limit (tansu 0.6.0 named no \
-                     leader for group {} in {SETTLE_BOUND:?} while {} of its members' sessions \
-                     expired: a leader that left or died mid-rebalance stays the group's leader)",
-                    group,
-                    events.expiries_since(&before)
-                ));
+                        "the rest of this test after \"{step}\": broker limit (tansu 0.6.0 \
+                         named no leader for group {group} in {SETTLE_BOUND:?} while {} of its \
+                         members' sessions expired: a leader that left or died mid-rebalance \
+                         stays the group's leader)",
+                        events.expiries_since(&before)
+                    ));
                     return None;
                 }
                 let logs: Vec<String> = live
@@ -242,7 +242,7 @@ fn scaling_1_3_2_1_under_load_keeps_counts_exact_and_one_owner_per_partition() {
     // forms the group again (README, "The local broker and its limits"), so the instance the
     // broker's log names as the leader is the one kept; the other two leave. Real Kafka elects
     // a new leader whichever leaves.
-    let leader = broker.group_leader(&options.application_id);
+    let leader = broker.group_events(&options.application_id).leader;
     let keep = instances
         .iter()
         .position(|i| {
