@@ -570,6 +570,8 @@ pub struct AppOptions {
     pub commit_interval_ms: u64,
     /// `taskset` CPU list to pin the process to (benchmarks), e.g. `0-3`.
     pub cpus: Option<String>,
+    /// Extra environment, e.g. `FAILPOINTS` for fault injection.
+    pub env: Vec<(String, String)>,
 }
 
 impl AppOptions {
@@ -583,6 +585,7 @@ impl AppOptions {
             extra_args: vec![],
             commit_interval_ms: 500,
             cpus: None,
+            env: vec![],
         }
     }
 }
@@ -595,6 +598,51 @@ pub fn broker_and_app(state_root: &Path) -> (Broker, AppOptions) {
     broker.create_topic(&options.input_topic, 4);
     broker.create_topic(&options.output_topic, 4);
     (broker, options)
+}
+
+/// Starts an instance after another one of the same application crashed (SIGKILL or abort,
+/// no leaving the group) and waits until it runs `tasks` tasks. Answers `None` (after
+/// [`skip_for_broker_limit`]) when the broker's log shows the group left without a leader: the
+/// crashed instance led it, and tansu 0.6.0 then names no new leader and hands the restarted
+/// member nothing (README, "The local broker and its limits"). Any other timeout fails with
+/// the instance's log and the broker's.
+pub fn restart_after_crash(
+    broker: &Broker,
+    options: &AppOptions,
+    before_crash: &GroupEvents,
+    tasks: usize,
+    timeout: Duration,
+) -> Option<App> {
+    let restarted = App::spawn(&broker.address(), options);
+    let started = Instant::now();
+    while restarted
+        .metric("kstreams_tasks_running", &[])
+        .unwrap_or(0.0)
+        < tasks as f64
+    {
+        if started.elapsed() > timeout {
+            let events = broker.group_events(&options.application_id);
+            if events.leaderless_since(before_crash) {
+                skip_for_broker_limit(&format!(
+                    "the rest of this test: broker limit (tansu 0.6.0 named no new leader for \
+                     group {} in the {:.0} s since its leader crashed, so the restarted \
+                     instance cannot be given its partitions).",
+                    options.application_id,
+                    started.elapsed().as_secs_f64(),
+                ));
+                return None;
+            }
+            panic!(
+                "the restarted instance got no tasks within {timeout:?}, and the broker's log \
+                 does not show a group left without a leader ({before_crash:?} -> {events:?}); \
+                 log:\n{}\nthe broker's log:\n{}",
+                restarted.log(),
+                broker.log_tail(200)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(restarted)
 }
 
 /// A running `kstreams-count` process with its log in a file; killed on drop.
@@ -640,6 +688,7 @@ impl App {
             ])
             .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
             .args(&options.extra_args)
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

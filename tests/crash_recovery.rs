@@ -55,11 +55,31 @@ fn assert_counts(
         });
 }
 
-fn chaos_with_kills(default_seed: u64, delete_state_before: &[usize]) {
+/// The keyspace and client settings of a chaos run.
+struct Chaos {
+    records: usize,
+    keys: usize,
+    commit_interval_ms: u64,
+    extra_args: Vec<String>,
+}
+
+/// 50,000 records over 1,000 keys, committing every 500 ms.
+fn small_keyspace() -> Chaos {
+    Chaos {
+        records: 50_000,
+        keys: 1_000,
+        commit_interval_ms: 500,
+        extra_args: vec![],
+    }
+}
+
+fn chaos_with_kills(default_seed: u64, delete_state_before: &[usize], chaos: Chaos) {
     let mut rng = StdRng::seed_from_u64(seed(default_seed));
     let root = tempfile::tempdir().unwrap();
-    let (broker, options) = setup(&root);
-    let (records, expected) = word_count_input(50_000, 1_000);
+    let (broker, mut options) = setup(&root);
+    options.commit_interval_ms = chaos.commit_interval_ms;
+    options.extra_args = chaos.extra_args;
+    let (records, expected) = word_count_input(chaos.records, chaos.keys);
     let mut kills = 0;
     std::thread::scope(|scope| {
         let producer = scope.spawn(|| produce_paced(&broker, &options.input_topic, &records));
@@ -91,12 +111,25 @@ fn chaos_with_kills(default_seed: u64, delete_state_before: &[usize]) {
 
 #[test]
 fn counts_stay_exact_through_repeated_sigkills_on_the_same_state_dir() {
-    chaos_with_kills(20261125, &[]);
+    chaos_with_kills(20261125, &[], small_keyspace());
+}
+
+/// 50,000 keys: each task's write-out holds thousands of keys and, with produce requests of
+/// at most 500 records, spans many of them, so kills land between a write-out's requests.
+#[test]
+fn counts_stay_exact_through_sigkills_with_50k_keys_and_write_outs_over_many_requests() {
+    let chaos = Chaos {
+        records: 100_000,
+        keys: 50_000,
+        commit_interval_ms: 3_000,
+        extra_args: ["-X", "batch.num.messages=500"].map(String::from).to_vec(),
+    };
+    chaos_with_kills(7, &[], chaos);
 }
 
 #[test]
 fn counts_stay_exact_through_sigkills_with_the_state_dir_lost_before_some_restarts() {
-    chaos_with_kills(42, &[2, 4]);
+    chaos_with_kills(42, &[2, 4], small_keyspace());
 }
 
 fn owned(app: &App) -> BTreeSet<String> {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use kstreams_suite::{
-    broker_and_app, skip_for_broker_limit, word_count_input, App, AppOptions, Broker,
+    broker_and_app, restart_after_crash, word_count_input, App, AppOptions, Broker,
 };
 
 const PARTITIONS: i32 = 4;
@@ -216,38 +216,14 @@ fn a_cache_over_its_budget_writes_out_early_and_a_killed_instance_resumes_exactl
     // SIGKILL: no final commit, so the restart resumes from the early write-outs.
     let before_kill = setup.broker.group_events(&setup.options.application_id);
     app.kill();
-    let restarted = App::spawn(&setup.broker.address(), &setup.options);
-    let killed = std::time::Instant::now();
-    while restarted
-        .metric("kstreams_tasks_running", &[])
-        .unwrap_or(0.0)
-        < PARTITIONS as f64
-    {
-        if killed.elapsed() > READY_TIMEOUT {
-            // The killed instance led the group. Seen with tansu 0.6.0: the restarted member
-            // joins as a follower of the dead leader; once that leader expires, the follower's
-            // SyncGroup forms the group with no leader named and an empty assignment, and the
-            // group stays so (README, "The local broker and its limits").
-            let events = setup.broker.group_events(&setup.options.application_id);
-            if events.leaderless_since(&before_kill) {
-                skip_for_broker_limit(&format!(
-                    "the rest of this test: broker limit (tansu 0.6.0 named no new leader for \
-                     group {} in the {:.0} s since its leader was killed, so the restarted \
-                     instance cannot be given its partitions).",
-                    setup.options.application_id,
-                    killed.elapsed().as_secs_f64(),
-                ));
-                return;
-            }
-            panic!(
-                "the restarted instance got no tasks within {READY_TIMEOUT:?}, and the broker's \
-                 log does not show a group left without a leader ({before_kill:?} -> \
-                 {events:?}); log:\n{}\nthe broker's log:\n{}",
-                restarted.log(),
-                setup.broker.log_tail(200)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let Some(restarted) = restart_after_crash(
+        &setup.broker,
+        &setup.options,
+        &before_kill,
+        PARTITIONS as usize,
+        READY_TIMEOUT,
+    ) else {
+        return;
+    };
     keeps_counting_then_stops(&setup, restarted, expected);
 }

@@ -20,7 +20,7 @@ use kstreams_engine::{
     DeserializationErrorPolicy, KafkaStreams, StoreMemorySettings, StreamsBuilder, StreamsConfig,
     StringSerde,
 };
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -224,6 +224,15 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    // Fault injection for the crash tests (inert unless FAILPOINTS is set).
+    match kstreams_engine::failpoints::setup_from_env() {
+        Ok(set) if !set.is_empty() => warn!("failpoints set: {}", set.join(", ")),
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("kstreams-count: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -111,6 +111,9 @@ pub enum EngineError {
     },
 
     /// Shutdown did not finish within its bound.
+    #[error("the Kafka consumer failed for good: {reason}")]
+    ConsumerFatal { reason: String },
+
     #[error("shutdown did not finish within {0:?}")]
     ShutdownTimeout(std::time::Duration),
 }

@@ -10,7 +10,7 @@ use crate::error::{EngineError, Result};
 use crate::processor::{InputRecord, Processor, ProcessorContext};
 use crate::record_collector::RecordCollector;
 use crate::store_memory::{StoreMemory, StoreMemorySettings};
-use crate::task::emit_cached_writes;
+use crate::task::{emit_cached_writes, WriteOut};
 use crate::task_id::TaskId;
 use crate::task_store::{StoredOffsets, TaskStore};
 
@@ -51,13 +51,13 @@ impl TaskHotPath {
     /// when the cache is over its budget).
     pub fn process(&mut self, records: &[InputRecord]) -> Result<()> {
         for record in records {
-            let mut ctx = ProcessorContext {
-                store: &mut self.store,
-                collector: &mut self.collector,
-                partition: self.task.partition,
-                offset: record.offset,
-                timestamp: record.timestamp,
-            };
+            let mut ctx = ProcessorContext::new(
+                &mut self.store,
+                &mut self.collector,
+                self.task.partition,
+                record.offset,
+                record.timestamp,
+            );
             self.processor
                 .process(record, &mut ctx)
                 .map_err(|e| EngineError::Processing {
@@ -66,6 +66,7 @@ impl TaskHotPath {
                     offset: record.offset,
                     reason: e.to_string(),
                 })?;
+            ctx.send_changelog()?;
             self.next_offset = record.offset + 1;
         }
         if self.store.cache_over_budget() {
@@ -82,6 +83,7 @@ impl TaskHotPath {
             &mut self.store,
             &mut self.collector,
             self.processor.as_mut(),
+            WriteOut::Commit,
         )?;
         self.store.commit(&StoredOffsets {
             input_next: Some(self.next_offset),

@@ -21,6 +21,7 @@ pub mod assignment;
 pub mod config;
 pub mod dsl;
 pub mod error;
+pub mod failpoints;
 pub mod hot_path;
 pub mod http;
 pub mod internal_topics;

@@ -14,7 +14,7 @@ use rdkafka::Offset;
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::processor::InputRecord;
 use crate::rebalance::RebalanceListener;
 use crate::status::InstanceStatus;
@@ -36,16 +36,18 @@ pub struct Poller {
     /// A member that lost its assignment and has none this long after re-subscribes.
     pub(crate) rejoin_after: Duration,
     pub(crate) source_topic: String,
+    /// Resumes whose seek failed: the partition stays paused and they are tried again.
+    pub(crate) failed_resumes: Vec<(i32, Option<i64>)>,
 }
 
 impl Poller {
     /// Runs until `shutdown` is set, then commits, stops the tasks and leaves the group.
-    pub fn run(self) -> Result<()> {
+    pub fn run(mut self) -> Result<()> {
         let mut last_commit = Instant::now();
         while !self.shutdown.load(Ordering::Relaxed) {
             self.status.heartbeat();
             self.apply_commands();
-            let batches = self.poll_round();
+            let batches = self.poll_round()?;
             if !batches.is_empty() {
                 self.runtime
                     .block_on(ask(&self.supervisor, "supervisor", |reply| {
@@ -88,39 +90,63 @@ impl Poller {
         }
     }
 
-    fn apply_commands(&self) {
-        for command in self.commands.try_iter() {
+    fn apply_commands(&mut self) {
+        let retries = std::mem::take(&mut self.failed_resumes)
+            .into_iter()
+            .map(|(partition, next)| PollerCommand::Resume(partition, next));
+        let commands: Vec<PollerCommand> = retries.chain(self.commands.try_iter()).collect();
+        for command in commands {
             match command {
                 PollerCommand::Resume(partition, next_offset) => {
-                    let context = self.consumer.context();
-                    let tpl = context.partition_list([(partition, None)]);
-                    if let Err(e) = self.consumer.resume(&tpl) {
-                        debug!(partition, "resume skipped: {e}");
-                        continue;
-                    }
-                    // Fetch from the task's own position: it may be ahead of the group's
-                    // committed offset (after a crash) or behind the fetch position (after a
-                    // task restart dropped a batch).
-                    let offset = next_offset.map_or(Offset::Beginning, Offset::Offset);
-                    match self
-                        .consumer
-                        .seek(&context.source_topic, partition, offset, SEEK_TIMEOUT)
-                    {
-                        Ok(()) => debug!(partition, "input resumed at {offset:?}"),
-                        Err(e) => warn!(partition, "seeking input to {offset:?} failed: {e}"),
-                    }
+                    self.resume(partition, next_offset)
                 }
                 PollerCommand::Pause(partition) => {
-                    let tpl = self.consumer.context().partition_list([(partition, None)]);
-                    if let Err(e) = self.consumer.pause(&tpl) {
-                        debug!(partition, "pause skipped: {e}");
-                    }
+                    // A pending retry of a resume is void once the task pauses again.
+                    self.failed_resumes.retain(|(p, _)| *p != partition);
+                    self.pause(partition);
                 }
             }
         }
     }
 
-    fn poll_round(&self) -> BTreeMap<i32, Vec<InputRecord>> {
+    fn pause(&self, partition: i32) {
+        let tpl = self.consumer.context().partition_list([(partition, None)]);
+        if let Err(e) = self.consumer.pause(&tpl) {
+            debug!(partition, "pause skipped: {e}");
+        }
+    }
+
+    /// Fetches the partition's input from the task's own position: it may be ahead of the
+    /// group's committed offset (after a crash) or behind the fetch position (after a task
+    /// restart dropped a batch). If the seek fails, the partition is paused again and the
+    /// resume retried next round: fetching from anywhere else could skip records for good.
+    fn resume(&mut self, partition: i32, next_offset: Option<i64>) {
+        let context = self.consumer.context();
+        let tpl = context.partition_list([(partition, None)]);
+        if let Err(e) = self.consumer.resume(&tpl) {
+            debug!(partition, "resume skipped: {e}");
+            return;
+        }
+        let offset = next_offset.map_or(Offset::Beginning, Offset::Offset);
+        match self
+            .consumer
+            .seek(&context.source_topic, partition, offset, SEEK_TIMEOUT)
+        {
+            Ok(()) => debug!(partition, "input resumed at {offset:?}"),
+            Err(e) => {
+                warn!(
+                    partition,
+                    "seeking input to {offset:?} failed, pausing and retrying: {e}"
+                );
+                self.pause(partition);
+                self.failed_resumes.push((partition, next_offset));
+            }
+        }
+    }
+
+    /// Up to [`MAX_RECORDS_PER_ROUND`] records, by partition. A fatal consumer error (the
+    /// consumer can do nothing more, e.g. a fenced static member) fails the instance.
+    fn poll_round(&self) -> Result<BTreeMap<i32, Vec<InputRecord>>> {
         let mut batches: BTreeMap<i32, Vec<InputRecord>> = BTreeMap::new();
         let mut timeout = POLL_TIMEOUT;
         for _ in 0..MAX_RECORDS_PER_ROUND {
@@ -139,13 +165,18 @@ impl Poller {
                     timeout = Duration::ZERO;
                 }
                 Some(Err(e)) => {
+                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                        return Err(EngineError::ConsumerFatal {
+                            reason: format!("{code:?}: {reason}"),
+                        });
+                    }
                     warn!("consumer: {e}");
                     break;
                 }
                 None => break,
             }
         }
-        batches
+        Ok(batches)
     }
 
     fn commit(&self) -> Result<()> {

@@ -84,17 +84,51 @@ pub type ProcessorFactory = Arc<dyn Fn() -> Box<dyn Processor> + Send + Sync>;
 
 /// A processor's view of its task while it handles one record: the task's stores (reads see
 /// the task's own uncommitted writes) and its output. Every store write is also sent to the
-/// store's changelog, tagged with the input offset it came from.
+/// store's changelog, tagged with the input offset it came from: at the commit with the record
+/// cache, else once the record is processed (one changelog record per key per input record, so
+/// a record's updates to a key reach the changelog together or not at all).
 pub struct ProcessorContext<'a> {
-    pub(crate) store: &'a mut TaskStore,
-    pub(crate) collector: &'a mut RecordCollector,
-    pub(crate) partition: i32,
-    pub(crate) offset: i64,
+    store: &'a mut TaskStore,
+    collector: &'a mut RecordCollector,
+    partition: i32,
+    offset: i64,
     /// The record's timestamp (ms since the epoch), given to the records it produces.
-    pub(crate) timestamp: Option<i64>,
+    timestamp: Option<i64>,
+    /// Without the record cache: keys written while handling this record, whose changelog
+    /// records [`Self::send_changelog`] sends once the processor is done with it.
+    written: Vec<(StoreId, Vec<u8>)>,
 }
 
-impl ProcessorContext<'_> {
+impl<'a> ProcessorContext<'a> {
+    pub(crate) fn new(
+        store: &'a mut TaskStore,
+        collector: &'a mut RecordCollector,
+        partition: i32,
+        offset: i64,
+        timestamp: Option<i64>,
+    ) -> Self {
+        Self {
+            store,
+            collector,
+            partition,
+            offset,
+            timestamp,
+            written: Vec::new(),
+        }
+    }
+
+    /// Without the record cache, sends the changelog record of each key the record wrote (its
+    /// value after the record). The engine calls this once the processor returns.
+    pub(crate) fn send_changelog(&mut self) -> crate::Result<()> {
+        for (store, key) in std::mem::take(&mut self.written) {
+            if let Some(value) = self.store.get(store, &key)? {
+                self.collector
+                    .send_changelog(store, self.partition, &key, &value, self.offset)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The partition of the record being processed (also the task's partition).
     pub fn partition(&self) -> i32 {
         self.partition
@@ -123,9 +157,11 @@ impl ProcessorContext<'_> {
     }
 
     /// Whether the record being processed is already reflected in a key's value: the value
-    /// was produced by this record or a later one. Input can be processed again (a task
-    /// resumes from its own last commit after a crash, a restart or a period with two owners);
-    /// an aggregation that checks this before updating counts each record once.
+    /// was produced by a later record, or by this record before (when input is processed
+    /// again: a task resumes from its last commit after a crash, a restart or a period with
+    /// two owners). A value this record wrote just now is not "applied before": a record may
+    /// update the same key several times. An aggregation that checks this before each update
+    /// counts each record once; [`Self::update`] does both.
     pub fn already_applied(&self, store: StoreId, key: &[u8]) -> Result<bool, RecordError> {
         Ok(matches!(
             self.read_for_update(store, key)?,
@@ -140,9 +176,32 @@ impl ProcessorContext<'_> {
             .get_with_version(store, key)
             .map_err(|e| RecordError::Failed(e.to_string()))?;
         Ok(match current {
-            Some((Some(version), _)) if version >= self.offset => KeyState::AlreadyApplied,
+            Some((Some(version), _))
+                if version > self.offset
+                    || (version == self.offset && !self.store.written_since_commit(store, key)) =>
+            {
+                KeyState::AlreadyApplied
+            }
             current => KeyState::Current(current.map(|(_, value)| value)),
         })
+    }
+
+    /// Updates a key unless this record is already applied to it (see
+    /// [`Self::already_applied`]): `f` gets the current value (`None`: none yet) and returns the
+    /// new one. Answers the new value, or `None` when the record was applied before.
+    pub fn update(
+        &mut self,
+        store: StoreId,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> Result<Vec<u8>, RecordError>,
+    ) -> Result<Option<Vec<u8>>, RecordError> {
+        let current = match self.read_for_update(store, key)? {
+            KeyState::AlreadyApplied => return Ok(None),
+            KeyState::Current(current) => current,
+        };
+        let value = f(current.as_deref())?;
+        self.put(store, key, &value)?;
+        Ok(Some(value))
     }
 
     /// Writes a key to a store and its changelog (now, or at the commit when caching), tagged
@@ -150,12 +209,10 @@ impl ProcessorContext<'_> {
     pub fn put(&mut self, store: StoreId, key: &[u8], value: &[u8]) -> Result<(), RecordError> {
         self.store
             .put(store, key, value, self.offset, self.timestamp);
-        if self.store.caching() {
-            return Ok(());
+        if !self.store.caching() && !self.written.iter().any(|(s, k)| *s == store && k == key) {
+            self.written.push((store, key.to_vec()));
         }
-        self.collector
-            .send_changelog(store, self.partition, key, value, self.offset)
-            .map_err(|e| RecordError::Failed(e.to_string()))
+        Ok(())
     }
 
     /// Sends a record to an output topic (partitioned by key), with the input record's
@@ -164,5 +221,80 @@ impl ProcessorContext<'_> {
         self.collector
             .send_output(topic, key, value, self.timestamp)
             .map_err(|e| RecordError::Failed(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StreamsConfig;
+    use crate::store_memory::{StoreMemory, StoreMemorySettings};
+    use crate::task_id::TaskId;
+    use crate::task_store::StoredOffsets;
+
+    const STORE: StoreId = StoreId(0);
+
+    fn count(bytes: Option<&[u8]>) -> i64 {
+        bytes.map_or(0, |b| i64::from_be_bytes(b.try_into().unwrap()))
+    }
+
+    /// A record whose value is "the the": two updates of one key, through `read_for_update`
+    /// and `put` (`by_hand`) or through `update`.
+    fn count_the_twice(ctx: &mut ProcessorContext<'_>, by_hand: bool) {
+        for _ in 0..2 {
+            if by_hand {
+                if let KeyState::Current(current) = ctx.read_for_update(STORE, b"the").unwrap() {
+                    let next = count(current.as_deref()) + 1;
+                    ctx.put(STORE, b"the", &next.to_be_bytes()).unwrap();
+                }
+            } else {
+                ctx.update(STORE, b"the", |current| {
+                    Ok((count(current) + 1).to_be_bytes().to_vec())
+                })
+                .unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_that_updates_a_key_twice_counts_twice_and_once_again_is_skipped() {
+        for by_hand in [true, false] {
+            for cache_max_bytes in [10 << 20, 0] {
+                let dir = tempfile::tempdir().unwrap();
+                let memory = StoreMemory::new(StoreMemorySettings {
+                    cache_max_bytes,
+                    ..StoreMemorySettings::default()
+                });
+                let task = TaskId::new(0, 0);
+                let names = vec!["words".to_string()];
+                let mut store = TaskStore::open(task, dir.path(), &names, &memory).unwrap();
+                let config = StreamsConfig::new("app", "127.0.0.1:9");
+                let mut collector = RecordCollector::new(task, &config, &names).unwrap();
+                let mut process = |store: &mut TaskStore, offset: i64| {
+                    let mut ctx = ProcessorContext::new(store, &mut collector, 0, offset, None);
+                    count_the_twice(&mut ctx, by_hand);
+                    ctx.send_changelog().unwrap();
+                    count(store.get(STORE, b"the").unwrap().as_deref())
+                };
+                assert_eq!(
+                    process(&mut store, 5),
+                    2,
+                    "by hand {by_hand}, cache {cache_max_bytes}"
+                );
+                store
+                    .commit(&StoredOffsets {
+                        input_next: Some(6),
+                        changelog_next: vec![None],
+                    })
+                    .unwrap();
+                assert_eq!(
+                    process(&mut store, 5),
+                    2,
+                    "record 5 again (after a crash) is skipped"
+                );
+                assert_eq!(process(&mut store, 6), 4, "the next record counts twice");
+                collector.purge_queued();
+            }
+        }
     }
 }

@@ -1,9 +1,9 @@
 //! Restoring a task's stores from their changelog partitions: from the offset the task's own
 //! RocksDB says it applied, up to the changelog's end, with progress in logs and metrics.
-//! It also works out how far input processing had got, and which restored keys may still
-//! owe their output (written to the changelog after the last commit).
+//! It also works out where input resumes (the task's own last commit or the group's, never
+//! past it) and records, durably, which restored keys may still owe their output.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -35,12 +35,15 @@ pub(crate) const FETCH_BYTES: &str = "262144";
 pub struct RestoreOutcome {
     /// Changelog records applied (all stores).
     pub records: u64,
-    /// Where input processing resumes: past everything the local store, the changelog
-    /// changelog records and the group's committed offset say was applied.
+    /// Where input processing resumes: the task's own last commit or the group's, whichever
+    /// is further. Never past them: a write-out can be cut short at any record, so what the
+    /// changelog holds beyond a commit says nothing about the keys whose records did not land
+    /// (their input is read again; per-key versions skip what is already applied).
     pub input_next: Option<i64>,
-    /// Keys restored from changelog records whose input offset is at or past the last
-    /// commit: their output may not have reached the broker, so they are re-emitted.
-    pub replay: BTreeSet<(StoreId, Vec<u8>)>,
+    /// Restored keys newly marked as owing their output (changelog records at or past the
+    /// resume point: their output may not have reached the broker). The marks are kept in the
+    /// task's store until a commit has flushed the re-emitted output.
+    pub replay_marked: u64,
     /// Why the local state was wiped before restoring, if it was.
     pub wiped: Option<&'static str>,
 }
@@ -124,14 +127,12 @@ pub fn restore_task(request: &RestoreRequest<'_>, store: &mut TaskStore) -> Resu
     }
     let mut offsets = store.read_offsets()?;
     let committed = group_committed(&consumer, request.source_topic, task.partition)?;
-    // Input below this offset was flushed (changelog and output) before a commit.
+    // Input below this offset was flushed (changelog and output) before a commit; input
+    // resumes here. The changelog may hold records of later input (a write-out cut short, or
+    // a previous owner's last window), but only some of them: a write-out sends one record
+    // per key, in no input order, so the keys whose records did not land must see their
+    // input again. Re-processing skips what a key's restored version already reflects.
     let safe_from = offsets.input_next.max(committed).unwrap_or(0);
-    // Where input resumes: past everything the local store, the changelog records and the
-    // group's commit say was applied (each writer logs its updates in order, so its latest
-    // record implies all its earlier ones). Resuming at the local position instead would
-    // survive two owners interleaving their writes, but would make a task that comes back
-    // to an instance re-read all input since it left; overlapping owners are a broker fault
-    // (or a zombie) and are documented as such.
     outcome.input_next = offsets.input_next.max(committed);
 
     for (index, (name, (topic, low, high))) in store_names.iter().zip(watermarks).enumerate() {
@@ -165,15 +166,14 @@ pub fn restore_task(request: &RestoreRequest<'_>, store: &mut TaskStore) -> Resu
         let mut skipped = 0u64;
         // Newest input offset per key in the batch not yet applied to the store.
         let mut batch_versions: HashMap<Vec<u8>, i64> = HashMap::new();
+        // Keys of the batch that owe their output (marked in the same write as the batch).
+        let mut replay: Vec<Vec<u8>> = Vec::new();
         while position < high {
             match consumer.poll(Duration::from_millis(500)) {
                 Some(Ok(message)) => {
                     position = position.max(message.offset() + 1);
                     let payload = message.payload();
                     let input = payload.and_then(|bytes| decode_changelog_value(bytes).0);
-                    if let Some(input) = input {
-                        outcome.input_next = outcome.input_next.max(Some(input + 1));
-                    }
                     if let Some(key) = message.key() {
                         // Each changelog value is the key's state as of its input offset, so
                         // the newest offset wins, not the newest write: two owners of one
@@ -189,7 +189,7 @@ pub fn restore_task(request: &RestoreRequest<'_>, store: &mut TaskStore) -> Resu
                             if let Some(input) = input {
                                 batch_versions.insert(key.to_vec(), input);
                                 if input >= safe_from {
-                                    outcome.replay.insert((StoreId(index), key.to_vec()));
+                                    replay.push(key.to_vec());
                                 }
                             }
                             batch.push((key.to_vec(), payload.map(<[u8]>::to_vec)));
@@ -206,7 +206,9 @@ pub fn restore_task(request: &RestoreRequest<'_>, store: &mut TaskStore) -> Resu
             if batch.len() >= BATCH || (position >= high && !batch.is_empty()) {
                 offsets.changelog_next[index] = Some(position);
                 offsets.input_next = outcome.input_next;
-                store.apply_restored(StoreId(index), &batch, &offsets)?;
+                store.apply_restored(StoreId(index), &batch, &replay, &offsets)?;
+                outcome.replay_marked += replay.len() as u64;
+                replay.clear();
                 batch_versions.clear();
                 let n = batch.len() as u64;
                 applied += n;
@@ -230,7 +232,7 @@ pub fn restore_task(request: &RestoreRequest<'_>, store: &mut TaskStore) -> Resu
             }
         }
         offsets.changelog_next[index] = Some(high);
-        store.apply_restored(StoreId(index), &[], &offsets)?;
+        store.apply_restored(StoreId(index), &[], &[], &offsets)?;
         outcome.records += applied;
         request.progress.add_restored(skipped);
         let elapsed = started.elapsed();

@@ -137,6 +137,7 @@ impl KafkaStreams {
             status: status.clone(),
             rejoin_after: config.session_timeout * 3,
             source_topic: topology.source_topic().to_string(),
+            failed_resumes: Vec::new(),
         };
         let poller = std::thread::Builder::new()
             .name("kstreams-poller".into())

@@ -1,5 +1,6 @@
 //! The supervisor actor: owns the partition assignment, starts a task actor per assigned
-//! partition, stops revoked ones after their commit, routes batches, and reports task failures.
+//! partition (retrying one that cannot start), stops revoked ones after their commit (always,
+//! even when it fails), routes batches, and reports task failures.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use futures::future::join_all;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, info, warn};
 
@@ -15,6 +16,7 @@ use crate::assignment::{AssignmentChange, AssignmentEvent};
 use crate::config::StreamsConfig;
 use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
+use crate::failpoints;
 use crate::metrics::EngineMetrics;
 use crate::processor::InputRecord;
 use crate::state_directory::StateDirectory;
@@ -25,6 +27,9 @@ use crate::task_id::TaskId;
 
 /// How long a task may take to stop once asked.
 const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an assigned partition whose task could not start waits before the next try
+/// (e.g. for a stopping task of the same partition to release the RocksDB lock).
+const START_RETRY_DELAY: Duration = Duration::from_secs(2);
 
 /// Requests from the supervisor to the consumer's polling loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +51,10 @@ pub enum SupervisorMsg {
     Process(BTreeMap<i32, Vec<InputRecord>>, RpcReplyPort<Result<()>>),
     /// Commit every running task; answered with the offsets to commit to the group.
     CommitAll(RpcReplyPort<Result<CommitOffsets>>),
-    /// A task finished restoring; its input resumes at this offset.
-    TaskRunning(TaskId, Option<i64>),
+    /// A task (this actor) finished restoring; its input resumes at this offset.
+    TaskRunning(TaskId, ActorId, Option<i64>),
+    /// Try again to start the task of an assigned partition whose start failed.
+    RetryStart(i32),
     /// Time to delete task directories not owned for longer than the cleanup delay.
     CleanStateDirs,
     /// Stop every task without committing (after a final CommitAll on shutdown).
@@ -77,6 +84,9 @@ struct TaskEntry {
 pub struct SupervisorState {
     args: SupervisorArgs,
     tasks: BTreeMap<i32, TaskEntry>,
+    /// Assigned partitions whose task could not start yet (retried; paused meanwhile, and
+    /// shown in `/status` as restoring, so readiness says so).
+    awaiting_start: BTreeSet<i32>,
     /// Recent failures per task, to tell a one-off from a task that keeps failing.
     failures: HashMap<TaskId, VecDeque<Instant>>,
     /// Task directories on disk that this instance does not own, and since when.
@@ -130,6 +140,7 @@ impl Actor for Supervisor {
         Ok(SupervisorState {
             args,
             tasks: BTreeMap::new(),
+            awaiting_start: BTreeSet::new(),
             failures: HashMap::new(),
             unowned_since,
         })
@@ -151,21 +162,28 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::CommitAll(reply) => {
                 let partitions: Vec<i32> = state.tasks.keys().copied().collect();
-                let timer = state.args.metrics.commit_duration.start_timer();
-                let result = state.commit(&partitions).await;
-                timer.observe_duration();
-                match &result {
-                    Ok(_) => state.args.metrics.commits.inc(),
-                    Err(_) => state.args.metrics.commit_failures.inc(),
-                }
+                let (offsets, mut failed) = state.commit(&partitions).await;
+                // Any failed task commit stops the instance: its cause is rarely local to one
+                // task (the broker, the disk), and a restart resumes from the last commits.
+                let result = match failed.is_empty() {
+                    true => Ok(offsets),
+                    false => Err(failed.swap_remove(0).1),
+                };
                 let _ = reply.send(result);
             }
             SupervisorMsg::CleanStateDirs => state.clean_state_dirs(),
-            SupervisorMsg::TaskRunning(task, next_offset) => {
+            SupervisorMsg::RetryStart(partition) => {
+                if state.awaiting_start.remove(&partition) {
+                    state.start_or_retry(&myself, partition).await;
+                }
+            }
+            SupervisorMsg::TaskRunning(task, actor, next_offset) => {
+                // Only from the incarnation that owns the partition now (a stopping earlier one
+                // may still report).
                 if let Some(entry) = state
                     .tasks
                     .get_mut(&task.partition)
-                    .filter(|e| e.task == task)
+                    .filter(|e| e.task == task && e.actor.get_id() == actor)
                 {
                     entry.phase = TaskPhase::Running;
                     state
@@ -224,7 +242,12 @@ impl SupervisorState {
         myself: &ActorRef<SupervisorMsg>,
         event: AssignmentEvent,
     ) -> Result<CommitOffsets> {
-        let owned: BTreeSet<i32> = self.tasks.keys().copied().collect();
+        let owned: BTreeSet<i32> = self
+            .tasks
+            .keys()
+            .chain(&self.awaiting_start)
+            .copied()
+            .collect();
         let change = AssignmentChange::plan(&owned, &event);
         let metrics = self.args.metrics.clone();
         metrics.rebalances.inc();
@@ -234,14 +257,34 @@ impl SupervisorState {
         let (added, revoked, lost) = match &event {
             AssignmentEvent::Assigned(_) => {
                 for &partition in &change.start {
-                    self.start_task(myself, partition).await?;
+                    self.start_or_retry(myself, partition).await;
                 }
                 metrics.tasks_assigned.inc_by(change.start.len() as u64);
                 (change.start.as_slice(), &[][..], &[][..])
             }
             AssignmentEvent::Revoked(_) => {
                 // Commit before handing over, so the next owner restores only what we wrote.
-                offsets = self.commit(&change.stop).await?;
+                // The tasks stop whatever the commit did: the partitions are no longer ours.
+                // A task whose commit failed drops its uncommitted state; the next owner
+                // re-reads that input from the last commit.
+                let (committed, failed) = if failpoints::fires(failpoints::REVOCATION_COMMIT_FAILS)
+                {
+                    let injected = |p: &i32| {
+                        let task = TaskId::new(0, *p);
+                        let reason = "commit failed (failpoint)".to_string();
+                        (*p, EngineError::TaskFailed { task, reason })
+                    };
+                    (Vec::new(), change.stop.iter().map(injected).collect())
+                } else {
+                    self.commit(&change.stop).await
+                };
+                for (partition, error) in &failed {
+                    error!(
+                        task = %TaskId::new(0, *partition),
+                        "commit of a revoked task failed; stopping it anyway, its uncommitted input will be processed again by the next owner: {error}"
+                    );
+                }
+                offsets = committed;
                 self.stop(&change.stop).await;
                 metrics.tasks_revoked.inc_by(change.stop.len() as u64);
                 metrics
@@ -275,6 +318,24 @@ impl SupervisorState {
         );
         self.args.status.record_assignment(record);
         Ok(offsets)
+    }
+
+    /// Starts the partition's task; if it cannot start, counts the failure against the task's
+    /// budget and tries again after [`START_RETRY_DELAY`] (the instance stops once the budget is
+    /// spent). The partition stays paused, and shown as not ready, until its task runs.
+    async fn start_or_retry(&mut self, myself: &ActorRef<SupervisorMsg>, partition: i32) {
+        let Err(error) = self.start_task(myself, partition).await else {
+            return;
+        };
+        let task = TaskId::new(0, partition);
+        if self.budget_spent(task, &error.to_string()) {
+            return;
+        }
+        warn!(%task, "task could not start, trying again in {START_RETRY_DELAY:?}: {error}");
+        self.awaiting_start.insert(partition);
+        myself.send_after(START_RETRY_DELAY, move || {
+            SupervisorMsg::RetryStart(partition)
+        });
     }
 
     async fn start_task(&mut self, myself: &ActorRef<SupervisorMsg>, partition: i32) -> Result<()> {
@@ -334,28 +395,38 @@ impl SupervisorState {
         Ok(())
     }
 
-    async fn commit(&mut self, partitions: &[i32]) -> Result<CommitOffsets> {
+    /// Commits each task of `partitions`: the input offsets to commit to the group, and the
+    /// tasks whose commit failed.
+    async fn commit(&mut self, partitions: &[i32]) -> (CommitOffsets, Vec<(i32, EngineError)>) {
+        let timer = self.args.metrics.commit_duration.start_timer();
         let asks = partitions.iter().filter_map(|p| {
             let entry = self.tasks.get(p)?;
             Some(async move { (*p, ask(&entry.actor, "task", TaskMsg::Commit).await) })
         });
         let mut offsets = Vec::new();
+        let mut failed = Vec::new();
         for (partition, result) in join_all(asks).await {
             match result {
                 Ok(Ok(Some(offset))) => offsets.push((partition, offset)),
                 Ok(Ok(None)) => {}
-                Ok(Err(error)) => return Err(error),
+                Ok(Err(error)) => failed.push((partition, error)),
                 // The task stopped between the ask and its answer (it failed and supervision
                 // restarts it from its last commit): nothing of it to commit this round.
                 Err(error) => warn!(partition, "task did not answer the commit: {error}"),
             }
         }
-        Ok(offsets)
+        timer.observe_duration();
+        match failed.is_empty() {
+            true => self.args.metrics.commits.inc(),
+            false => self.args.metrics.commit_failures.inc(),
+        }
+        (offsets, failed)
     }
 
     async fn stop(&mut self, partitions: &[i32]) {
         for &partition in partitions {
             let task = TaskId::new(0, partition);
+            self.awaiting_start.remove(&partition);
             self.args.status.remove_task(task);
             self.args.metrics.forget_task(task);
             self.unowned_since.insert(task, Instant::now());
@@ -384,6 +455,16 @@ impl SupervisorState {
         task: TaskId,
         reason: String,
     ) {
+        if self.budget_spent(task, &reason) {
+            return;
+        }
+        self.args.metrics.task_restarts.inc();
+        self.start_or_retry(myself, task.partition).await;
+    }
+
+    /// Counts a failure of `task`; once it failed too often within the window, reports the
+    /// instance failed (it stops with the cause) and answers true.
+    fn budget_spent(&mut self, task: TaskId, reason: &str) -> bool {
         let config = &self.args.config;
         let now = Instant::now();
         let failures = self.failures.entry(task).or_default();
@@ -404,14 +485,11 @@ impl SupervisorState {
                     config.task_failure_window
                 ),
             });
-            return;
+            return true;
         }
         warn!(%task, "task failed ({count} of {} allowed within {:?}), restarting it from its last commit: {reason}",
             config.task_failure_limit, config.task_failure_window);
-        self.args.metrics.task_restarts.inc();
-        if let Err(error) = self.start_task(myself, task.partition).await {
-            let _ = self.args.fatal.send(error);
-        }
+        false
     }
 
     /// Deletes the directories of tasks this instance has not owned for the cleanup delay.

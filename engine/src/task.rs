@@ -12,11 +12,12 @@ use tracing::{info, warn};
 use crate::config::{DeserializationErrorPolicy, StreamsConfig};
 use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
+use crate::failpoints;
 use crate::metrics::EngineMetrics;
 use crate::offsets::{decode_changelog_value, InputPosition};
 use crate::processor::{InputRecord, Processor, ProcessorContext, RecordError, StoreId};
 use crate::record_collector::RecordCollector;
-use crate::restore::{restore_task, RestoreOutcome, RestoreRequest};
+use crate::restore::{restore_task, RestoreRequest};
 use crate::status::TaskProgress;
 use crate::store_memory::StoreMemory;
 use crate::supervisor::SupervisorMsg;
@@ -25,6 +26,17 @@ use crate::task_store::{StoredOffsets, TaskStore};
 
 /// How long a commit waits for the broker to acknowledge the task's records.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Keys read per step while re-emitting the output of restored keys.
+const REPLAY_STEP: usize = 1_000;
+
+/// What made a task write its cached updates out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOut {
+    /// A commit (interval, revocation, shutdown, or before stopping on a bad record).
+    Commit,
+    /// The task's record cache went over its share of the budget.
+    CacheOverBudget,
+}
 
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +108,13 @@ impl Actor for StreamTask {
             progress,
         } = args;
         let (store, wiped) = tokio::task::block_in_place(|| {
-            TaskStore::open_or_wipe(task, &task_dir, topology.stores(), &store_memory)
+            TaskStore::open_or_wipe(
+                task,
+                &task_dir,
+                topology.stores(),
+                &store_memory,
+                crate::task_store::LOCK_WAIT,
+            )
         })?;
         if let Some(reason) = wiped {
             metrics.state_wipes.with_label_values(&[reason]).inc();
@@ -126,7 +144,7 @@ impl Actor for StreamTask {
 
     async fn handle(
         &self,
-        _myself: ActorRef<TaskMsg>,
+        myself: ActorRef<TaskMsg>,
         msg: TaskMsg,
         state: &mut TaskState,
     ) -> Result<(), ActorProcessingErr> {
@@ -135,6 +153,7 @@ impl Actor for StreamTask {
                 tokio::task::block_in_place(|| state.restore())?;
                 state.supervisor.cast(SupervisorMsg::TaskRunning(
                     state.task,
+                    myself.get_id(),
                     state.position.next(),
                 ))?;
             }
@@ -148,7 +167,7 @@ impl Actor for StreamTask {
                 let _ = reply.send(Ok(()));
             }
             TaskMsg::Commit(reply) => {
-                let result = tokio::task::block_in_place(|| state.commit());
+                let result = tokio::task::block_in_place(|| state.commit(WriteOut::Commit));
                 let _ = reply.send(result);
             }
         }
@@ -197,7 +216,10 @@ impl TaskState {
         let stored: StoredOffsets = self.store.read_offsets()?;
         self.position = InputPosition::resume(stored.input_next, outcome.input_next);
         self.changelog_next = stored.changelog_next;
-        self.replay(&outcome)?;
+        if failpoints::fires(failpoints::ABORT_BEFORE_REPLAY) {
+            failpoints::crash(failpoints::ABORT_BEFORE_REPLAY);
+        }
+        let replayed = self.replay()?;
         self.phase = TaskPhase::Running;
         self.progress.set_next_offset(self.position.next());
         self.progress.set_running();
@@ -205,38 +227,51 @@ impl TaskState {
         self.metrics.tasks_running.inc();
         info!(
             task = %self.task,
-            "running: restored {} records, re-emitted {} keys, resuming input at offset {}",
+            "running: restored {} records, re-emitted {replayed} keys ({} newly marked), resuming input at offset {}",
             outcome.records,
-            outcome.replay.len(),
+            outcome.replay_marked,
             self.position.next().map_or("(beginning)".to_string(), |o| o.to_string())
         );
         Ok(())
     }
 
-    /// Re-emits the output of keys whose changelog records came after the last commit.
-    fn replay(&mut self, outcome: &RestoreOutcome) -> Result<()> {
+    /// Re-emits the output of every key marked as owing it (restored from changelog records
+    /// past the last commit, now or by an earlier start that did not get to commit). The marks
+    /// go with the next commit, which flushes this output. Answers the number of keys.
+    fn replay(&mut self) -> Result<u64> {
         let offset = self.position.next().unwrap_or(0);
-        for (store, key) in &outcome.replay {
-            let Some(value) = self.store.get(*store, key)? else {
-                continue;
-            };
-            let mut ctx = ProcessorContext {
-                store: &mut self.store,
-                collector: &mut self.collector,
-                partition: self.task.partition,
-                offset,
-                timestamp: None,
-            };
-            self.processor
-                .replay(*store, key, &value, &mut ctx)
-                .map_err(|e| EngineError::Processing {
-                    task: self.task,
-                    partition: self.task.partition,
+        let mut replayed = 0;
+        let mut after = None;
+        loop {
+            let keys = self
+                .store
+                .pending_output_after(after.as_ref(), REPLAY_STEP)?;
+            for (store, key) in &keys {
+                let Some(value) = self.store.get(*store, key)? else {
+                    continue;
+                };
+                let mut ctx = ProcessorContext::new(
+                    &mut self.store,
+                    &mut self.collector,
+                    self.task.partition,
                     offset,
-                    reason: format!("re-emitting a restored key: {e}"),
-                })?;
+                    None,
+                );
+                self.processor
+                    .replay(*store, key, &value, &mut ctx)
+                    .map_err(|e| EngineError::Processing {
+                        task: self.task,
+                        partition: self.task.partition,
+                        offset,
+                        reason: format!("re-emitting a restored key: {e}"),
+                    })?;
+                replayed += 1;
+            }
+            match keys.into_iter().last() {
+                Some(last) => after = Some(last),
+                None => return Ok(replayed),
+            }
         }
-        Ok(())
     }
 
     fn process(&mut self, records: &[InputRecord]) -> Result<()> {
@@ -253,13 +288,13 @@ impl TaskState {
             if !self.position.needs(record.offset) {
                 continue;
             }
-            let mut ctx = ProcessorContext {
-                store: &mut self.store,
-                collector: &mut self.collector,
-                partition: record.partition,
-                offset: record.offset,
-                timestamp: record.timestamp,
-            };
+            let mut ctx = ProcessorContext::new(
+                &mut self.store,
+                &mut self.collector,
+                record.partition,
+                record.offset,
+                record.timestamp,
+            );
             let processor = &mut self.processor;
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 processor.process(record, &mut ctx)
@@ -274,6 +309,8 @@ impl TaskState {
                     "processor panicked: {message}"
                 )))
             });
+            // What the record wrote goes to the changelog whatever it answered.
+            ctx.send_changelog()?;
             match result {
                 Ok(()) => {
                     processed += 1;
@@ -303,7 +340,7 @@ impl TaskState {
             // Over --cache-max-bytes: write this task's updates out now rather than at the
             // next commit (the group offset still waits for the commit; a restart resumes
             // from the store's own offset, which is never behind it).
-            self.commit()?;
+            self.commit(WriteOut::CacheOverBudget)?;
             self.metrics
                 .state_cache_flushes
                 .with_label_values(&[self.labels[0].as_str(), self.labels[1].as_str()])
@@ -337,7 +374,7 @@ impl TaskState {
                 if self.config.deserialization_error_policy == DeserializationErrorPolicy::Fail =>
             {
                 // Everything before the bad record is kept: sent, flushed and written.
-                self.commit()?;
+                self.commit(WriteOut::Commit)?;
                 return Err(EngineError::Deserialization {
                     task,
                     partition,
@@ -373,7 +410,7 @@ impl TaskState {
         Ok(())
     }
 
-    fn commit(&mut self) -> Result<Option<i64>> {
+    fn commit(&mut self, trigger: WriteOut) -> Result<Option<i64>> {
         if self.phase != TaskPhase::Running {
             return Ok(None);
         }
@@ -382,6 +419,7 @@ impl TaskState {
             &mut self.store,
             &mut self.collector,
             self.processor.as_mut(),
+            trigger,
         )?;
         self.collector.flush(FLUSH_TIMEOUT)?;
         self.report_sent();
@@ -406,30 +444,37 @@ impl TaskState {
 /// With the record cache on, sends what the writes since the last commit produce: one
 /// changelog record per written key and, through [`Processor::replay`], the output derived
 /// from it (with the timestamp of the key's last input record). Without it they went out
-/// with each update: nothing to do.
+/// with each update: nothing to do. The records leave in no input order, in several produce
+/// requests: a crash can land any subset of them (see `restore` for why that is safe).
 pub(crate) fn emit_cached_writes(
     task: TaskId,
     store: &mut TaskStore,
     collector: &mut RecordCollector,
     processor: &mut dyn Processor,
+    trigger: WriteOut,
 ) -> Result<()> {
     if !store.caching() {
         return Ok(());
     }
-    for (store_id, key, stored, timestamp) in store.pending_writes() {
+    let failpoint = match trigger {
+        WriteOut::Commit => failpoints::WRITE_OUT_ABORT_AFTER,
+        WriteOut::CacheOverBudget => failpoints::EARLY_WRITE_OUT_ABORT_AFTER,
+    };
+    let abort_after = failpoints::number(failpoint);
+    for (sent, (store_id, key, stored, timestamp)) in store.pending_writes().into_iter().enumerate()
+    {
         collector.send_changelog_encoded(store_id, task.partition, &key, stored.as_deref())?;
+        if abort_after == Some(sent + 1) {
+            // Cut short: these changelog records acknowledged (the last key's output not sent).
+            collector.flush(FLUSH_TIMEOUT)?;
+            failpoints::crash(failpoint);
+        }
         let Some(stored) = stored else {
             continue;
         };
         let (offset, value) = decode_changelog_value(&stored);
         let offset = offset.unwrap_or_default();
-        let mut ctx = ProcessorContext {
-            store,
-            collector,
-            partition: task.partition,
-            offset,
-            timestamp,
-        };
+        let mut ctx = ProcessorContext::new(store, collector, task.partition, offset, timestamp);
         processor
             .replay(store_id, &key, value, &mut ctx)
             .map_err(|e| EngineError::Processing {

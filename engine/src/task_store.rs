@@ -21,11 +21,31 @@ use crate::store_memory::{StoreMemory, CACHE_ENTRY_OVERHEAD};
 use crate::task_id::TaskId;
 use tracing::warn;
 
-/// How long to wait for a store lock still held by a task that just stopped.
-const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// How long a task waits for its store's lock, still held by a task that just stopped.
+pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// Column family holding the task's offsets.
 pub const OFFSETS_CF: &str = "offsets";
+
+/// Column family marking restored keys whose output may not have reached the output topic
+/// (key: the store's index, 4 bytes big-endian, then the key). A restore marks them in the
+/// same write as the restored values; the first commit after they are re-emitted (which
+/// flushes that output) clears them in its own write. A crash in between leaves them marked,
+/// so the next start re-emits them again.
+pub const PENDING_OUTPUT_CF: &str = "pending-output";
+
+/// Internal column families, beside one per store.
+const INTERNAL_CFS: [&str; 2] = [OFFSETS_CF, PENDING_OUTPUT_CF];
+
+fn pending_output_key(store: StoreId, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + key.len());
+    out.extend_from_slice(&(store.0 as u32).to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+/// Past every pending-output key (store indexes are far below `u32::MAX`).
+const PENDING_OUTPUT_END: [u8; 4] = [0xff; 4];
 
 /// Key (in `offsets`) of the state format; state without it predates versioned values.
 const STATE_FORMAT_KEY: &[u8] = b"state-format";
@@ -44,6 +64,19 @@ pub struct StoredOffsets {
 /// An update read back from a changelog: a key and its changelog value (input offset and
 /// value, as [`encode_changelog_value`] writes it), `None` for a delete.
 pub type ChangelogUpdate = (Vec<u8>, Option<Vec<u8>>);
+
+/// Whether RocksDB's error is evidence that the files are damaged: corrupt, or a file the
+/// store's own metadata names is missing. Anything else (a held lock, too many open files, a
+/// full disk) says nothing about the data and never leads to a wipe.
+fn is_corruption(error: &rocksdb::Error) -> bool {
+    match error.kind() {
+        rocksdb::ErrorKind::Corruption => true,
+        // RocksDB reports a missing MANIFEST or table file as an I/O error ("No such file or
+        // directory"); its status sub-code is not exposed to Rust, only its text.
+        rocksdb::ErrorKind::IOError => error.as_ref().contains("No such file or directory"),
+        _ => false,
+    }
+}
 
 /// Adds puts (`Some`) and deletes (`None`) for one column family to a write batch.
 fn add_updates<'a>(
@@ -83,6 +116,8 @@ pub struct TaskStore {
     /// What `dirty` holds, counted against the instance's cache budget.
     dirty_bytes: usize,
     memory: Arc<StoreMemory>,
+    /// Whether `pending-output` may hold marks (cleared by the next commit).
+    pending_output: bool,
 }
 
 impl Drop for TaskStore {
@@ -106,7 +141,7 @@ impl TaskStore {
         let families = store_names
             .iter()
             .map(String::as_str)
-            .chain([OFFSETS_CF])
+            .chain(INTERNAL_CFS)
             .map(|name| ColumnFamilyDescriptor::new(name, memory.column_family_options()));
         let db = DB::open_cf_descriptors(&options, path, families).map_err(|source| {
             EngineError::Store {
@@ -115,7 +150,7 @@ impl TaskStore {
                 source,
             }
         })?;
-        Ok(Self {
+        let mut store = Self {
             task,
             path: path.to_path_buf(),
             db,
@@ -126,24 +161,30 @@ impl TaskStore {
                 memory.open_cache();
                 memory.clone()
             },
-        })
+            pending_output: true,
+        };
+        store.pending_output = !store.pending_output_after(None, 1)?.is_empty();
+        Ok(store)
     }
 
-    /// Opens the task's store; state that cannot be trusted (RocksDB will not open it, or it
-    /// holds data but no offsets) is wiped and opened empty, to be restored from the changelog.
-    /// Returns the store and, if it was wiped, why.
+    /// Opens the task's store; state that cannot be trusted (RocksDB finds it corrupt or
+    /// incomplete, or it holds data but no offsets) is wiped and opened empty, to be restored
+    /// from the changelog. Returns the store and, if it was wiped, why. Any other failure to
+    /// open (the store still open elsewhere, too many open files, a full disk) is an error and
+    /// deletes nothing: a store that is merely locked is waited for up to `lock_wait`.
     pub fn open_or_wipe(
         task: TaskId,
         path: &Path,
         store_names: &[String],
         memory: &Arc<StoreMemory>,
+        lock_wait: Duration,
     ) -> Result<(Self, Option<&'static str>)> {
-        // A restarted task may briefly find its previous instance's lock still held.
-        let deadline = Instant::now() + LOCK_WAIT;
+        // A restarted task may briefly find its previous incarnation's lock still held.
+        let deadline = Instant::now() + lock_wait;
         let opened = loop {
             match Self::open(task, path, store_names, memory) {
                 Err(EngineError::Store { source, .. })
-                    if source.to_string().contains("lock") && Instant::now() < deadline =>
+                    if !is_corruption(&source) && Instant::now() < deadline =>
                 {
                     std::thread::sleep(Duration::from_millis(50));
                 }
@@ -155,8 +196,8 @@ impl TaskStore {
                 Some(reason) => reason,
                 None => return Ok((store, None)),
             },
-            Err(EngineError::Store { source, .. }) => {
-                warn!(%task, "state at {} cannot be opened: {source}", path.display());
+            Err(EngineError::Store { source, .. }) if is_corruption(&source) => {
+                warn!(%task, "state at {} is damaged: {source}", path.display());
                 "open_failed"
             }
             Err(other) => return Err(other),
@@ -203,7 +244,7 @@ impl TaskStore {
             .store_names
             .iter()
             .map(String::as_str)
-            .chain([OFFSETS_CF])
+            .chain(INTERNAL_CFS)
         {
             self.db.drop_cf(name).map_err(self.store_error())?;
             self.db
@@ -211,6 +252,7 @@ impl TaskStore {
                 .map_err(self.store_error())?;
         }
         self.clear_dirty();
+        self.pending_output = false;
         Ok(())
     }
 
@@ -265,6 +307,11 @@ impl TaskStore {
         Ok(self
             .get_with_version(store, key)?
             .and_then(|(version, _)| version))
+    }
+
+    /// Whether the key was written since the last commit (by this task incarnation).
+    pub fn written_since_commit(&self, store: StoreId, key: &[u8]) -> bool {
+        self.dirty[store.0].contains_key(key)
     }
 
     /// Buffers a write, produced by the input record at `input_offset` (with `timestamp`),
@@ -384,8 +431,13 @@ impl TaskStore {
             add_updates(&mut batch, self.cf(name), updates);
         }
         self.put_offsets(&mut batch, offsets);
+        if self.pending_output {
+            // The commit flushed the re-emitted output of every marked key.
+            batch.delete_range_cf(self.cf(PENDING_OUTPUT_CF), &[][..], &PENDING_OUTPUT_END[..]);
+        }
         self.db.write(batch).map_err(self.store_error())?;
         self.clear_dirty();
+        self.pending_output = false;
         Ok(())
     }
 
@@ -402,19 +454,59 @@ impl TaskStore {
         }
     }
 
-    /// Applies restored changelog updates to one store, together with how far the restore got,
-    /// in one atomic batch (so an interrupted restore resumes where it stopped).
+    /// Applies restored changelog updates to one store, marks `owe_output` keys as owing their
+    /// output, and records how far the restore got, in one atomic batch (so an interrupted
+    /// restore resumes where it stopped and still knows what to re-emit).
     pub fn apply_restored(
         &mut self,
         store: StoreId,
         updates: &[ChangelogUpdate],
+        owe_output: &[Vec<u8>],
         offsets: &StoredOffsets,
     ) -> Result<()> {
         let mut batch = WriteBatch::default();
         let updates = updates.iter().map(|(key, value)| (key, value));
         add_updates(&mut batch, self.cf(&self.store_names[store.0]), updates);
+        let pending = self.cf(PENDING_OUTPUT_CF);
+        for key in owe_output {
+            batch.put_cf(pending, pending_output_key(store, key), b"");
+        }
         self.put_offsets(&mut batch, offsets);
-        self.db.write(batch).map_err(self.store_error())
+        self.db.write(batch).map_err(self.store_error())?;
+        self.pending_output |= !owe_output.is_empty();
+        Ok(())
+    }
+
+    /// Up to `limit` keys marked as owing their output, in key order, after `after` (a key
+    /// this returned before; `None` from the start).
+    pub fn pending_output_after(
+        &self,
+        after: Option<&(StoreId, Vec<u8>)>,
+        limit: usize,
+    ) -> Result<Vec<(StoreId, Vec<u8>)>> {
+        if !self.pending_output {
+            return Ok(Vec::new());
+        }
+        let start = after.map(|(store, key)| pending_output_key(*store, key));
+        let mode = match &start {
+            Some(start) => rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward),
+            None => rocksdb::IteratorMode::Start,
+        };
+        let mut keys = Vec::new();
+        for item in self.db.iterator_cf(self.cf(PENDING_OUTPUT_CF), mode) {
+            let (raw, _) = item.map_err(self.store_error())?;
+            if start.as_deref() == Some(&raw[..]) {
+                continue;
+            }
+            let Some((index, key)) = raw.split_first_chunk::<4>() else {
+                continue;
+            };
+            keys.push((StoreId(u32::from_be_bytes(*index) as usize), key.to_vec()));
+            if keys.len() >= limit {
+                break;
+            }
+        }
+        Ok(keys)
     }
 
     /// Approximate on-disk size of the task's live data, in bytes.
@@ -493,7 +585,7 @@ mod tests {
             (b"a".to_vec(), None),
         ];
         store
-            .apply_restored(StoreId(0), &updates, &offsets)
+            .apply_restored(StoreId(0), &updates, &[], &offsets)
             .unwrap();
         assert_eq!(store.get(StoreId(0), b"a").unwrap(), None);
         assert_eq!(store.get(StoreId(0), b"b").unwrap(), Some(b"1".to_vec()));
@@ -516,13 +608,15 @@ mod tests {
                 })
                 .unwrap();
         }
-        let (store, wiped) = TaskStore::open_or_wipe(task, dir.path(), &stores, &memory()).unwrap();
+        let (store, wiped) =
+            TaskStore::open_or_wipe(task, dir.path(), &stores, &memory(), LOCK_WAIT).unwrap();
         assert_eq!(wiped, None, "consistent state is kept");
         assert_eq!(store.get(StoreId(0), b"k").unwrap(), Some(b"v".to_vec()));
         drop(store);
 
         std::fs::write(dir.path().join("CURRENT"), b"garbage\n").unwrap();
-        let (store, wiped) = TaskStore::open_or_wipe(task, dir.path(), &stores, &memory()).unwrap();
+        let (store, wiped) =
+            TaskStore::open_or_wipe(task, dir.path(), &stores, &memory(), LOCK_WAIT).unwrap();
         assert_eq!(wiped, Some("open_failed"));
         assert_eq!(store.get(StoreId(0), b"k").unwrap(), None);
         drop(store);
@@ -537,7 +631,8 @@ mod tests {
                 })
                 .unwrap();
         }
-        let (store, wiped) = TaskStore::open_or_wipe(task, dir.path(), &stores, &memory()).unwrap();
+        let (store, wiped) =
+            TaskStore::open_or_wipe(task, dir.path(), &stores, &memory(), LOCK_WAIT).unwrap();
         assert_eq!(wiped, Some("missing_offsets"));
         drop(store);
 
@@ -555,8 +650,84 @@ mod tests {
                 .put_cf(offsets, changelog_offset_key("s"), encode_offset(1))
                 .unwrap();
         }
-        let (_, wiped) = TaskStore::open_or_wipe(task, dir.path(), &stores, &memory()).unwrap();
+        let (_, wiped) =
+            TaskStore::open_or_wipe(task, dir.path(), &stores, &memory(), LOCK_WAIT).unwrap();
         assert_eq!(wiped, Some("old_format"));
+    }
+
+    #[test]
+    fn a_store_whose_lock_is_held_is_never_wiped() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = TaskId::new(0, 3);
+        let stores = vec!["s".to_string()];
+        let mut held = TaskStore::open(task, dir.path(), &stores, &memory()).unwrap();
+        held.put(StoreId(0), b"k", b"v", 0, None);
+        held.commit(&StoredOffsets {
+            input_next: Some(1),
+            changelog_next: vec![Some(1)],
+        })
+        .unwrap();
+        let opened = TaskStore::open_or_wipe(
+            task,
+            dir.path(),
+            &stores,
+            &memory(),
+            Duration::from_millis(300),
+        );
+        let error = opened.err().expect("a held store cannot open twice");
+        assert!(
+            matches!(error, EngineError::Store { .. }),
+            "a store error, not a wipe: {error}"
+        );
+        assert!(dir.path().join("CURRENT").exists(), "files kept");
+        assert_eq!(held.get(StoreId(0), b"k").unwrap(), Some(b"v".to_vec()));
+        drop(held);
+        let (store, wiped) =
+            TaskStore::open_or_wipe(task, dir.path(), &stores, &memory(), LOCK_WAIT).unwrap();
+        assert_eq!(wiped, None, "once released it opens with its state");
+        assert_eq!(store.get(StoreId(0), b"k").unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn pending_output_marks_survive_reopen_until_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = TaskId::new(0, 4);
+        let stores = vec!["a".to_string(), "b".to_string()];
+        let offsets = StoredOffsets {
+            input_next: Some(5),
+            changelog_next: vec![Some(2), Some(1)],
+        };
+        {
+            let mut store = TaskStore::open(task, dir.path(), &stores, &memory()).unwrap();
+            assert!(store.pending_output_after(None, 10).unwrap().is_empty());
+            let updates = vec![(b"x".to_vec(), Some(encode_changelog_value(3, b"1")))];
+            store
+                .apply_restored(StoreId(0), &updates, &[b"x".to_vec()], &offsets)
+                .unwrap();
+            store
+                .apply_restored(StoreId(1), &[], &[b"y".to_vec(), b"z".to_vec()], &offsets)
+                .unwrap();
+        }
+        let mut store = TaskStore::open(task, dir.path(), &stores, &memory()).unwrap();
+        let all = store.pending_output_after(None, 10).unwrap();
+        let expected = vec![
+            (StoreId(0), b"x".to_vec()),
+            (StoreId(1), b"y".to_vec()),
+            (StoreId(1), b"z".to_vec()),
+        ];
+        assert_eq!(all, expected, "marks are durable, in store and key order");
+        let first = store.pending_output_after(None, 1).unwrap();
+        assert_eq!(first, expected[..1]);
+        let rest = store.pending_output_after(first.last(), 10).unwrap();
+        assert_eq!(rest, expected[1..], "paging resumes after the last key");
+        store.commit(&offsets).unwrap();
+        assert!(store.pending_output_after(None, 10).unwrap().is_empty());
+        drop(store);
+        let store = TaskStore::open(task, dir.path(), &stores, &memory()).unwrap();
+        assert!(
+            store.pending_output_after(None, 10).unwrap().is_empty(),
+            "a commit clears them for good"
+        );
     }
 
     #[test]
