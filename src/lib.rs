@@ -600,6 +600,18 @@ pub fn broker_and_app(state_root: &Path) -> (Broker, AppOptions) {
     (broker, options)
 }
 
+/// Whether an instance's log shows the local broker's heartbeat starvation: the member's
+/// session timed out while it was processing (tansu 0.6.0 leaves heartbeats unanswered while
+/// it serves large fetches from sqlite), it lost its partitions, and the group never gave it
+/// any again. Real Kafka answers heartbeats beside fetches.
+pub fn stranded_by_broker(log: &str) -> bool {
+    let Some(timed_out) = log.find("Consumer group session timed out") else {
+        return false;
+    };
+    let after = &log[timed_out..];
+    after.contains("lost [") && !after.contains("added [0_")
+}
+
 /// Starts an instance after another one of the same application crashed (SIGKILL or abort,
 /// no leaving the group) and waits until it runs `tasks` tasks. Answers `None` (after
 /// [`skip_for_broker_limit`]) when the broker's log shows the group left without a leader: the

@@ -6,13 +6,20 @@
 //! output topic. Failpoints need the suite's build (the engine's `failpoints` feature).
 
 use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use kstreams_engine::failpoints;
 use kstreams_suite::{
     ownership_from_log, ownership_overlaps, read_store_counts, restart_after_crash,
-    skip_for_broker_limit, wait_until, word_count_input, App, AppOptions, Broker, GroupEvents,
+    skip_for_broker_limit, stranded_by_broker, wait_until, word_count_input, App, AppOptions,
+    Broker, GroupEvents,
 };
+
+/// Each test here runs a broker and an instance at full speed through a large single
+/// partition; two at once on two cores starve the local broker's group heartbeats. They take
+/// turns.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(180);
@@ -50,10 +57,16 @@ struct OnePartition {
     records: usize,
     expected: HashMap<String, u64>,
     _root: tempfile::TempDir,
+    _turn: MutexGuard<'static, ()>,
+}
+
+fn take_turn() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl OnePartition {
     fn new(keys: usize, per_key: usize, cache_bytes: u64) -> Self {
+        let turn = take_turn();
         let root = tempfile::tempdir().unwrap();
         let (broker, mut options) = setup(&root, 1);
         options.commit_interval_ms = 600_000;
@@ -66,6 +79,7 @@ impl OnePartition {
             records: records.len(),
             expected,
             _root: root,
+            _turn: turn,
         }
     }
 
@@ -87,7 +101,7 @@ impl OnePartition {
         options.commit_interval_ms = 1_000;
         let app = restart_after_crash(broker, &options, after_crash, 1, READY_TIMEOUT)?;
         check_log(&app.log());
-        Some(assert_exact(broker, &options, app, &self.expected))
+        assert_exact(broker, &options, app, &self.expected)
     }
 }
 
@@ -104,12 +118,36 @@ fn processed(app: &App) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn wait_processed(app: &App, records: usize) {
-    wait_until(
-        &format!("{records} records processed"),
-        PROCESS_TIMEOUT,
-        || processed(app) >= records as f64,
-    );
+/// Waits until the instance processed `records`; false (skipped) when the local broker
+/// stranded it first (see [`skip_if_stranded`]).
+fn wait_processed(app: &App, records: usize) -> bool {
+    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    while processed(app) < records as f64 {
+        if skip_if_stranded(app, &format!("{records} records processed")) {
+            return false;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{records} records not processed within {PROCESS_TIMEOUT:?}; log:\n{}",
+            app.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
+}
+
+/// Skips the rest of the test (answers true) when the instance's log shows the local broker's
+/// heartbeat starvation ([`stranded_by_broker`]): what was waited for can then never happen.
+fn skip_if_stranded(app: &App, waited_for: &str) -> bool {
+    let stranded = stranded_by_broker(&app.log());
+    if stranded {
+        skip_for_broker_limit(&format!(
+            "the rest of this test, waiting for {waited_for}: broker limit (tansu 0.6.0 left \
+             the member's heartbeats unanswered while serving its fetches; its session timed out \
+             and the group never assigned the partition again)"
+        ));
+    }
+    stranded
 }
 
 /// The last value per key on the output topic equals `expected`; then the instance stops
@@ -120,10 +158,13 @@ fn assert_exact(
     options: &AppOptions,
     mut app: App,
     expected: &HashMap<String, u64>,
-) -> f64 {
-    broker
-        .wait_for_counts(&options.output_topic, expected, COUNTS_TIMEOUT)
-        .unwrap_or_else(|e| panic!("output topic: {e}; log:\n{}", app.log()));
+) -> Option<f64> {
+    if let Err(e) = broker.wait_for_counts(&options.output_topic, expected, COUNTS_TIMEOUT) {
+        if skip_if_stranded(&app, &format!("exact counts (output then: {e})")) {
+            return None;
+        }
+        panic!("output topic: {e}; log:\n{}", app.log());
+    }
     let processed = processed(&app);
     let status = app.terminate(EXIT_TIMEOUT);
     assert!(status.success(), "exit {status}; log:\n{}", app.log());
@@ -139,7 +180,7 @@ fn assert_exact(
         expected.len()
     );
     assert_eq!(stored.len(), expected.len(), "stored keys");
-    processed
+    Some(processed)
 }
 
 /// Runs an instance with `failpoint` set until it crashes on it (after `trigger`). Answers the
@@ -157,7 +198,19 @@ fn crash_with(
     crashing.env = vec![("FAILPOINTS".into(), failpoint.into())];
     let mut app = App::spawn(&broker.address(), &crashing);
     trigger(&mut app);
-    let Some(status) = app.wait_exit(CRASH_TIMEOUT) else {
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(status) = app.wait_exit(Duration::from_secs(1)) {
+            break Some(status);
+        }
+        if skip_if_stranded(&app, &format!("the crash on {failpoint}")) {
+            return None;
+        }
+        if started.elapsed() > CRASH_TIMEOUT {
+            break None;
+        }
+    };
+    let Some(status) = exit else {
         let events = broker.group_events(&options.application_id);
         if events.leaderless_since(&before) {
             skip_for_broker_limit(&format!(
@@ -192,8 +245,9 @@ fn sigterm(app: &App) {
 /// Sends SIGTERM once every record is processed.
 fn terminate_once_processed(records: usize) -> impl FnOnce(&mut App) {
     move |app: &mut App| {
-        wait_processed(app, records);
-        sigterm(app);
+        if wait_processed(app, records) {
+            sigterm(app);
+        }
     }
 }
 
@@ -230,9 +284,10 @@ fn an_early_write_out_cut_short_loses_no_update() {
     let Some(after_crash) = run.crash_with(&failpoint, |_| {}) else {
         return;
     };
+    let logged = run.broker.record_count(&changelog(&run.options));
     if let Some(reread) = run.restart_and_check(&after_crash, |_| {}) {
         eprintln!(
-            "early write-out cut at 700 records after 3 whole ones; the restart re-read {reread} of {} input records",
+            "early write-out cut at 700 records after 3 whole ones ({logged} changelog records); the restart re-read {reread} of {} input records",
             run.records
         );
     }
@@ -273,6 +328,7 @@ fn re_emission_survives_a_crash_right_after_the_restore() {
 /// partition another instance owns), and when the partitions come back they run again.
 #[test]
 fn a_failed_commit_during_a_revocation_stops_the_revoked_tasks() {
+    let _turn = take_turn();
     let root = tempfile::tempdir().unwrap();
     let (broker, options) = setup(&root, 4);
     let (first, mut expected) = word_count_input(20_000, 500);
@@ -346,7 +402,9 @@ fn sigkill_in_the_middle_of_a_100k_key_final_write_out_loses_no_update() {
     let keys = 100_000;
     let run = OnePartition::new(keys, 1, 256 << 20);
     let mut app = App::spawn(&run.broker.address(), &run.options);
-    wait_processed(&app, run.records);
+    if !wait_processed(&app, run.records) {
+        return;
+    }
     let before_kill = run.broker.group_events(&run.options.application_id);
     let changelog = changelog(&run.options);
     sigterm(&app);
