@@ -532,6 +532,19 @@ mod tests {
         StoreMemory::new(StoreMemorySettings::default())
     }
 
+    /// A store at `path` holding `k` = `v` (from input offset 0), committed.
+    fn committed_store(task: TaskId, path: &Path, stores: &[String]) -> TaskStore {
+        let mut store = TaskStore::open(task, path, stores, &memory()).unwrap();
+        store.put(StoreId(0), b"k", b"v", 0, None);
+        store
+            .commit(&StoredOffsets {
+                input_next: Some(1),
+                changelog_next: vec![Some(1)],
+            })
+            .unwrap();
+        store
+    }
+
     #[test]
     fn commit_writes_state_and_offsets_together_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -598,16 +611,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let task = TaskId::new(0, 2);
         let stores = vec!["s".to_string()];
-        {
-            let mut store = TaskStore::open(task, dir.path(), &stores, &memory()).unwrap();
-            store.put(StoreId(0), b"k", b"v", 0, None);
-            store
-                .commit(&StoredOffsets {
-                    input_next: Some(1),
-                    changelog_next: vec![Some(1)],
-                })
-                .unwrap();
-        }
+        drop(committed_store(task, dir.path(), &stores));
         let (store, wiped) =
             TaskStore::open_or_wipe(task, dir.path(), &stores, &memory(), LOCK_WAIT).unwrap();
         assert_eq!(wiped, None, "consistent state is kept");
@@ -660,13 +664,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let task = TaskId::new(0, 3);
         let stores = vec!["s".to_string()];
-        let mut held = TaskStore::open(task, dir.path(), &stores, &memory()).unwrap();
-        held.put(StoreId(0), b"k", b"v", 0, None);
-        held.commit(&StoredOffsets {
-            input_next: Some(1),
-            changelog_next: vec![Some(1)],
-        })
-        .unwrap();
+        let held = committed_store(task, dir.path(), &stores);
         let opened = TaskStore::open_or_wipe(
             task,
             dir.path(),
