@@ -26,6 +26,11 @@ const PROCESS_TIMEOUT: Duration = Duration::from_secs(180);
 const COUNTS_TIMEOUT: Duration = Duration::from_secs(180);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 const CRASH_TIMEOUT: Duration = Duration::from_secs(240);
+/// The product's default commit interval.
+const DEFAULT_COMMIT_INTERVAL_MS: u64 = 30_000;
+/// After a crash, in tests whose first instance commits only at its end: the restarted
+/// instance's output (sent at each commit with the record cache) shows within the bounds.
+const RESTART_COMMIT_INTERVAL_MS: u64 = 1_000;
 
 /// A broker and an application whose input and output topics have `partitions` partitions.
 fn setup(state_root: &tempfile::TempDir, partitions: i32) -> (Broker, AppOptions) {
@@ -56,6 +61,7 @@ struct OnePartition {
     options: AppOptions,
     records: usize,
     expected: HashMap<String, u64>,
+    restart_commit_interval_ms: u64,
     _root: tempfile::TempDir,
     _turn: MutexGuard<'static, ()>,
 }
@@ -78,6 +84,7 @@ impl OnePartition {
             options,
             records: records.len(),
             expected,
+            restart_commit_interval_ms: RESTART_COMMIT_INTERVAL_MS,
             _root: root,
             _turn: turn,
         }
@@ -89,8 +96,7 @@ impl OnePartition {
 
     /// Restarts after a crash and checks every count ([`assert_exact`]); answers how many
     /// input records the restarted instance processed (None: skipped for a broker limit).
-    /// The restarted instance commits every second, so its output (sent at each commit with
-    /// the record cache) shows within the test's bounds.
+    /// The restarted instance commits every `restart_commit_interval_ms`.
     fn restart_and_check(
         &self,
         after_crash: &GroupEvents,
@@ -98,7 +104,7 @@ impl OnePartition {
     ) -> Option<f64> {
         let broker = &self.broker;
         let mut options = self.options.clone();
-        options.commit_interval_ms = 1_000;
+        options.commit_interval_ms = self.restart_commit_interval_ms;
         let app = restart_after_crash(broker, &options, after_crash, 1, READY_TIMEOUT)?;
         check_log(&app.log());
         assert_exact(broker, &options, app, &self.expected)
@@ -394,6 +400,32 @@ fn a_failed_commit_during_a_revocation_stops_the_revoked_tasks() {
     assert_eq!(stored, expected, "A's stored counts");
 }
 
+/// SIGKILLs the instance as soon as the changelog has grown (a write-out under way); answers
+/// how many changelog records are there once it is dead, asserting that is not all `keys`.
+fn kill_once_the_changelog_grows(run: &OnePartition, app: &mut App, keys: usize) -> i64 {
+    let changelog = changelog(&run.options);
+    let started = Instant::now();
+    let logged_at_kill = loop {
+        let logged = run.broker.end_offsets(&changelog)[0];
+        if logged > 0 {
+            app.kill();
+            break logged;
+        }
+        assert!(
+            started.elapsed() < PROCESS_TIMEOUT,
+            "no write-out started; log:\n{}",
+            app.log()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let logged = run.broker.record_count(&changelog);
+    assert!(
+        logged < keys as i64,
+        "SIGKILL missed the write-out: {logged} of {keys} changelog records (end offset {logged_at_kill} at the kill)"
+    );
+    logged
+}
+
 /// No failpoint: one partition, 100,000 distinct keys, a 256 MiB cache and a 10-minute commit
 /// interval; SIGTERM starts the final write-out and SIGKILL lands once the changelog has
 /// grown part of the way. The restart on the same state dir counts every key exactly.
@@ -406,32 +438,38 @@ fn sigkill_in_the_middle_of_a_100k_key_final_write_out_loses_no_update() {
         return;
     }
     let before_kill = run.broker.group_events(&run.options.application_id);
-    let changelog = changelog(&run.options);
-    sigterm(&app);
-    let started = Instant::now();
     // Nothing reached the changelog before this final commit (no interval commit, the cache
     // far from its budget): what it holds at the kill is part of one write-out.
-    let logged_at_kill = loop {
-        let logged = run.broker.end_offsets(&changelog)[0];
-        if logged > 0 {
-            app.kill();
-            break logged;
-        }
-        assert!(
-            started.elapsed() < EXIT_TIMEOUT,
-            "the final write-out never started; log:\n{}",
-            app.log()
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    };
-    let logged = run.broker.record_count(&changelog);
-    assert!(
-        logged < keys as i64,
-        "SIGKILL missed the write-out: {logged} of {keys} changelog records (end offset {logged_at_kill} at the kill)"
-    );
+    assert_eq!(run.broker.record_count(&changelog(&run.options)), 0);
+    sigterm(&app);
+    let logged = kill_once_the_changelog_grows(&run, &mut app, keys);
     if let Some(reread) = run.restart_and_check(&before_kill, |_| {}) {
         eprintln!(
             "SIGKILL with {logged} of {keys} changelog records logged; the restart re-read {reread} of {} input records",
+            run.records
+        );
+    }
+}
+
+/// The same at the product's defaults (10 MiB record cache, 30 s commit interval), for the
+/// first instance and the restarted one: 100,000 keys fill the cache, so the first write-out
+/// (early, or the interval's) holds nearly all of them, and SIGKILL lands in it.
+#[test]
+fn sigkill_in_the_middle_of_a_write_out_at_the_default_settings_loses_no_update() {
+    let keys = 100_000;
+    let mut run = OnePartition::new(keys, 1, 0);
+    run.options.commit_interval_ms = DEFAULT_COMMIT_INTERVAL_MS;
+    run.restart_commit_interval_ms = DEFAULT_COMMIT_INTERVAL_MS;
+    run.options.extra_args.clear();
+    let mut app = App::spawn(&run.broker.address(), &run.options);
+    wait_until("the instance runs its task", READY_TIMEOUT, || {
+        app.metric("kstreams_tasks_running", &[]).unwrap_or(0.0) >= 1.0
+    });
+    let before_kill = run.broker.group_events(&run.options.application_id);
+    let logged = kill_once_the_changelog_grows(&run, &mut app, keys);
+    if let Some(reread) = run.restart_and_check(&before_kill, |_| {}) {
+        eprintln!(
+            "defaults: SIGKILL with {logged} of {keys} changelog records logged; the restart re-read {reread} of {} input records",
             run.records
         );
     }

@@ -132,8 +132,8 @@ pub fn restore_task(request: &RestoreRequest<'_>, store: &mut TaskStore) -> Resu
     // a previous owner's last window), but only some of them: a write-out sends one record
     // per key, in no input order, so the keys whose records did not land must see their
     // input again. Re-processing skips what a key's restored version already reflects.
-    let safe_from = offsets.input_next.max(committed).unwrap_or(0);
     outcome.input_next = offsets.input_next.max(committed);
+    let safe_from = outcome.input_next.unwrap_or(0);
 
     for (index, (name, (topic, low, high))) in store_names.iter().zip(watermarks).enumerate() {
         let start = offsets.changelog_next[index].unwrap_or(0).clamp(low, high);
