@@ -150,7 +150,12 @@ impl TaskStore {
                 source,
             }
         })?;
-        let mut store = Self {
+        let pending_output = db.cf_handle(PENDING_OUTPUT_CF).is_some_and(|cf| {
+            db.iterator_cf(cf, rocksdb::IteratorMode::Start)
+                .next()
+                .is_some()
+        });
+        Ok(Self {
             task,
             path: path.to_path_buf(),
             db,
@@ -161,10 +166,8 @@ impl TaskStore {
                 memory.open_cache();
                 memory.clone()
             },
-            pending_output: true,
-        };
-        store.pending_output = !store.pending_output_after(None, 1)?.is_empty();
-        Ok(store)
+            pending_output,
+        })
     }
 
     /// Opens the task's store; state that cannot be trusted (RocksDB finds it corrupt or
