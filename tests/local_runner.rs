@@ -2,6 +2,7 @@
 //! `kill`, `start`, `stop` and `quit` from stdin while its load generator produces, and
 //! reports what happened.
 
+use kstreams_engine::TaskPhase;
 use std::io::Write;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
@@ -36,7 +37,10 @@ fn running_tasks(port: u16) -> usize {
     http_get(port, "/status")
         .and_then(|(_, body)| serde_json::from_str::<InstanceView>(&body).ok())
         .map_or(0, |v| {
-            v.tasks.iter().filter(|t| t.state == "running").count()
+            v.tasks
+                .iter()
+                .filter(|t| t.state == TaskPhase::Running)
+                .count()
         })
 }
 

@@ -2,6 +2,7 @@
 //! partition, restores bounded by the changelog tail, and cooperative rebalancing that keeps
 //! unaffected tasks processing. Prints the measured pause per rebalance.
 
+use kstreams_engine::TaskPhase;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Mutex;
@@ -113,7 +114,7 @@ impl<'a> Settler<'a> {
                         .entry(task.task_id.clone())
                         .or_default()
                         .push(instance.name.clone());
-                    if task.state == "running" {
+                    if task.state == TaskPhase::Running {
                         running.insert(task.task_id.clone(), instance.name.clone());
                     }
                 }
@@ -544,7 +545,7 @@ fn cooperative_rebalancing_keeps_unaffected_tasks_processing_while_an_instance_j
         let (a_view, b_view) = (a.view(), b.view());
         if let Some(a_view) = a_view {
             let b_running = b_view.as_ref().is_some_and(|v| {
-                !v.tasks.is_empty() && v.tasks.iter().all(|t| t.state == "running")
+                !v.tasks.is_empty() && v.tasks.iter().all(|t| t.state == TaskPhase::Running)
             });
             let total = a_view.tasks.len() + b_view.as_ref().map_or(0, |v| v.tasks.len());
             let settled = b_running && total == 6;
@@ -572,10 +573,10 @@ fn cooperative_rebalancing_keeps_unaffected_tasks_processing_while_an_instance_j
                 .tasks
                 .iter()
                 .find(|t| &t.task_id == task)
-                .map(|t| t.state.as_str());
+                .map(|t| t.state);
             assert_eq!(
                 state,
-                Some("running"),
+                Some(TaskPhase::Running),
                 "{task} was interrupted {:?} into the rebalance",
                 at.duration_since(started)
             );

@@ -4,13 +4,13 @@
 
 use std::path::Path;
 
+use crate::checkpoint::{emit_cached_writes, WriteOut};
 use crate::config::StreamsConfig;
 use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::processor::{InputRecord, Processor, ProcessorContext};
 use crate::record_collector::RecordCollector;
 use crate::store_memory::{StoreMemory, StoreMemorySettings};
-use crate::task::{emit_cached_writes, WriteOut};
 use crate::task_id::TaskId;
 use crate::task_store::{StoredOffsets, TaskStore};
 

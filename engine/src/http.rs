@@ -38,11 +38,17 @@ fn check(ok: bool, good: &str, bad: &str) -> Response<Full<Bytes>> {
 
 fn route(path: &str, metrics: &EngineMetrics, status: &InstanceStatus) -> Response<Full<Bytes>> {
     match path {
-        "/metrics" => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(),
-        ),
+        "/metrics" => {
+            // The task gauges are read from the tasks' lifecycle, the one place it is kept.
+            let (restoring, running) = status.phase_counts();
+            metrics.tasks_restoring.set(restoring as i64);
+            metrics.tasks_running.set(running as i64);
+            respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics.render(),
+            )
+        }
         "/status" => respond(StatusCode::OK, "application/json", status.to_json()),
         "/health/live" => check(
             status.is_live(),

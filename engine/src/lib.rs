@@ -18,6 +18,7 @@
 //! ```
 
 pub mod assignment;
+mod checkpoint;
 pub mod config;
 pub mod dsl;
 pub mod error;
@@ -32,14 +33,15 @@ mod poller;
 pub mod processor;
 mod rebalance;
 pub mod record_collector;
-pub mod restore;
+mod restore;
 pub mod serde;
 pub mod state_directory;
+mod state_updater;
 pub mod status;
 pub mod store_memory;
 pub mod streams;
-pub mod supervisor;
-pub mod task;
+mod supervisor;
+mod task;
 pub mod task_id;
 pub mod task_store;
 
@@ -48,6 +50,7 @@ pub use dsl::{KGroupedStream, KStream, KTable, StreamsBuilder, Topology};
 pub use error::{EngineError, Result};
 pub use processor::{InputRecord, KeyState, Processor, ProcessorContext, RecordError, StoreId};
 pub use serde::{I64Serde, Serde, SerdeError, StringSerde};
+pub use status::TaskPhase;
 pub use store_memory::StoreMemorySettings;
 pub use streams::KafkaStreams;
 pub use task_id::TaskId;

@@ -1,13 +1,16 @@
-//! The consumer's polling loop, on its own thread: fetches input, hands each poll's records to
-//! the supervisor, commits on the interval, and resumes partitions whose tasks have restored.
+//! The consumer's polling loop, on its own thread (Kafka Streams' `StreamThread`): fetches
+//! input and queues each partition's records for its task without waiting for them to be
+//! processed (a partition whose task has too many queued is paused until it drains), commits
+//! to the group the offsets tasks report from their own commits, and resumes partitions whose
+//! tasks have restored. It never waits on a task's processing or restore, so it stays live.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use ractor::ActorRef;
+use ractor::{ActorId, ActorRef};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::Offset;
@@ -18,18 +21,58 @@ use crate::error::{EngineError, Result};
 use crate::processor::InputRecord;
 use crate::rebalance::RebalanceListener;
 use crate::status::InstanceStatus;
-use crate::supervisor::{ask, PollerCommand, SupervisorMsg};
+use crate::supervisor::{ask, SupervisorMsg, SUPERVISOR_ASK_TIMEOUT};
+use crate::task::TaskMsg;
 
-/// Most records handed to tasks per poll round.
+/// Most records taken from the consumer per poll round.
 const MAX_RECORDS_PER_ROUND: usize = 2_000;
+/// Input records queued for one task before its partition is paused (resumed at half).
+pub(crate) const MAX_QUEUED_PER_TASK: usize = 5_000;
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the consumer loop queues a running task's input.
+#[derive(Debug, Clone)]
+pub struct TaskInbox {
+    pub actor: ActorRef<TaskMsg>,
+    /// Records queued and not yet processed (the task counts them down).
+    pub queued: Arc<AtomicUsize>,
+}
+
+/// A task's interval commit, reported for the group.
+#[derive(Debug, Clone)]
+pub struct TaskCommitted {
+    pub partition: i32,
+    /// The task incarnation that committed (a stopped one's report is void).
+    pub actor: ActorId,
+    pub next_offset: i64,
+}
+
+/// Requests from the supervisor to the consumer's polling loop.
+#[derive(Debug, Clone)]
+pub enum PollerCommand {
+    /// The task for this partition is running: fetch its input from this offset (or from
+    /// the beginning when the task has never processed any) and queue it in this inbox.
+    Resume(i32, Option<i64>, TaskInbox),
+    /// The task for this partition stopped (failed, revoked): stop fetching its input.
+    Pause(i32),
+}
+
+/// A running task's input as the loop tracks it.
+struct Route {
+    inbox: TaskInbox,
+    /// Next input offset to hand the task (where a paused partition resumes).
+    next_offset: Option<i64>,
+    /// Paused because the task's queue is over its bound.
+    full: bool,
+}
 
 pub struct Poller {
     pub(crate) consumer: BaseConsumer<RebalanceListener>,
     pub(crate) supervisor: ActorRef<SupervisorMsg>,
     pub(crate) runtime: Handle,
     pub(crate) commands: Receiver<PollerCommand>,
+    pub(crate) committed: Receiver<TaskCommitted>,
     pub(crate) shutdown: Arc<AtomicBool>,
     pub(crate) commit_interval: Duration,
     pub(crate) status: Arc<InstanceStatus>,
@@ -38,32 +81,69 @@ pub struct Poller {
     pub(crate) source_topic: String,
     /// Resumes whose seek failed: the partition stays paused and they are tried again.
     pub(crate) failed_resumes: Vec<(i32, Option<i64>)>,
+    routes: HashMap<i32, Route>,
+    /// Offsets tasks committed, not yet committed to the group.
+    to_commit: BTreeMap<i32, i64>,
 }
 
 impl Poller {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        consumer: BaseConsumer<RebalanceListener>,
+        supervisor: ActorRef<SupervisorMsg>,
+        runtime: Handle,
+        commands: Receiver<PollerCommand>,
+        committed: Receiver<TaskCommitted>,
+        shutdown: Arc<AtomicBool>,
+        commit_interval: Duration,
+        status: Arc<InstanceStatus>,
+        rejoin_after: Duration,
+        source_topic: String,
+    ) -> Self {
+        Self {
+            consumer,
+            supervisor,
+            runtime,
+            commands,
+            committed,
+            shutdown,
+            commit_interval,
+            status,
+            rejoin_after,
+            source_topic,
+            failed_resumes: Vec::new(),
+            routes: HashMap::new(),
+            to_commit: BTreeMap::new(),
+        }
+    }
+
     /// Runs until `shutdown` is set, then commits, stops the tasks and leaves the group.
     pub fn run(mut self) -> Result<()> {
-        let mut last_commit = Instant::now();
+        let mut last_group_commit = Instant::now();
+        let group_commit_every = (self.commit_interval / 2).max(Duration::from_millis(100));
         while !self.shutdown.load(Ordering::Relaxed) {
             self.status.heartbeat();
             self.apply_commands();
             let batches = self.poll_round()?;
-            if !batches.is_empty() {
-                self.runtime
-                    .block_on(ask(&self.supervisor, "supervisor", |reply| {
-                        SupervisorMsg::Process(batches, reply)
-                    }))??;
-            }
-            if last_commit.elapsed() >= self.commit_interval {
-                self.commit()?;
-                last_commit = Instant::now();
+            // A rebalance inside the poll may have stopped tasks: forget them before routing.
+            self.apply_commands();
+            self.dispatch(batches);
+            self.resume_drained();
+            self.collect_committed();
+            if last_group_commit.elapsed() >= group_commit_every {
+                self.commit_to_group();
+                last_group_commit = Instant::now();
             }
             self.rejoin_if_stranded();
         }
         info!("shutting down: final commit");
-        self.commit()?;
-        self.runtime
-            .block_on(ask(&self.supervisor, "supervisor", SupervisorMsg::StopAll))?;
+        self.final_commit()?;
+        self.runtime.block_on(ask(
+            &self.supervisor,
+            "supervisor",
+            SUPERVISOR_ASK_TIMEOUT,
+            SupervisorMsg::StopAll,
+        ))?;
         self.consumer.unsubscribe();
         info!("left the group; all tasks closed");
         Ok(())
@@ -91,21 +171,126 @@ impl Poller {
     }
 
     fn apply_commands(&mut self) {
-        let retries = std::mem::take(&mut self.failed_resumes)
-            .into_iter()
-            .map(|(partition, next)| PollerCommand::Resume(partition, next));
-        let commands: Vec<PollerCommand> = retries.chain(self.commands.try_iter()).collect();
+        for (partition, next_offset) in std::mem::take(&mut self.failed_resumes) {
+            if self.routes.contains_key(&partition) {
+                self.resume(partition, next_offset);
+            }
+        }
+        let commands: Vec<PollerCommand> = self.commands.try_iter().collect();
         for command in commands {
             match command {
-                PollerCommand::Resume(partition, next_offset) => {
-                    self.resume(partition, next_offset)
+                PollerCommand::Resume(partition, next_offset, inbox) => {
+                    self.failed_resumes.retain(|(p, _)| *p != partition);
+                    let route = Route {
+                        inbox,
+                        next_offset,
+                        full: false,
+                    };
+                    self.routes.insert(partition, route);
+                    self.resume(partition, next_offset);
                 }
                 PollerCommand::Pause(partition) => {
                     // A pending retry of a resume is void once the task pauses again.
                     self.failed_resumes.retain(|(p, _)| *p != partition);
+                    self.routes.remove(&partition);
+                    self.to_commit.remove(&partition);
                     self.pause(partition);
                 }
             }
+        }
+    }
+
+    /// Queues each partition's records for its task, without waiting for them to be
+    /// processed; pauses a partition whose task has [`MAX_QUEUED_PER_TASK`] records queued.
+    fn dispatch(&mut self, batches: BTreeMap<i32, Vec<InputRecord>>) {
+        for (partition, records) in batches {
+            let Some(route) = self.routes.get_mut(&partition) else {
+                debug!(
+                    partition,
+                    "dropping {} records for a partition without a running task",
+                    records.len()
+                );
+                continue;
+            };
+            let count = records.len();
+            let next = records.last().map(|r| r.offset + 1);
+            route.inbox.queued.fetch_add(count, Ordering::AcqRel);
+            if route.inbox.actor.cast(TaskMsg::Process(records)).is_err() {
+                // The task stopped; supervision restarts it and resumes the partition anew.
+                debug!(
+                    partition,
+                    "task gone; its input waits for the next incarnation"
+                );
+                self.routes.remove(&partition);
+                self.pause(partition);
+                continue;
+            }
+            route.next_offset = next.max(route.next_offset);
+            if !route.full && route.inbox.queued.load(Ordering::Acquire) >= MAX_QUEUED_PER_TASK {
+                route.full = true;
+                debug!(partition, "task queue full: pausing its input");
+                self.pause(partition);
+            }
+        }
+    }
+
+    /// Resumes partitions paused for a full queue once their task has worked it down to half,
+    /// from the next offset not yet handed to the task.
+    fn resume_drained(&mut self) {
+        let drained: Vec<(i32, Option<i64>)> = self
+            .routes
+            .iter_mut()
+            .filter(|(_, r)| {
+                r.full && r.inbox.queued.load(Ordering::Acquire) <= MAX_QUEUED_PER_TASK / 2
+            })
+            .map(|(p, r)| {
+                r.full = false;
+                (*p, r.next_offset)
+            })
+            .collect();
+        for (partition, next_offset) in drained {
+            debug!(partition, "task queue drained: resuming its input");
+            self.resume(partition, next_offset);
+        }
+    }
+
+    /// Takes the offsets tasks committed since the last look (only from the incarnation that
+    /// runs the partition now).
+    fn collect_committed(&mut self) {
+        for committed in self.committed.try_iter() {
+            let current = self
+                .routes
+                .get(&committed.partition)
+                .is_some_and(|r| r.inbox.actor.get_id() == committed.actor);
+            if current {
+                let offset = self.to_commit.entry(committed.partition).or_insert(0);
+                *offset = (*offset).max(committed.next_offset);
+            }
+        }
+    }
+
+    /// Commits the collected offsets of partitions still assigned to this member.
+    fn commit_to_group(&mut self) {
+        if self.to_commit.is_empty() {
+            return;
+        }
+        let assigned = match self.consumer.assignment() {
+            Ok(assigned) => assigned,
+            Err(e) => return warn!("reading the assignment failed, committing later: {e}"),
+        };
+        let offsets: Vec<(i32, Option<i64>)> = std::mem::take(&mut self.to_commit)
+            .into_iter()
+            .filter(|(p, _)| assigned.find_partition(&self.source_topic, *p).is_some())
+            .map(|(p, o)| (p, Some(o)))
+            .collect();
+        if offsets.is_empty() {
+            return;
+        }
+        let tpl = self.consumer.context().partition_list(offsets);
+        // State and offsets are already durable in each task's store, and a task skips input it
+        // has applied, so a failed group commit only means re-reading some input later.
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
+            warn!("committing offsets to the group failed (will retry next interval): {e}");
         }
     }
 
@@ -179,24 +364,20 @@ impl Poller {
         Ok(batches)
     }
 
-    fn commit(&self) -> Result<()> {
+    /// At shutdown: every running task commits now, and their offsets go to the group.
+    fn final_commit(&mut self) -> Result<()> {
         let offsets = self.runtime.block_on(ask(
             &self.supervisor,
             "supervisor",
+            SUPERVISOR_ASK_TIMEOUT,
             SupervisorMsg::CommitAll,
         ))??;
-        if offsets.is_empty() {
-            return Ok(());
+        self.collect_committed();
+        for (partition, offset) in offsets {
+            let entry = self.to_commit.entry(partition).or_insert(0);
+            *entry = (*entry).max(offset);
         }
-        let tpl = self
-            .consumer
-            .context()
-            .partition_list(offsets.into_iter().map(|(p, o)| (p, Some(o))));
-        // State and offsets are already durable in each task's store, and a task skips input it
-        // has applied, so a failed group commit only means re-reading some input later.
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
-            warn!("committing offsets to the group failed (will retry next interval): {e}");
-        }
+        self.commit_to_group();
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ use crate::status::InstanceStatus;
 use crate::task_id::TaskId;
 
 use crate::assignment::AssignmentEvent;
-use crate::supervisor::{ask, CommitOffsets, SupervisorMsg};
+use crate::supervisor::{ask, CommitOffsets, SupervisorMsg, SUPERVISOR_ASK_TIMEOUT};
 
 /// Context of the instance's group consumer.
 pub struct RebalanceListener {
@@ -90,11 +90,12 @@ impl RebalanceListener {
     }
 
     fn tell_supervisor(&self, event: AssignmentEvent) -> Option<CommitOffsets> {
-        let result = self
-            .runtime
-            .block_on(ask(&self.supervisor, "supervisor", |reply| {
-                SupervisorMsg::Rebalance(event, reply)
-            }));
+        let result = self.runtime.block_on(ask(
+            &self.supervisor,
+            "supervisor",
+            SUPERVISOR_ASK_TIMEOUT,
+            |reply| SupervisorMsg::Rebalance(event, reply),
+        ));
         match result {
             Ok(Ok(offsets)) => Some(offsets),
             Ok(Err(e)) | Err(e) => {

@@ -1,15 +1,13 @@
-//! Restoring a task's stores from their changelog partitions: from the offset the task's own
-//! RocksDB says it applied, up to the changelog's end, with progress in logs and metrics.
-//! It also works out where input resumes (the task's own last commit or the group's, never
-//! past it) and records, durably, which restored keys may still owe their output.
+//! What restoring one task means: where each store's changelog restore starts and ends
+//! (from the offset the task's own RocksDB says it applied, up to the changelog's end), how a
+//! changelog record is applied (the newest input offset per key wins), where input resumes
+//! (the task's own last commit or the group's, never past it), and which restored keys are
+//! marked, durably, as possibly owing their output. The state updater drives it.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
@@ -20,15 +18,12 @@ use crate::offsets::decode_changelog_value;
 use crate::processor::StoreId;
 use crate::status::TaskProgress;
 use crate::task_id::TaskId;
-use crate::task_store::{ChangelogUpdate, TaskStore};
+use crate::task_store::{ChangelogUpdate, StoredOffsets, TaskStore};
 
+/// Changelog records applied to RocksDB per write batch.
 const BATCH: usize = 10_000;
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bytes per partition per fetch. Smaller than librdkafka's 1 MiB default: on brokers that
-/// answer in time proportional to the records returned (tansu), large fetches stall; on
-/// Kafka 256 KiB per round trip still restores at hundreds of MB/s.
-pub(crate) const FETCH_BYTES: &str = "262144";
 
 /// What a restore did and found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,34 +41,6 @@ pub struct RestoreOutcome {
     pub replay_marked: u64,
     /// Why the local state was wiped before restoring, if it was.
     pub wiped: Option<&'static str>,
-}
-
-/// What a task needs to know to restore.
-pub struct RestoreRequest<'a> {
-    pub task: TaskId,
-    pub config: &'a StreamsConfig,
-    pub source_topic: &'a str,
-    pub metrics: &'a EngineMetrics,
-    pub progress: &'a TaskProgress,
-}
-
-fn restore_consumer(request: &RestoreRequest<'_>) -> Result<BaseConsumer> {
-    let config = request.config;
-    // Same group id, but never subscribed: it only reads the group's committed offset.
-    ClientConfig::new()
-        .set("bootstrap.servers", &config.bootstrap_servers)
-        .set("group.id", config.group_id())
-        .set(
-            "client.id",
-            format!("{}-{}-restore", config.application_id, request.task),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "100")
-        .set("max.partition.fetch.bytes", FETCH_BYTES)
-        .create()
-        .map_err(EngineError::kafka("create restore consumer"))
 }
 
 /// The group's committed input offset for the task's partition, if any.
@@ -95,161 +62,295 @@ fn group_committed(
         }))
 }
 
-/// Brings every store of `store` up to its changelog's end.
-pub fn restore_task(request: &RestoreRequest<'_>, store: &mut TaskStore) -> Result<RestoreOutcome> {
-    let task = request.task;
-    let consumer = restore_consumer(request)?;
-    let labels = EngineMetrics::task_labels(task);
-    let labels = [labels[0].as_str(), labels[1].as_str()];
-    let mut outcome = RestoreOutcome::default();
+/// One store's changelog partition being restored.
+pub(crate) struct ChangelogRestore {
+    pub(crate) topic: String,
+    name: String,
+    /// The changelog's end when the restore began: restored once `position` reaches it.
+    pub(crate) high: i64,
+    /// Next changelog offset to read.
+    pub(crate) position: i64,
+    total: u64,
+    /// Updates read but not yet written, with the newest input offset per key among them.
+    batch: Vec<ChangelogUpdate>,
+    batch_versions: HashMap<Vec<u8>, i64>,
+    /// Keys of the batch that owe their output (marked in the same write as the batch).
+    owe_output: Vec<Vec<u8>>,
+    applied: u64,
+    skipped: u64,
+    started: Instant,
+    last_report: Instant,
+}
 
-    // Work out the changelog ends first: local state ahead of its changelog comes from
-    // another history (the changelog was recreated) and is not trusted.
-    let store_names = store.store_names().to_vec();
-    let mut watermarks = Vec::new();
-    for name in &store_names {
-        let topic = request.config.changelog_topic(name);
-        let (low, high) = consumer
-            .fetch_watermarks(&topic, task.partition, METADATA_TIMEOUT)
-            .map_err(EngineError::kafka("read changelog watermarks"))?;
-        watermarks.push((topic, low, high));
+impl ChangelogRestore {
+    pub(crate) fn done(&self) -> bool {
+        self.position >= self.high
     }
-    let stored = store.read_offsets()?;
-    let ahead = stored
-        .changelog_next
-        .iter()
-        .zip(&watermarks)
-        .any(|(local, (_, _, high))| local.is_some_and(|next| next > *high));
-    if ahead {
-        warn!(%task, "local state is ahead of its changelog (recreated?): wiping it and restoring fully");
-        store.wipe()?;
-        outcome.wiped = Some("ahead_of_changelog");
-    }
-    let mut offsets = store.read_offsets()?;
-    let committed = group_committed(&consumer, request.source_topic, task.partition)?;
-    // Input below this offset was flushed (changelog and output) before a commit; input
-    // resumes here. The changelog may hold records of later input (a write-out cut short, or
-    // a previous owner's last window), but only some of them: a write-out sends one record
-    // per key, in no input order, so the keys whose records did not land must see their
-    // input again. Re-processing skips what a key's restored version already reflects.
-    outcome.input_next = offsets.input_next.max(committed);
-    let safe_from = outcome.input_next.unwrap_or(0);
+}
 
-    for (index, (name, (topic, low, high))) in store_names.iter().zip(watermarks).enumerate() {
-        let start = offsets.changelog_next[index].unwrap_or(0).clamp(low, high);
-        if start >= high {
-            info!(%task, store = %name, "store is up to date with its changelog (offset {high}), nothing to restore");
-            offsets.changelog_next[index] = Some(high);
-            continue;
+/// One task's restore, step by step: records are offered as the shared restore consumer
+/// returns them; every [`BATCH`] records (and at the end) they are written with the restore's
+/// progress in one RocksDB batch, so an interrupted restore resumes where it stopped.
+pub(crate) struct TaskRestore {
+    pub(crate) task: TaskId,
+    pub(crate) store: TaskStore,
+    pub(crate) changelogs: Vec<ChangelogRestore>,
+    pub(crate) progress: std::sync::Arc<TaskProgress>,
+    offsets: StoredOffsets,
+    /// Input offsets at or past this are newer than the last commit: keys restored from them
+    /// may owe their output.
+    resume_from: i64,
+    outcome: RestoreOutcome,
+    metrics: EngineMetrics,
+    labels: [String; 2],
+    started: Instant,
+    /// When a record of this task last arrived (or the restore began).
+    pub(crate) last_progress: Instant,
+}
+
+impl TaskRestore {
+    /// Works out what to restore: the changelogs' ends, whether local state is ahead of them
+    /// (another history: wiped), and where input resumes.
+    pub(crate) fn begin(
+        task: TaskId,
+        mut store: TaskStore,
+        progress: std::sync::Arc<TaskProgress>,
+        consumer: &BaseConsumer,
+        config: &StreamsConfig,
+        source_topic: &str,
+        metrics: &EngineMetrics,
+    ) -> Result<Self> {
+        let mut outcome = RestoreOutcome::default();
+        let store_names = store.store_names().to_vec();
+        let mut watermarks = Vec::new();
+        for name in &store_names {
+            let topic = config.changelog_topic(name);
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, task.partition, METADATA_TIMEOUT)
+                .map_err(EngineError::kafka("read changelog watermarks"))?;
+            watermarks.push((topic, low, high));
         }
-        let total = (high - start) as u64;
-        request.progress.add_restore_total(total);
-        info!(%task, store = %name, "restoring {total} changelog records from {topic} offsets {start}..{high}");
-        request
-            .metrics
+        // Local state ahead of its changelog comes from another history (the changelog was
+        // recreated) and is not trusted.
+        let ahead = store
+            .read_offsets()?
+            .changelog_next
+            .iter()
+            .zip(&watermarks)
+            .any(|(local, (_, _, high))| local.is_some_and(|next| next > *high));
+        if ahead {
+            warn!(%task, "local state is ahead of its changelog (recreated?): wiping it and restoring fully");
+            store.wipe()?;
+            outcome.wiped = Some("ahead_of_changelog");
+        }
+        let mut offsets = store.read_offsets()?;
+        // Input below this offset was flushed (changelog and output) before a commit; input
+        // resumes here. The changelog may hold records of later input (a write-out cut short,
+        // or a previous owner's last window), but only some of them: a write-out sends one
+        // record per key, in no input order, so the keys whose records did not land must see
+        // their input again. Re-processing skips what a key's restored version reflects.
+        outcome.input_next =
+            offsets
+                .input_next
+                .max(group_committed(consumer, source_topic, task.partition)?);
+        offsets.input_next = outcome.input_next;
+        let labels = EngineMetrics::task_labels(task);
+        let mut changelogs = Vec::new();
+        let mut remaining = 0u64;
+        for (index, (name, (topic, low, high))) in store_names.iter().zip(watermarks).enumerate() {
+            let start = offsets.changelog_next[index].unwrap_or(0).clamp(low, high);
+            if start >= high {
+                info!(%task, store = %name, "store is up to date with its changelog (offset {high}), nothing to restore");
+                offsets.changelog_next[index] = Some(high);
+            } else {
+                let total = (high - start) as u64;
+                remaining += total;
+                info!(%task, store = %name, "restoring {total} changelog records from {topic} offsets {start}..{high}");
+            }
+            changelogs.push(ChangelogRestore {
+                topic,
+                name: name.clone(),
+                high,
+                position: start,
+                total: (high - start).max(0) as u64,
+                batch: Vec::new(),
+                batch_versions: HashMap::new(),
+                owe_output: Vec::new(),
+                applied: 0,
+                skipped: 0,
+                started: Instant::now(),
+                last_report: Instant::now(),
+            });
+        }
+        progress.add_restore_total(remaining);
+        metrics
             .restore_remaining
-            .with_label_values(&labels)
-            .set(total as i64);
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(&topic, task.partition, Offset::Offset(start))
-            .map_err(EngineError::kafka("assign changelog"))?;
-        consumer
-            .assign(&assignment)
-            .map_err(EngineError::kafka("assign changelog"))?;
+            .with_label_values(&[labels[0].as_str(), labels[1].as_str()])
+            .set(remaining as i64);
+        Ok(Self {
+            task,
+            store,
+            changelogs,
+            progress,
+            offsets,
+            resume_from: outcome.input_next.unwrap_or(0),
+            outcome,
+            metrics: metrics.clone(),
+            labels,
+            started: Instant::now(),
+            last_progress: Instant::now(),
+        })
+    }
 
-        let started = Instant::now();
-        let mut last_report = Instant::now();
-        let mut batch: Vec<ChangelogUpdate> = Vec::with_capacity(BATCH);
-        let mut position = start;
-        let mut applied = 0u64;
-        let mut skipped = 0u64;
-        // Newest input offset per key in the batch not yet applied to the store.
-        let mut batch_versions: HashMap<Vec<u8>, i64> = HashMap::new();
-        // Keys of the batch that owe their output (marked in the same write as the batch).
-        let mut replay: Vec<Vec<u8>> = Vec::new();
-        while position < high {
-            match consumer.poll(Duration::from_millis(500)) {
-                Some(Ok(message)) => {
-                    position = position.max(message.offset() + 1);
-                    let payload = message.payload();
-                    let input = payload.and_then(|bytes| decode_changelog_value(bytes).0);
-                    if let Some(key) = message.key() {
-                        // Each changelog value is the key's state as of its input offset, so
-                        // the newest offset wins, not the newest write: two owners of one
-                        // partition for a while (a zombie, or a broker handing a partition out
-                        // early) interleave their writes.
-                        let current = match batch_versions.get(key) {
-                            Some(version) => Some(*version),
-                            None => store.version(StoreId(index), key)?,
-                        };
-                        if input.is_some_and(|input| current.is_some_and(|c| c > input)) {
-                            skipped += 1;
-                        } else {
-                            if let Some(input) = input {
-                                batch_versions.insert(key.to_vec(), input);
-                                if input >= safe_from {
-                                    replay.push(key.to_vec());
-                                }
-                            }
-                            batch.push((key.to_vec(), payload.map(<[u8]>::to_vec)));
-                        }
+    /// The changelog partitions still to read, at the offsets to read them from.
+    pub(crate) fn unfinished(&self) -> impl Iterator<Item = (usize, &ChangelogRestore)> {
+        self.changelogs
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.done())
+    }
+
+    /// Why local state was wiped before restoring, if it was.
+    pub(crate) fn outcome_wiped(&self) -> Option<&'static str> {
+        self.outcome.wiped
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.changelogs.iter().all(ChangelogRestore::done)
+    }
+
+    /// Takes one changelog record of store `index`, writing a batch once it is full or the
+    /// store has reached its changelog's end.
+    pub(crate) fn offer(
+        &mut self,
+        index: usize,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Result<()> {
+        self.last_progress = Instant::now();
+        let changelog = &mut self.changelogs[index];
+        if changelog.done() || offset < changelog.position {
+            return Ok(()); // read twice (a compacted partition, or a re-seek)
+        }
+        changelog.position = offset + 1;
+        if let Some(key) = key {
+            let input = payload.and_then(|bytes| decode_changelog_value(bytes).0);
+            // Each changelog value is the key's state as of its input offset, so the newest
+            // offset wins, not the newest write: two owners of one partition for a while (a
+            // zombie, or a broker handing a partition out early) interleave their writes.
+            let current = match changelog.batch_versions.get(key) {
+                Some(version) => Some(*version),
+                None => self.store.version(StoreId(index), key)?,
+            };
+            if input.is_some_and(|input| current.is_some_and(|c| c > input)) {
+                changelog.skipped += 1;
+            } else {
+                if let Some(input) = input {
+                    changelog.batch_versions.insert(key.to_vec(), input);
+                    if input >= self.resume_from {
+                        changelog.owe_output.push(key.to_vec());
                     }
                 }
-                // The end as the broker sees it now (compaction may hide the last offsets).
-                Some(Err(KafkaError::PartitionEOF(_))) => position = high,
-                Some(Err(error)) => {
-                    warn!(%task, changelog = %topic, "restore consumer: {error}; retrying")
-                }
-                None => {}
-            }
-            if batch.len() >= BATCH || (position >= high && !batch.is_empty()) {
-                offsets.changelog_next[index] = Some(position);
-                offsets.input_next = outcome.input_next;
-                store.apply_restored(StoreId(index), &batch, &replay, &offsets)?;
-                outcome.replay_marked += replay.len() as u64;
-                replay.clear();
-                batch_versions.clear();
-                let n = batch.len() as u64;
-                applied += n;
-                request
-                    .metrics
-                    .restore_records
-                    .with_label_values(&labels)
-                    .inc_by(n);
-                request.progress.add_restored(n);
-                batch.clear();
-            }
-            let remaining = (high - position).max(0);
-            request
-                .metrics
-                .restore_remaining
-                .with_label_values(&labels)
-                .set(remaining);
-            if last_report.elapsed() >= PROGRESS_EVERY {
-                last_report = Instant::now();
-                info!(%task, store = %name, "restore progress {} / {total}", total - remaining as u64);
+                changelog
+                    .batch
+                    .push((key.to_vec(), payload.map(<[u8]>::to_vec)));
             }
         }
-        offsets.changelog_next[index] = Some(high);
-        store.apply_restored(StoreId(index), &[], &[], &offsets)?;
-        outcome.records += applied;
-        request.progress.add_restored(skipped);
-        let elapsed = started.elapsed();
-        if skipped > 0 {
-            warn!(%task, store = %name, "skipped {skipped} changelog records older than the state they would overwrite (written by an overlapping previous owner)");
+        if changelog.batch.len() >= BATCH || changelog.done() {
+            self.write_batch(index)?;
         }
-        info!(
-            %task, store = %name,
-            "restored {applied} records in {:.3}s ({:.0} records/s)",
-            elapsed.as_secs_f64(),
-            applied as f64 / elapsed.as_secs_f64().max(1e-9)
-        );
+        Ok(())
     }
-    request
-        .metrics
-        .restore_remaining
-        .with_label_values(&labels)
-        .set(0);
-    Ok(outcome)
+
+    /// The broker says store `index`'s changelog has nothing past `end` (compaction may hide
+    /// the last offsets below the end seen when the restore began).
+    pub(crate) fn reached_end(&mut self, index: usize, end: i64) -> Result<()> {
+        let changelog = &mut self.changelogs[index];
+        if !changelog.done() && end >= changelog.position {
+            changelog.position = changelog.high.max(end);
+            self.last_progress = Instant::now();
+            self.write_batch(index)?;
+        }
+        Ok(())
+    }
+
+    /// Writes what store `index` has read so far, with its progress, in one RocksDB batch.
+    pub(crate) fn write_batch(&mut self, index: usize) -> Result<()> {
+        let changelog = &mut self.changelogs[index];
+        let finished = changelog.done();
+        self.offsets.changelog_next[index] = Some(match finished {
+            true => changelog.high,
+            false => changelog.position,
+        });
+        self.store.apply_restored(
+            StoreId(index),
+            &changelog.batch,
+            &changelog.owe_output,
+            &self.offsets,
+        )?;
+        let n = changelog.batch.len() as u64;
+        self.outcome.replay_marked += changelog.owe_output.len() as u64;
+        changelog.applied += n;
+        changelog.batch.clear();
+        changelog.batch_versions.clear();
+        changelog.owe_output.clear();
+        let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
+        self.metrics
+            .restore_records
+            .with_label_values(&labels)
+            .inc_by(n);
+        self.progress.add_restored(n);
+        let remaining: i64 = self.unfinished().map(|(_, c)| c.high - c.position).sum();
+        self.metrics
+            .restore_remaining
+            .with_label_values(&labels)
+            .set(remaining.max(0));
+        let changelog = &mut self.changelogs[index];
+        if finished {
+            self.progress.add_restored(changelog.skipped);
+            self.outcome.records += changelog.applied;
+            if changelog.skipped > 0 {
+                warn!(task = %self.task, store = %changelog.name, "skipped {} changelog records older than the state they would overwrite (written by an overlapping previous owner)", changelog.skipped);
+            }
+            let elapsed = changelog.started.elapsed().as_secs_f64();
+            if changelog.total > 0 {
+                info!(
+                    task = %self.task, store = %changelog.name,
+                    "restored {} records in {elapsed:.3}s ({:.0} records/s)",
+                    changelog.applied,
+                    changelog.applied as f64 / elapsed.max(1e-9)
+                );
+            }
+        } else if changelog.last_report.elapsed() >= PROGRESS_EVERY {
+            changelog.last_report = Instant::now();
+            let done = changelog.total - (changelog.high - changelog.position).max(0) as u64;
+            info!(task = %self.task, store = %changelog.name, "restore progress {done} / {}", changelog.total);
+        }
+        Ok(())
+    }
+
+    /// The restore is over: the store and what was found, for the task to run with.
+    pub(crate) fn finish(self) -> (TaskStore, RestoreOutcome) {
+        let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
+        self.metrics
+            .restore_remaining
+            .with_label_values(&labels)
+            .set(0);
+        self.metrics
+            .restore_duration
+            .observe(self.started.elapsed().as_secs_f64());
+        (self.store, self.outcome)
+    }
+
+    /// Stops restoring before the end (the task was revoked or stopped): what was read is
+    /// written, so the next restore of this store starts from there.
+    pub(crate) fn abandon(mut self) -> Result<TaskStore> {
+        for index in 0..self.changelogs.len() {
+            if !self.changelogs[index].batch.is_empty() {
+                self.write_batch(index)?;
+            }
+        }
+        Ok(self.finish().0)
+    }
 }

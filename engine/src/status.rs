@@ -10,9 +10,53 @@ use serde::{Deserialize, Serialize};
 
 use crate::task_id::TaskId;
 
-const RESTORING: u8 = 0;
-const RUNNING: u8 = 1;
-const SUSPENDED: u8 = 2;
+/// Where a task is in its life: created (opening its store), restoring (its store is with
+/// the state updater), running (processing input), closed. The task owns it; `/status`,
+/// readiness, the `tasks_*` gauges and the local runner read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskPhase {
+    Created,
+    Restoring,
+    Running,
+    Closed,
+}
+
+impl TaskPhase {
+    /// The phases a task may move to from this one (`Closed` from anywhere).
+    pub fn may_become(self, next: TaskPhase) -> bool {
+        use TaskPhase::*;
+        matches!(
+            (self, next),
+            (Created, Restoring) | (Restoring, Running) | (_, Closed)
+        ) && self != Closed
+    }
+
+    fn from_u8(value: u8) -> Self {
+        match value {
+            0 => TaskPhase::Created,
+            1 => TaskPhase::Restoring,
+            2 => TaskPhase::Running,
+            _ => TaskPhase::Closed,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        self as u8
+    }
+}
+
+impl std::fmt::Display for TaskPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            TaskPhase::Created => "created",
+            TaskPhase::Restoring => "restoring",
+            TaskPhase::Running => "running",
+            TaskPhase::Closed => "closed",
+        };
+        f.pad(name)
+    }
+}
 
 /// Assignment changes kept for `/status` (the newest last).
 const ASSIGNMENT_HISTORY: usize = 32;
@@ -55,7 +99,7 @@ pub struct TaskProgress {
 impl Default for TaskProgress {
     fn default() -> Self {
         Self {
-            phase: AtomicU8::new(RESTORING),
+            phase: AtomicU8::new(TaskPhase::Created.as_u8()),
             next_offset: AtomicI64::new(-1),
             high_watermark: AtomicI64::new(-1),
             restore_total: AtomicU64::new(0),
@@ -65,20 +109,28 @@ impl Default for TaskProgress {
 }
 
 impl TaskProgress {
-    pub fn set_running(&self) {
-        self.phase.store(RUNNING, Ordering::Relaxed);
-    }
-
-    pub fn set_suspended(&self) {
-        self.phase.store(SUSPENDED, Ordering::Relaxed);
-    }
-
-    pub fn phase_name(&self) -> &'static str {
-        match self.phase.load(Ordering::Relaxed) {
-            RESTORING => "restoring",
-            RUNNING => "running",
-            _ => "suspended",
+    /// Moves the task to `next`, answering the phase it left; a move the lifecycle does not
+    /// allow is refused (answers `Err` with the current phase) and changes nothing.
+    pub fn set_phase(&self, next: TaskPhase) -> std::result::Result<TaskPhase, TaskPhase> {
+        let mut current = self.phase();
+        loop {
+            if !current.may_become(next) {
+                return Err(current);
+            }
+            match self.phase.compare_exchange(
+                current.as_u8(),
+                next.as_u8(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(current),
+                Err(seen) => current = TaskPhase::from_u8(seen),
+            }
         }
+    }
+
+    pub fn phase(&self) -> TaskPhase {
+        TaskPhase::from_u8(self.phase.load(Ordering::Acquire))
     }
 
     pub fn set_next_offset(&self, offset: Option<i64>) {
@@ -135,8 +187,8 @@ pub struct InstanceStatus {
 pub struct TaskView {
     pub task_id: String,
     pub partition: i32,
-    /// `restoring`, `running` or `suspended`.
-    pub state: String,
+    /// `created` (opening its store), `restoring` or `running`.
+    pub state: TaskPhase,
     pub restore_total: u64,
     pub restore_done: u64,
     /// Last input offset processed; absent before the first.
@@ -185,6 +237,16 @@ impl InstanceStatus {
 
     pub fn remove_task(&self, task: TaskId) {
         self.tasks().remove(&task);
+    }
+
+    /// Tasks not yet running (opening their store or restoring), and tasks running.
+    pub fn phase_counts(&self) -> (usize, usize) {
+        let tasks = self.tasks();
+        let running = tasks
+            .values()
+            .filter(|t| t.phase() == TaskPhase::Running)
+            .count();
+        (tasks.len() - running, running)
     }
 
     pub fn task(&self, task: TaskId) -> Option<Arc<TaskProgress>> {
@@ -252,11 +314,16 @@ impl InstanceStatus {
         self.alive.load(Ordering::Relaxed) && since_poll <= self.liveness_timeout
     }
 
-    /// Ready: live, in the group, and every assigned task running (none restoring).
+    /// Ready: live, in the group and not cut off from it (a lost assignment not yet replaced
+    /// by a new one), and every assigned task running (none opening or restoring).
     pub fn is_ready(&self) -> bool {
         self.is_live()
             && self.joined.load(Ordering::Relaxed)
-            && self.tasks().values().all(|t| t.phase_name() == "running")
+            && self.assignment_lost_for().is_none()
+            && self
+                .tasks()
+                .values()
+                .all(|t| t.phase() == TaskPhase::Running)
     }
 
     /// The `/status` document.
@@ -272,7 +339,7 @@ impl InstanceStatus {
             .map(|(id, t)| TaskView {
                 task_id: id.to_string(),
                 partition: id.partition,
-                state: t.phase_name().to_string(),
+                state: t.phase(),
                 restore_total: t.restore_total.load(Ordering::Relaxed),
                 restore_done: t.restore_done.load(Ordering::Relaxed),
                 processed_offset: t.next_offset().map(|o| o - 1).filter(|o| *o >= 0),
@@ -310,12 +377,31 @@ mod tests {
         assert!(status.is_ready(), "joined with no tasks");
         let a = status.add_task(TaskId::new(0, 0));
         let b = status.add_task(TaskId::new(0, 1));
-        a.set_running();
+        for task in [&a, &b] {
+            task.set_phase(TaskPhase::Restoring).unwrap();
+        }
+        a.set_phase(TaskPhase::Running).unwrap();
         assert!(!status.is_ready(), "0_1 still restoring");
-        b.set_running();
+        b.set_phase(TaskPhase::Running).unwrap();
+        assert!(status.is_ready());
+        status.set_assignment_lost();
+        assert!(!status.is_ready(), "assignment lost, not rejoined");
+        status.set_joined();
         assert!(status.is_ready());
         status.set_stopped();
         assert!(!status.is_live() && !status.is_ready());
+    }
+
+    #[test]
+    fn the_lifecycle_refuses_moves_it_does_not_allow() {
+        let t = TaskProgress::default();
+        assert_eq!(t.set_phase(TaskPhase::Running), Err(TaskPhase::Created));
+        assert_eq!(t.set_phase(TaskPhase::Restoring), Ok(TaskPhase::Created));
+        assert_eq!(t.set_phase(TaskPhase::Restoring), Err(TaskPhase::Restoring));
+        assert_eq!(t.set_phase(TaskPhase::Running), Ok(TaskPhase::Restoring));
+        assert_eq!(t.set_phase(TaskPhase::Closed), Ok(TaskPhase::Running));
+        assert_eq!(t.set_phase(TaskPhase::Closed), Err(TaskPhase::Closed));
+        assert_eq!(t.phase(), TaskPhase::Closed);
     }
 
     #[test]
@@ -354,7 +440,7 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&status.to_json()).unwrap();
         assert_eq!(json["instance_id"], "kstreams-count-0");
         assert_eq!(json["tasks"][0]["task_id"], "0_2");
-        assert_eq!(json["tasks"][0]["state"], "restoring");
+        assert_eq!(json["tasks"][0]["state"], "created");
         assert_eq!(json["tasks"][0]["processed_offset"], 4);
         assert_eq!(json["generation"], -1);
         assert_eq!(json["assignments"], serde_json::json!([]));

@@ -22,6 +22,7 @@ use crate::metrics::EngineMetrics;
 use crate::poller::Poller;
 use crate::rebalance::RebalanceListener;
 use crate::state_directory::StateDirectory;
+use crate::state_updater;
 use crate::status::InstanceStatus;
 use crate::store_memory::StoreMemory;
 use crate::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
@@ -92,8 +93,14 @@ impl KafkaStreams {
         .await?;
 
         let (poller_tx, poller_rx) = crossbeam_channel::unbounded();
+        let (committed_tx, committed_rx) = crossbeam_channel::unbounded();
         let (fatal_tx, fatal) = unbounded_channel();
         let topology = Arc::new(topology);
+        let (updater, _updater_thread) = state_updater::start(
+            config.clone(),
+            topology.source_topic().to_string(),
+            metrics.clone(),
+        )?;
         let (supervisor, _) = Actor::spawn(
             None,
             Supervisor,
@@ -104,6 +111,8 @@ impl KafkaStreams {
                 state_directory: state_directory.clone(),
                 store_memory: StoreMemory::new(config.store_memory),
                 poller: poller_tx,
+                committed: committed_tx,
+                updater,
                 fatal: fatal_tx.clone(),
                 status: status.clone(),
                 leftover_tasks: leftover.clone(),
@@ -127,18 +136,18 @@ impl KafkaStreams {
             .subscribe(&[topology.source_topic()])
             .map_err(EngineError::kafka("subscribe"))?;
         let shutdown = Arc::new(AtomicBool::new(false));
-        let poller = Poller {
+        let poller = Poller::new(
             consumer,
-            supervisor: supervisor.clone(),
+            supervisor.clone(),
             runtime,
-            commands: poller_rx,
-            shutdown: shutdown.clone(),
-            commit_interval: config.commit_interval,
-            status: status.clone(),
-            rejoin_after: config.session_timeout * 3,
-            source_topic: topology.source_topic().to_string(),
-            failed_resumes: Vec::new(),
-        };
+            poller_rx,
+            committed_rx,
+            shutdown.clone(),
+            config.commit_interval,
+            status.clone(),
+            config.session_timeout * 3,
+            topology.source_topic().to_string(),
+        );
         let poller = std::thread::Builder::new()
             .name("kstreams-poller".into())
             .spawn(move || {
@@ -180,7 +189,10 @@ impl KafkaStreams {
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("statistics.interval.ms", "5000")
-            .set("max.partition.fetch.bytes", crate::restore::FETCH_BYTES)
+            .set(
+                "max.partition.fetch.bytes",
+                crate::state_updater::FETCH_BYTES,
+            )
             .set(
                 "session.timeout.ms",
                 config.session_timeout.as_millis().to_string(),

@@ -1,8 +1,10 @@
 //! The supervisor actor: owns the partition assignment, starts a task actor per assigned
 //! partition (retrying one that cannot start), stops revoked ones after their commit (always,
-//! even when it fails), routes batches, and reports task failures.
+//! even when it fails), tells the consumer loop where each running task's input goes, and
+//! restarts failed tasks or reports the instance failed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,7 @@ use crossbeam_channel::Sender;
 use futures::future::join_all;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::mpsc::UnboundedSender;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::assignment::{AssignmentChange, AssignmentEvent};
 use crate::config::StreamsConfig;
@@ -18,28 +20,26 @@ use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::failpoints;
 use crate::metrics::EngineMetrics;
-use crate::processor::InputRecord;
+use crate::poller::{PollerCommand, TaskCommitted, TaskInbox};
 use crate::state_directory::StateDirectory;
-use crate::status::{unix_millis, AssignmentRecord, InstanceStatus};
+use crate::state_updater::StateUpdaterHandle;
+use crate::status::{unix_millis, AssignmentRecord, InstanceStatus, TaskPhase, TaskProgress};
 use crate::store_memory::StoreMemory;
-use crate::task::{StreamTask, TaskArgs, TaskMsg, TaskPhase};
+use crate::task::{StreamTask, TaskArgs, TaskMsg};
 use crate::task_id::TaskId;
 
 /// How long a task may take to stop once asked.
 const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a task's commit may take when asked (its flush waits up to a minute).
+const TASK_COMMIT_TIMEOUT: Duration = Duration::from_secs(75);
+/// How long the consumer loop and the rebalance callback wait for the supervisor (a
+/// revocation commits and then stops tasks).
+pub(crate) const SUPERVISOR_ASK_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long a failed task's store may take to leave the state updater.
+const RELEASE_WAIT: Duration = Duration::from_secs(30);
 /// How long an assigned partition whose task could not start waits before the next try
 /// (e.g. for a stopping task of the same partition to release the RocksDB lock).
 const START_RETRY_DELAY: Duration = Duration::from_secs(2);
-
-/// Requests from the supervisor to the consumer's polling loop.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PollerCommand {
-    /// The task for this partition is running: fetch its input from this offset (or from
-    /// the beginning when the task has never processed any).
-    Resume(i32, Option<i64>),
-    /// The task for this partition failed and restarts: stop fetching its input.
-    Pause(i32),
-}
 
 /// Input offsets to commit to the group, per partition.
 pub type CommitOffsets = Vec<(i32, i64)>;
@@ -47,9 +47,8 @@ pub type CommitOffsets = Vec<(i32, i64)>;
 pub enum SupervisorMsg {
     /// An assignment change from the rebalance callback; answered once tasks are started/stopped.
     Rebalance(AssignmentEvent, RpcReplyPort<Result<CommitOffsets>>),
-    /// Records from one poll, grouped by partition; answered once every task processed its own.
-    Process(BTreeMap<i32, Vec<InputRecord>>, RpcReplyPort<Result<()>>),
-    /// Commit every running task; answered with the offsets to commit to the group.
+    /// Commit every running task now (at shutdown); answered with the offsets to commit to
+    /// the group.
     CommitAll(RpcReplyPort<Result<CommitOffsets>>),
     /// A task (this actor) finished restoring; its input resumes at this offset.
     TaskRunning(TaskId, ActorId, Option<i64>),
@@ -68,6 +67,9 @@ pub struct SupervisorArgs {
     pub state_directory: Arc<StateDirectory>,
     pub store_memory: Arc<StoreMemory>,
     pub poller: Sender<PollerCommand>,
+    /// Where tasks report their interval commits (read by the consumer loop).
+    pub committed: Sender<TaskCommitted>,
+    pub updater: StateUpdaterHandle,
     pub fatal: UnboundedSender<EngineError>,
     pub status: Arc<InstanceStatus>,
     /// Task directories found on disk at start-up (candidates for cleanup until assigned).
@@ -77,7 +79,10 @@ pub struct SupervisorArgs {
 struct TaskEntry {
     task: TaskId,
     actor: ActorRef<TaskMsg>,
-    phase: TaskPhase,
+    /// The task's lifecycle, as the task moves it.
+    progress: Arc<TaskProgress>,
+    /// Input queued for the task (shared with the consumer loop and the task).
+    queued: Arc<AtomicUsize>,
     assigned_at: Instant,
 }
 
@@ -95,17 +100,19 @@ pub struct SupervisorState {
 
 pub struct Supervisor;
 
-/// Asks an actor and waits for its answer, turning messaging failures into engine errors.
+/// Asks an actor and waits, at most `timeout`, for its answer, turning messaging failures
+/// into engine errors.
 pub(crate) async fn ask<M, T>(
     actor: &ActorRef<M>,
     name: &'static str,
+    timeout: Duration,
     build: impl FnOnce(RpcReplyPort<T>) -> M,
 ) -> Result<T>
 where
     M: ractor::Message,
     T: Send + 'static,
 {
-    match actor.call(build, None).await {
+    match actor.call(build, Some(timeout)).await {
         Ok(ractor::rpc::CallResult::Success(value)) => Ok(value),
         Ok(ractor::rpc::CallResult::Timeout) => Err(EngineError::actor(name, "timed out")),
         Ok(ractor::rpc::CallResult::SenderError) => {
@@ -157,14 +164,11 @@ impl Actor for Supervisor {
                 let result = state.rebalance(&myself, event).await;
                 let _ = reply.send(result);
             }
-            SupervisorMsg::Process(batches, reply) => {
-                let _ = reply.send(state.process(batches).await);
-            }
             SupervisorMsg::CommitAll(reply) => {
                 let partitions: Vec<i32> = state.tasks.keys().copied().collect();
                 let (offsets, mut failed) = state.commit(&partitions).await;
-                // Any failed task commit stops the instance: its cause is rarely local to one
-                // task (the broker, the disk), and a restart resumes from the last commits.
+                // At shutdown a failed commit is the instance's error: a restart resumes
+                // from the last commits.
                 let result = match failed.is_empty() {
                     true => Ok(offsets),
                     false => Err(failed.swap_remove(0).1),
@@ -185,16 +189,20 @@ impl Actor for Supervisor {
                     .get_mut(&task.partition)
                     .filter(|e| e.task == task && e.actor.get_id() == actor)
                 {
-                    entry.phase = TaskPhase::Running;
                     state
                         .args
                         .metrics
                         .rebalance_paused
                         .inc_by(entry.assigned_at.elapsed().as_secs_f64());
-                    let _ = state
-                        .args
-                        .poller
-                        .send(PollerCommand::Resume(task.partition, next_offset));
+                    let inbox = TaskInbox {
+                        actor: entry.actor.clone(),
+                        queued: entry.queued.clone(),
+                    };
+                    let _ = state.args.poller.send(PollerCommand::Resume(
+                        task.partition,
+                        next_offset,
+                        inbox,
+                    ));
                 }
             }
             SupervisorMsg::StopAll(reply) => {
@@ -224,6 +232,11 @@ impl Actor for Supervisor {
                 .map(|(p, e)| (*p, e.task));
             if let Some((partition, task)) = failed {
                 state.tasks.remove(&partition);
+                // A task that failed while restoring may have left its store with the updater.
+                let updater = state.args.updater.clone();
+                if let Err(e) = tokio::task::block_in_place(|| updater.remove(task, RELEASE_WAIT)) {
+                    warn!(%task, "{e}");
+                }
                 state.args.status.remove_task(task);
                 state.args.metrics.forget_task(task);
                 let _ = state.args.poller.send(PollerCommand::Pause(partition));
@@ -341,6 +354,8 @@ impl SupervisorState {
     async fn start_task(&mut self, myself: &ActorRef<SupervisorMsg>, partition: i32) -> Result<()> {
         let task = TaskId::new(0, partition);
         self.unowned_since.remove(&task);
+        let progress = self.args.status.add_task(task);
+        let queued = Arc::new(AtomicUsize::new(0));
         let args = TaskArgs {
             task,
             topology: self.args.topology.clone(),
@@ -349,7 +364,10 @@ impl SupervisorState {
             task_dir: self.args.state_directory.task_dir(task),
             store_memory: self.args.store_memory.clone(),
             supervisor: myself.clone(),
-            progress: self.args.status.add_task(task),
+            progress: progress.clone(),
+            updater: self.args.updater.clone(),
+            committed: self.args.committed.clone(),
+            queued: queued.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, StreamTask, args, myself.get_cell())
             .await
@@ -362,36 +380,11 @@ impl SupervisorState {
             TaskEntry {
                 task,
                 actor,
-                phase: TaskPhase::Restoring,
+                progress,
+                queued,
                 assigned_at: Instant::now(),
             },
         );
-        Ok(())
-    }
-
-    async fn process(&mut self, batches: BTreeMap<i32, Vec<InputRecord>>) -> Result<()> {
-        let mut asks = Vec::new();
-        for (partition, records) in batches {
-            match self.tasks.get(&partition) {
-                Some(entry) if entry.phase == TaskPhase::Running => {
-                    asks.push(ask(&entry.actor, "task", move |reply| {
-                        TaskMsg::Process(records, reply)
-                    }));
-                }
-                _ => debug!(
-                    partition,
-                    "dropping {} records for a partition without a running task",
-                    records.len()
-                ),
-            }
-        }
-        for result in join_all(asks).await {
-            // A failed task is restarted by supervision (handle_supervisor_evt); its partition's
-            // input is re-fetched from the task's own position once it runs again.
-            if let Err(error) = result.and_then(|r| r) {
-                warn!("{error}");
-            }
-        }
         Ok(())
     }
 
@@ -399,9 +392,17 @@ impl SupervisorState {
     /// tasks whose commit failed.
     async fn commit(&mut self, partitions: &[i32]) -> (CommitOffsets, Vec<(i32, EngineError)>) {
         let timer = self.args.metrics.commit_duration.start_timer();
+        // Only running tasks have anything to commit (a restoring one's store is with the
+        // state updater, which writes its progress as it goes).
         let asks = partitions.iter().filter_map(|p| {
-            let entry = self.tasks.get(p)?;
-            Some(async move { (*p, ask(&entry.actor, "task", TaskMsg::Commit).await) })
+            let entry = self
+                .tasks
+                .get(p)
+                .filter(|e| e.progress.phase() == TaskPhase::Running)?;
+            Some(async move {
+                let asked = ask(&entry.actor, "task", TASK_COMMIT_TIMEOUT, TaskMsg::Commit);
+                (*p, asked.await)
+            })
         });
         let mut offsets = Vec::new();
         let mut failed = Vec::new();
@@ -430,6 +431,7 @@ impl SupervisorState {
             self.args.status.remove_task(task);
             self.args.metrics.forget_task(task);
             self.unowned_since.insert(task, Instant::now());
+            let _ = self.args.poller.send(PollerCommand::Pause(partition));
         }
         let stops =
             partitions

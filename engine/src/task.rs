@@ -1,57 +1,50 @@
-//! The task actor: owns one partition's store, changelog writer and processor; restores, then
-//! processes the batches it is given, and commits (flush, one write batch, report the offset).
+//! The task actor: owns one partition's store, changelog writer and processor through its
+//! lifecycle (created, restoring with the state updater, running, closed): processes the
+//! batches the consumer loop queues for it, and commits on its own interval.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crossbeam_channel::Sender;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::checkpoint::{TaskCheckpoint, WriteOut};
 use crate::config::{DeserializationErrorPolicy, StreamsConfig};
 use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::failpoints;
 use crate::metrics::EngineMetrics;
-use crate::offsets::{decode_changelog_value, InputPosition};
-use crate::processor::{InputRecord, Processor, ProcessorContext, RecordError, StoreId};
+use crate::offsets::InputPosition;
+use crate::poller::TaskCommitted;
+use crate::processor::{InputRecord, Processor, ProcessorContext, RecordError};
 use crate::record_collector::RecordCollector;
-use crate::restore::{restore_task, RestoreRequest};
-use crate::status::TaskProgress;
+use crate::state_updater::{RestoredStore, RestoringTask, StateUpdaterHandle};
+use crate::status::{TaskPhase, TaskProgress};
 use crate::store_memory::StoreMemory;
 use crate::supervisor::SupervisorMsg;
 use crate::task_id::TaskId;
-use crate::task_store::{StoredOffsets, TaskStore};
+use crate::task_store::TaskStore;
 
-/// How long a commit waits for the broker to acknowledge the task's records.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Keys read per step while re-emitting the output of restored keys.
 const REPLAY_STEP: usize = 1_000;
-
-/// What made a task write its cached updates out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteOut {
-    /// A commit (interval, revocation, shutdown, or before stopping on a bad record).
-    Commit,
-    /// The task's record cache went over its share of the budget.
-    CacheOverBudget,
-}
-
-/// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaskPhase {
-    Restoring,
-    Running,
-}
+/// How long a stopping task waits for the state updater to close its store.
+const RELEASE_WAIT: Duration = Duration::from_secs(30);
 
 pub enum TaskMsg {
-    /// Sent to itself once started: restore, then tell the supervisor it is running.
-    Restore,
-    /// Process these records (in offset order), then answer.
-    Process(Vec<InputRecord>, RpcReplyPort<Result<()>>),
-    /// Flush, persist state and offsets, and answer with the input offset to commit.
+    /// From the state updater: the stores are restored; run.
+    Restored(Box<RestoredStore>),
+    /// From the state updater: the restore failed (the task fails and is restarted).
+    RestoreFailed(EngineError),
+    /// Process these records (in offset order); queued by the consumer loop, not answered.
+    Process(Vec<InputRecord>),
+    /// Commit now and answer the input offset to commit to the group (revocation, shutdown).
     Commit(RpcReplyPort<Result<Option<i64>>>),
+    /// The task's commit interval passed: commit and report the offset to the consumer loop.
+    CommitTick,
 }
 
 pub struct TaskArgs {
@@ -63,20 +56,31 @@ pub struct TaskArgs {
     pub store_memory: Arc<StoreMemory>,
     pub supervisor: ActorRef<SupervisorMsg>,
     pub progress: Arc<TaskProgress>,
+    pub updater: StateUpdaterHandle,
+    /// Where interval commits report the offsets for the group.
+    pub committed: Sender<TaskCommitted>,
+    /// Input records queued for this task and not yet processed (shared with the consumer
+    /// loop, which pauses the partition while it is over its bound).
+    pub queued: Arc<AtomicUsize>,
 }
 
 pub struct TaskState {
+    args: TaskArgs,
+    /// Present once the task runs.
+    running: Option<RunningTask>,
+    last_commit: Instant,
+}
+
+/// What a running task works with.
+struct RunningTask {
     task: TaskId,
     config: Arc<StreamsConfig>,
     metrics: EngineMetrics,
     labels: [String; 2],
-    supervisor: ActorRef<SupervisorMsg>,
     progress: Arc<TaskProgress>,
-    source_topic: String,
     store: TaskStore,
     collector: RecordCollector,
     processor: Box<dyn Processor>,
-    phase: TaskPhase,
     position: InputPosition,
     changelog_next: Vec<Option<i64>>,
     /// Skip reasons already logged for this task (each is logged once per partition).
@@ -94,52 +98,44 @@ impl Actor for StreamTask {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<TaskMsg>,
+        _myself: ActorRef<TaskMsg>,
         args: TaskArgs,
     ) -> Result<TaskState, ActorProcessingErr> {
-        let TaskArgs {
-            task,
-            topology,
-            config,
-            metrics,
-            task_dir,
-            store_memory,
-            supervisor,
-            progress,
-        } = args;
+        Ok(TaskState {
+            args,
+            running: None,
+            last_commit: Instant::now(),
+        })
+    }
+
+    /// Opens the store (outside the supervisor's start, so a store still locked by a stopping
+    /// incarnation delays only this task) and hands it to the state updater.
+    async fn post_start(
+        &self,
+        myself: ActorRef<TaskMsg>,
+        state: &mut TaskState,
+    ) -> Result<(), ActorProcessingErr> {
+        let args = &state.args;
         let (store, wiped) = tokio::task::block_in_place(|| {
             TaskStore::open_or_wipe(
-                task,
-                &task_dir,
-                topology.stores(),
-                &store_memory,
+                args.task,
+                &args.task_dir,
+                args.topology.stores(),
+                &args.store_memory,
                 crate::task_store::LOCK_WAIT,
             )
         })?;
         if let Some(reason) = wiped {
-            metrics.state_wipes.with_label_values(&[reason]).inc();
+            args.metrics.state_wipes.with_label_values(&[reason]).inc();
         }
-        let collector = RecordCollector::new(task, &config, topology.stores())?;
-        let changelog_next = store.read_offsets()?.changelog_next;
-        metrics.tasks_restoring.inc();
-        myself.cast(TaskMsg::Restore)?;
-        Ok(TaskState {
-            task,
-            labels: EngineMetrics::task_labels(task),
-            config,
-            metrics,
-            supervisor,
-            progress,
-            source_topic: topology.source_topic().to_string(),
+        state.set_phase(TaskPhase::Restoring);
+        args.updater.add(RestoringTask {
+            task: args.task,
             store,
-            collector,
-            processor: topology.new_processor(),
-            phase: TaskPhase::Restoring,
-            position: InputPosition::default(),
-            changelog_next,
-            logged_skips: HashSet::new(),
-            reported_sent: (0, 0),
-        })
+            progress: args.progress.clone(),
+            owner: myself,
+        })?;
+        Ok(())
     }
 
     async fn handle(
@@ -149,26 +145,41 @@ impl Actor for StreamTask {
         state: &mut TaskState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            TaskMsg::Restore => {
-                tokio::task::block_in_place(|| state.restore())?;
-                state.supervisor.cast(SupervisorMsg::TaskRunning(
-                    state.task,
+            TaskMsg::Restored(restored) => {
+                tokio::task::block_in_place(|| state.run(*restored))?;
+                state.last_commit = Instant::now();
+                let interval = state.args.config.commit_interval;
+                myself.send_interval(interval, || TaskMsg::CommitTick);
+                let next = state.running.as_ref().and_then(|r| r.position.next());
+                state.args.supervisor.cast(SupervisorMsg::TaskRunning(
+                    state.args.task,
                     myself.get_id(),
-                    state.position.next(),
+                    next,
                 ))?;
             }
-            TaskMsg::Process(records, reply) => {
-                let result = tokio::task::block_in_place(|| state.process(&records));
-                if let Err(error) = result {
-                    let message = error.to_string();
-                    let _ = reply.send(Err(error));
-                    return Err(message.into());
-                }
-                let _ = reply.send(Ok(()));
+            TaskMsg::RestoreFailed(error) => return Err(error.into()),
+            TaskMsg::Process(records) => {
+                let count = records.len();
+                let result = match state.running.as_mut() {
+                    Some(running) => tokio::task::block_in_place(|| running.process(&records)),
+                    None => {
+                        debug!(task = %state.args.task, "dropping {count} records queued before the task runs");
+                        Ok(())
+                    }
+                };
+                state.args.queued.fetch_sub(count, Ordering::AcqRel);
+                result?;
             }
             TaskMsg::Commit(reply) => {
-                let result = tokio::task::block_in_place(|| state.commit(WriteOut::Commit));
-                let _ = reply.send(result);
+                // Asked on revocation and at shutdown: the task stops next whatever the
+                // commit did, so a failure is only answered.
+                let _ = reply.send(state.commit());
+            }
+            TaskMsg::CommitTick => {
+                // Ticks that queued up behind slow work come in bursts: one commit is enough.
+                if state.last_commit.elapsed() >= state.args.config.commit_interval / 2 {
+                    state.commit_on_interval(myself.get_id())?;
+                }
             }
         }
         Ok(())
@@ -179,62 +190,113 @@ impl Actor for StreamTask {
         _myself: ActorRef<TaskMsg>,
         state: &mut TaskState,
     ) -> Result<(), ActorProcessingErr> {
-        match state.phase {
-            TaskPhase::Restoring => state.metrics.tasks_restoring.dec(),
-            TaskPhase::Running => state.metrics.tasks_running.dec(),
+        let task = state.args.task;
+        let was = state.set_phase(TaskPhase::Closed);
+        if matches!(was, Some(TaskPhase::Restoring)) {
+            // The state updater holds the store: take it out (its progress is written) and
+            // wait until it is closed, so the next owner on this instance can open it.
+            let updater = state.args.updater.clone();
+            if let Err(e) = tokio::task::block_in_place(|| updater.remove(task, RELEASE_WAIT)) {
+                warn!(%task, "{e}");
+            }
         }
-        let labels = [state.labels[0].as_str(), state.labels[1].as_str()];
-        state
-            .metrics
-            .restore_remaining
-            .with_label_values(&labels)
-            .set(0);
-        if state.store.dirty_keys() > 0 {
-            info!(task = %state.task, "closing with {} uncommitted keys dropped", state.store.dirty_keys());
+        if let Some(running) = &state.running {
+            if running.store.dirty_keys() > 0 {
+                info!(%task, "closing with {} uncommitted keys dropped", running.store.dirty_keys());
+            }
         }
         Ok(())
     }
 }
 
 impl TaskState {
-    fn restore(&mut self) -> Result<()> {
-        let started = std::time::Instant::now();
-        let request = RestoreRequest {
-            task: self.task,
-            config: &self.config,
-            source_topic: &self.source_topic,
-            metrics: &self.metrics,
-            progress: &self.progress,
-        };
-        let outcome = restore_task(&request, &mut self.store)?;
-        if let Some(reason) = outcome.wiped {
-            self.metrics.state_wipes.with_label_values(&[reason]).inc();
+    /// Moves the task's phase, answering the one it left; a move the lifecycle refuses is a
+    /// bug, logged and ignored.
+    fn set_phase(&self, next: TaskPhase) -> Option<TaskPhase> {
+        match self.args.progress.set_phase(next) {
+            Ok(was) => Some(was),
+            Err(current) => {
+                error!(task = %self.args.task, "task lifecycle: {current} cannot become {next}");
+                None
+            }
         }
-        self.metrics
-            .restore_duration
-            .observe(started.elapsed().as_secs_f64());
-        let stored: StoredOffsets = self.store.read_offsets()?;
-        self.position = InputPosition::resume(stored.input_next, outcome.input_next);
-        self.changelog_next = stored.changelog_next;
+    }
+
+    /// Starts running with the restored store: re-emits what restored keys may owe, then
+    /// takes input from where the last commit left it.
+    fn run(&mut self, restored: RestoredStore) -> Result<()> {
+        let RestoredStore { store, outcome } = restored;
+        let args = &self.args;
+        let stored = store.read_offsets()?;
+        let mut running = RunningTask {
+            task: args.task,
+            config: args.config.clone(),
+            metrics: args.metrics.clone(),
+            labels: EngineMetrics::task_labels(args.task),
+            progress: args.progress.clone(),
+            collector: RecordCollector::new(args.task, &args.config, args.topology.stores())?,
+            store,
+            processor: args.topology.new_processor(),
+            position: InputPosition::resume(stored.input_next, outcome.input_next),
+            changelog_next: stored.changelog_next,
+            logged_skips: HashSet::new(),
+            reported_sent: (0, 0),
+        };
         if failpoints::fires(failpoints::ABORT_BEFORE_REPLAY) {
             failpoints::crash(failpoints::ABORT_BEFORE_REPLAY);
         }
-        let replayed = self.replay()?;
-        self.phase = TaskPhase::Running;
-        self.progress.set_next_offset(self.position.next());
-        self.progress.set_running();
-        self.metrics.tasks_restoring.dec();
-        self.metrics.tasks_running.inc();
+        let replayed = running.replay()?;
+        running.progress.set_next_offset(running.position.next());
         info!(
-            task = %self.task,
+            task = %args.task,
             "running: restored {} records, re-emitted {replayed} keys ({} newly marked), resuming input at offset {}",
             outcome.records,
             outcome.replay_marked,
-            self.position.next().map_or("(beginning)".to_string(), |o| o.to_string())
+            running.position.next().map_or("(beginning)".to_string(), |o| o.to_string())
         );
+        self.running = Some(running);
+        self.set_phase(TaskPhase::Running);
         Ok(())
     }
 
+    /// Commits a running task (nothing to do for one still restoring): the input offset to
+    /// commit to the group.
+    fn commit(&mut self) -> Result<Option<i64>> {
+        self.last_commit = Instant::now();
+        match self.running.as_mut() {
+            Some(running) => tokio::task::block_in_place(|| running.commit(WriteOut::Commit)),
+            None => Ok(None),
+        }
+    }
+
+    /// The interval commit: its offset goes to the consumer loop for the group; a failure
+    /// fails the task (restarted from its last commit, see `checkpoint`).
+    fn commit_on_interval(&mut self, actor: ractor::ActorId) -> Result<()> {
+        let timer = self.args.metrics.commit_duration.start_timer();
+        let result = self.commit();
+        timer.observe_duration();
+        match result {
+            Ok(next) => {
+                self.args.metrics.commits.inc();
+                if let Some(next_offset) = next {
+                    let _ = self.args.committed.send(TaskCommitted {
+                        partition: self.args.task.partition,
+                        actor,
+                        next_offset,
+                    });
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.args.metrics.commit_failures.inc();
+                error!(task = %self.args.task, "commit failed; the task restarts from its last commit: {error}");
+                Err(error)
+            }
+        }
+    }
+}
+
+impl RunningTask {
     /// Re-emits the output of every key marked as owing it (restored from changelog records
     /// past the last commit, now or by an earlier start that did not get to commit). The marks
     /// go with the next commit, which flushes this output. Answers the number of keys.
@@ -411,78 +473,23 @@ impl TaskState {
     }
 
     fn commit(&mut self, trigger: WriteOut) -> Result<Option<i64>> {
-        if self.phase != TaskPhase::Running {
-            return Ok(None);
+        TaskCheckpoint {
+            task: self.task,
+            store: &mut self.store,
+            collector: &mut self.collector,
+            processor: self.processor.as_mut(),
+            changelog_next: &mut self.changelog_next,
         }
-        emit_cached_writes(
-            self.task,
-            &mut self.store,
-            &mut self.collector,
-            self.processor.as_mut(),
-            trigger,
-        )?;
-        self.collector.flush(FLUSH_TIMEOUT)?;
+        .commit(self.position.next(), trigger)?;
         self.report_sent();
-        for (index, next) in self.changelog_next.iter_mut().enumerate() {
-            *next = self.collector.changelog_next(StoreId(index)).max(*next);
-        }
-        self.store.commit(&StoredOffsets {
-            input_next: self.position.next(),
-            changelog_next: self.changelog_next.clone(),
-        })?;
+        let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
         self.metrics
             .store_size
-            .with_label_values(&[self.labels[0].as_str(), self.labels[1].as_str()])
+            .with_label_values(&labels)
             .set(self.store.approximate_size_bytes() as i64);
         self.metrics
             .rocksdb_memory_bytes
             .set(self.store.memory().rocksdb_bytes() as i64);
         Ok(self.position.next())
     }
-}
-
-/// With the record cache on, sends what the writes since the last commit produce: one
-/// changelog record per written key and, through [`Processor::replay`], the output derived
-/// from it (with the timestamp of the key's last input record). Without it they went out
-/// with each update: nothing to do. The records leave in no input order, in several produce
-/// requests: a crash can land any subset of them (see `restore` for why that is safe).
-pub(crate) fn emit_cached_writes(
-    task: TaskId,
-    store: &mut TaskStore,
-    collector: &mut RecordCollector,
-    processor: &mut dyn Processor,
-    trigger: WriteOut,
-) -> Result<()> {
-    if !store.caching() {
-        return Ok(());
-    }
-    let failpoint = match trigger {
-        WriteOut::Commit => failpoints::WRITE_OUT_ABORT_AFTER,
-        WriteOut::CacheOverBudget => failpoints::EARLY_WRITE_OUT_ABORT_AFTER,
-    };
-    let abort_after = failpoints::number(failpoint);
-    for (sent, (store_id, key, stored, timestamp)) in store.pending_writes().into_iter().enumerate()
-    {
-        collector.send_changelog_encoded(store_id, task.partition, &key, stored.as_deref())?;
-        if abort_after == Some(sent + 1) {
-            // Cut short: these changelog records acknowledged (the last key's output not sent).
-            collector.flush(FLUSH_TIMEOUT)?;
-            failpoints::crash(failpoint);
-        }
-        let Some(stored) = stored else {
-            continue;
-        };
-        let (offset, value) = decode_changelog_value(&stored);
-        let offset = offset.unwrap_or_default();
-        let mut ctx = ProcessorContext::new(store, collector, task.partition, offset, timestamp);
-        processor
-            .replay(store_id, &key, value, &mut ctx)
-            .map_err(|e| EngineError::Processing {
-                task,
-                partition: task.partition,
-                offset,
-                reason: format!("emitting a cached update: {e}"),
-            })?;
-    }
-    Ok(())
 }

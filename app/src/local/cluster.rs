@@ -1,6 +1,7 @@
 //! The local cluster: the instances, what their `/status` said last, records/s per instance,
 //! partition pauses, and the event log (runner actions, assignment changes, pauses).
 
+use kstreams_engine::TaskPhase;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -183,7 +184,11 @@ impl Cluster {
             .zip(statuses)
         {
             if let Some(status) = &status {
-                for task in status.tasks.iter().filter(|t| t.state == "running") {
+                for task in status
+                    .tasks
+                    .iter()
+                    .filter(|t| t.state == TaskPhase::Running)
+                {
                     running.insert(task.task_id.clone(), instance.name.clone());
                 }
                 let seen_until = observed.last_assignment_ms;

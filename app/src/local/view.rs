@@ -2,6 +2,7 @@
 //! group generation) above the event log, redrawn in place on a terminal or printed as plain
 //! snapshots otherwise; on a terminal it also reads the command line typed at the prompt.
 
+use kstreams_engine::TaskPhase;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -134,8 +135,8 @@ pub fn render(cluster: &Cluster, header: &Header, events: usize) -> Vec<String> 
                 0 => prefix.clone(),
                 _ => " ".repeat(prefix.len()),
             };
-            let restore = match task.state.as_str() {
-                "restoring" => progress_bar(task.restore_done, task.restore_total, 20),
+            let restore = match task.state {
+                TaskPhase::Restoring => progress_bar(task.restore_done, task.restore_total, 20),
                 _ if task.restore_total > 0 => {
                     format!("restored {}", thousands(task.restore_total))
                 }
