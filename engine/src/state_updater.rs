@@ -4,7 +4,7 @@
 //! restoring leaves it within one step, with its progress written. A restore that makes no
 //! progress for a while is reported and its changelogs read again from where it stood.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -39,6 +39,8 @@ const STEP_TIME: Duration = Duration::from_millis(200);
 const POLL_WAIT: Duration = Duration::from_millis(50);
 /// How long the updater waits for a command when it has nothing to restore.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// How long the updater waits for a command while a task's restore is being prepared.
+const PREPARING_WAIT: Duration = Duration::from_millis(20);
 /// A restore that reads nothing this long is reported and its changelogs fetched afresh.
 pub(crate) const RESTORE_STALL: Duration = Duration::from_secs(30);
 
@@ -95,14 +97,19 @@ pub fn start(
     source_topic: String,
     metrics: EngineMetrics,
 ) -> Result<(StateUpdaterHandle, JoinHandle<()>)> {
-    let consumer = restore_consumer(&config)?;
+    let consumer = Arc::new(restore_consumer(&config)?);
     let (commands, inbox) = crossbeam_channel::unbounded();
+    let (prepared_tx, prepared) = crossbeam_channel::unbounded();
     let updater = StateUpdater {
         consumer,
         config,
         source_topic,
         metrics,
         inbox,
+        prepared_tx,
+        prepared,
+        preparing: HashMap::new(),
+        next_preparation: 0,
         tasks: BTreeMap::new(),
     };
     let thread = std::thread::Builder::new()
@@ -123,7 +130,13 @@ fn restore_consumer(config: &StreamsConfig) -> Result<BaseConsumer> {
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "100")
-        .set("max.partition.fetch.bytes", FETCH_BYTES);
+        .set("max.partition.fetch.bytes", FETCH_BYTES)
+        // Never used (the consumer never joins), but librdkafka checks overrides such as
+        // max.poll.interval.ms against it.
+        .set(
+            "session.timeout.ms",
+            config.session_timeout.as_millis().to_string(),
+        );
     for (key, value) in &config.client_overrides {
         client.set(key, value);
     }
@@ -137,12 +150,26 @@ struct Restoring {
     owner: ActorRef<TaskMsg>,
 }
 
+/// A task's restore worked out off the updater's thread (it asks the broker for the
+/// changelogs' ends and the group's offset, which can take seconds on a busy broker).
+struct Prepared {
+    id: u64,
+    owner: ActorRef<TaskMsg>,
+    task: TaskId,
+    restore: Result<TaskRestore>,
+}
+
 struct StateUpdater {
-    consumer: BaseConsumer,
+    consumer: Arc<BaseConsumer>,
     config: Arc<StreamsConfig>,
     source_topic: String,
     metrics: EngineMetrics,
     inbox: Receiver<UpdaterCommand>,
+    prepared_tx: Sender<Prepared>,
+    prepared: Receiver<Prepared>,
+    /// Restores being prepared, by preparation id: the task, and whether it is still wanted.
+    preparing: HashMap<u64, (TaskId, bool)>,
+    next_preparation: u64,
     /// Restoring tasks by partition.
     tasks: BTreeMap<i32, Restoring>,
 }
@@ -150,9 +177,12 @@ struct StateUpdater {
 impl StateUpdater {
     fn run(mut self) {
         loop {
-            let wait = match self.tasks.is_empty() {
-                true => IDLE_WAIT,
-                false => Duration::ZERO,
+            let wait = if !self.tasks.is_empty() {
+                Duration::ZERO
+            } else if !self.preparing.is_empty() {
+                PREPARING_WAIT
+            } else {
+                IDLE_WAIT
             };
             match self.inbox.recv_timeout(wait) {
                 Ok(command) => self.apply(command),
@@ -161,6 +191,9 @@ impl StateUpdater {
             }
             while let Ok(command) = self.inbox.try_recv() {
                 self.apply(command);
+            }
+            while let Ok(prepared) = self.prepared.try_recv() {
+                self.start(prepared);
             }
             if !self.tasks.is_empty() {
                 self.step();
@@ -175,6 +208,13 @@ impl StateUpdater {
         match command {
             UpdaterCommand::Add(task) => self.add(task),
             UpdaterCommand::Remove(task, closed) => {
+                // A restore still being prepared is dropped (and its store closed) as soon as
+                // its preparation returns.
+                for (preparing, wanted) in self.preparing.values_mut() {
+                    if *preparing == task {
+                        *wanted = false;
+                    }
+                }
                 if let Some(restoring) = self.tasks.remove(&task.partition) {
                     self.unassign(&restoring.restore);
                     let remaining: i64 = restoring
@@ -193,6 +233,8 @@ impl StateUpdater {
         }
     }
 
+    /// Works the task's restore out on a short-lived thread, so that a slow broker answer
+    /// holds up neither the other restores nor a stopping task.
     fn add(&mut self, task: RestoringTask) {
         let RestoringTask {
             task,
@@ -200,18 +242,51 @@ impl StateUpdater {
             progress,
             owner,
         } = task;
-        let begun = TaskRestore::begin(
+        let id = self.next_preparation;
+        self.next_preparation += 1;
+        self.preparing.insert(id, (task, true));
+        let (consumer, config) = (self.consumer.clone(), self.config.clone());
+        let (source_topic, metrics) = (self.source_topic.clone(), self.metrics.clone());
+        let done = self.prepared_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("kstreams-restore-{task}"))
+            .spawn(move || {
+                let restore = TaskRestore::begin(
+                    task,
+                    store,
+                    progress,
+                    &consumer,
+                    &config,
+                    &source_topic,
+                    &metrics,
+                );
+                let _ = done.send(Prepared {
+                    id,
+                    owner,
+                    task,
+                    restore,
+                });
+            });
+        if let Err(e) = spawned {
+            self.preparing.remove(&id);
+            error!(%task, "could not start preparing its restore: {e}");
+        }
+    }
+
+    /// Starts reading a prepared restore, unless its task stopped meanwhile.
+    fn start(&mut self, prepared: Prepared) {
+        let Prepared {
+            id,
+            owner,
             task,
-            store,
-            progress,
-            &self.consumer,
-            &self.config,
-            &self.source_topic,
-            &self.metrics,
-        );
-        let restore = match begun {
-            Ok(restore) => restore,
-            Err(error) => return fail(&owner, task, error),
+            restore,
+        } = prepared;
+        let wanted = self.preparing.remove(&id).is_some_and(|(_, wanted)| wanted);
+        let restore = match restore {
+            Ok(restore) if wanted => restore,
+            Ok(_) => return debug!(%task, "dropping the restore of a task that stopped"),
+            Err(error) if wanted => return fail(&owner, task, error),
+            Err(_) => return,
         };
         if let Some(reason) = restore.outcome_wiped() {
             self.metrics.state_wipes.with_label_values(&[reason]).inc();
@@ -221,10 +296,7 @@ impl StateUpdater {
         self.tasks.insert(task.partition, restoring);
     }
 
-    fn changelog_list<'a>(
-        restore: &'a TaskRestore,
-        with_offsets: bool,
-    ) -> Result<TopicPartitionList> {
+    fn changelog_list(restore: &TaskRestore, with_offsets: bool) -> Result<TopicPartitionList> {
         let mut tpl = TopicPartitionList::new();
         for (_, changelog) in restore.unfinished() {
             match with_offsets {

@@ -21,8 +21,10 @@ use crate::store_memory::{StoreMemory, CACHE_ENTRY_OVERHEAD};
 use crate::task_id::TaskId;
 use tracing::warn;
 
-/// How long a task waits for its store's lock, still held by a task that just stopped.
-pub const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// How long a task waits for its store's lock, still held by a task of the same partition that
+/// is stopping (its last flush may wait up to a minute on the broker) or by a restore still
+/// being prepared. The wait is in the starting task's own actor and delays only that task.
+pub const LOCK_WAIT: Duration = Duration::from_secs(90);
 
 /// Column family holding the task's offsets.
 pub const OFFSETS_CF: &str = "offsets";
