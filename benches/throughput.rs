@@ -2,11 +2,14 @@
 //! docs/benchmarks.md in one run, on local tansu brokers, printed as Markdown as it goes.
 //!
 //! Sizes and sections (defaults in brackets; lists are comma-separated):
-//! - BENCH_SECTIONS [throughput,memory,recovery,latency,scaling]
+//! - BENCH_SECTIONS [throughput,memory,recovery,beside,latency,scaling]
 //! - throughput: BENCH_RECORDS [1000000], BENCH_KEYS [10000,1000000],
 //!   BENCH_DISTRIBUTIONS [uniform,zipf], BENCH_PARTITIONS [4,16], memory:// storage
 //! - memory (peak RSS, each key once): BENCH_MEMORY_KEYS [1000000,10000000], 4 partitions
 //! - recovery (sqlite storage): BENCH_RECOVERY_KEYS [1000000], 4 partitions
+//! - beside (sqlite storage): a restore of BENCH_BESIDE_CHANGELOG [1000000] changelog records on
+//!   partition 0 while the other tasks process BENCH_BESIDE_RECORDS [1000000] input records
+//!   (10k keys), against the same input with nothing to restore; 4 partitions
 //! - latency (sqlite storage): BENCH_LATENCY_RATE [2000] records/s for BENCH_LATENCY_SECONDS [20]
 //! - scaling (memory://, BENCH_SCALING_RECORDS [1000000] over 10k keys):
 //!   BENCH_SCALING_PARTITIONS [1,2,4,8,16];
@@ -15,7 +18,7 @@
 //! - BENCH_APP_ARGS: extra kstreams-count flags for every run (default: none, the defaults).
 
 use kstreams_suite::bench::{
-    latency, parse_list, recovery, throughput, Input, KeyDistribution, Report,
+    latency, parse_list, recovery, restore_beside, throughput, Input, KeyDistribution, Report,
 };
 use kstreams_suite::Storage;
 
@@ -38,7 +41,7 @@ fn distribution(name: &str) -> KeyDistribution {
 fn main() {
     let sections = setting(
         "BENCH_SECTIONS",
-        "throughput,memory,recovery,latency,scaling",
+        "throughput,memory,recovery,beside,latency,scaling",
     );
     let wants = |section: &str| sections.split(',').any(|s| s.trim() == section);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -92,6 +95,22 @@ fn main() {
             report.recovery.push(recovery(keys, 4));
             show(&report);
         }
+    }
+    if wants("beside") {
+        let changelog = list("BENCH_BESIDE_CHANGELOG", "1000000")[0];
+        let input = Input {
+            records: list("BENCH_BESIDE_RECORDS", "1000000")[0],
+            keys: 10_000,
+            distribution: KeyDistribution::Uniform,
+        };
+        eprintln!(
+            "beside: restore of {changelog} changelog records beside {}",
+            input.describe()
+        );
+        report
+            .restore_beside
+            .push(restore_beside(changelog, input, 4));
+        show(&report);
     }
     if wants("latency") {
         let rate = list("BENCH_LATENCY_RATE", "2000")[0];

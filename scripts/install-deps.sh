@@ -19,9 +19,35 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ -x "$TANSU_BIN" ]; then
-  echo "==> tansu $TANSU_VERSION present at $TANSU_BIN"
+  echo "==> tansu $TANSU_VERSION (patches $TANSU_PATCHES_KEY) present at $TANSU_BIN"
 else
-  echo "==> installing tansu $TANSU_VERSION (a Kafka-protocol broker) into $KSTREAMS_CACHE (about 20 minutes, once)"
-  cargo install tansu --version "$TANSU_VERSION" --locked --features "$TANSU_FEATURES" \
-    --root "$(dirname "$(dirname "$TANSU_BIN")")" --quiet
+  echo "==> building tansu $TANSU_VERSION (a Kafka-protocol broker) with third_party/tansu/*.patch into $KSTREAMS_CACHE (about 20 minutes, once per patch set)"
+  src="$KSTREAMS_CACHE/tansu-src-$TANSU_PATCHES_KEY"
+  rm -rf "$src" && mkdir -p "$src"
+  for crate in tansu tansu-storage; do
+    file="$src/$crate-$TANSU_VERSION.crate"
+    cached="$(ls "$HOME"/.cargo/registry/cache/*/"$crate-$TANSU_VERSION.crate" 2>/dev/null | head -n 1 || true)"
+    if [ -n "$cached" ]; then
+      cp "$cached" "$file"
+    else
+      python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
+        "https://static.crates.io/crates/$crate/$crate-$TANSU_VERSION.crate" "$file"
+    fi
+    tar xzf "$file" -C "$src"
+  done
+  for patch_file in "$KSTREAMS_ROOT"/third_party/tansu/*.patch; do
+    echo "    applying $(basename "$patch_file")"
+    patch -d "$src/tansu-storage-$TANSU_VERSION" -p1 --quiet < "$patch_file"
+  done
+  printf '\n[patch.crates-io]\ntansu-storage = { path = "../tansu-storage-%s" }\n' "$TANSU_VERSION" \
+    >> "$src/tansu-$TANSU_VERSION/Cargo.toml"
+  # The crate's own Cargo.lock pins every other dependency; only tansu-storage is replaced.
+  (cd "$src/tansu-$TANSU_VERSION" && CARGO_TARGET_DIR="$KSTREAMS_CACHE/tansu-target" \
+    cargo build --release --features "$TANSU_FEATURES" --bin tansu)
+  install -D "$KSTREAMS_CACHE/tansu-target/release/tansu" "$TANSU_BIN"
+  # Sources of earlier patch sets are no longer needed (their brokers stay until removed).
+  find "$KSTREAMS_CACHE" -maxdepth 1 -name 'tansu-src-*' ! -name "tansu-src-$TANSU_PATCHES_KEY" \
+    -exec rm -rf {} +
 fi
+# Where the test harness looks when TANSU_BIN is not set.
+ln -sfn "$(dirname "$(dirname "$TANSU_BIN")")" "$KSTREAMS_CACHE/tansu-current"

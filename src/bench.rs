@@ -497,6 +497,114 @@ pub fn recovery(keys: u64, partitions: i32) -> Recovery {
     }
 }
 
+/// A restore of partition 0 while the instance's other tasks process input (sqlite storage):
+/// partition 0's changelog holds `changelog_records` records of other keys (the instance lost
+/// its volume), and `input` is on every input partition. The other tasks' rate during the
+/// restore is set against the same input on an instance with nothing to restore.
+#[derive(Debug, Clone)]
+pub struct RestoreBeside {
+    pub changelog_records: u64,
+    pub input: Input,
+    pub partitions: i32,
+    /// 0_0's restore, from the start of its restore to its running.
+    pub restore_seconds: f64,
+    /// Input records the other tasks processed during the restore.
+    pub others_during_restore: u64,
+    /// The other tasks' input rate (records/s) on an instance with nothing to restore, once
+    /// ready (every task's input: the same tasks' share is the comparable figure).
+    pub alone_rate: f64,
+    pub counts_exact: bool,
+}
+
+impl RestoreBeside {
+    /// The other tasks' rate during the restore (records/s).
+    pub fn during_rate(&self) -> f64 {
+        self.others_during_restore as f64 / self.restore_seconds.max(1e-9)
+    }
+
+    /// The other tasks' share of the alone rate (all tasks but one).
+    pub fn others_alone_rate(&self) -> f64 {
+        self.alone_rate * (self.partitions - 1) as f64 / self.partitions as f64
+    }
+}
+
+pub fn restore_beside(changelog_records: u64, input: Input, partitions: i32) -> RestoreBeside {
+    let broker = Broker::start();
+    let alone_state = tempfile::tempdir().unwrap();
+    let alone = AppSetup::fresh(&broker, alone_state.path(), partitions);
+    produce_input(&broker, &alone.options.input_topic, &input);
+    let alone_run = alone.run_until_processed(&broker, input.records);
+    let alone_rate =
+        input.records as f64 / (alone_run.processed.seconds - alone_run.ready_seconds).max(1e-9);
+
+    let state = tempfile::tempdir().unwrap();
+    let setup = AppSetup::fresh(&broker, state.path(), partitions);
+    let changelog = setup.changelog();
+    broker.create_topic_with(&changelog, partitions, &[("cleanup.policy", "compact")]);
+    broker.produce(
+        &changelog,
+        (0..changelog_records).map(|n| {
+            (
+                Some(format!("restored-{n}").into_bytes()),
+                Some(1i64.to_be_bytes().to_vec()),
+                Some(0),
+            )
+        }),
+    );
+    produce_input(&broker, &setup.options.input_topic, &input);
+    let mut app = App::spawn_with_metrics_port(&broker.address(), &setup.options, free_port());
+    let others_processed = |view: &crate::InstanceView| -> i64 {
+        view.tasks
+            .iter()
+            .filter(|t| t.task_id != "0_0")
+            .filter_map(|t| t.processed_offset.map(|o| o + 1))
+            .sum()
+    };
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let mut began: Option<(Instant, i64)> = None;
+    let (restore_seconds, others_during_restore) = loop {
+        assert!(
+            Instant::now() < deadline && app.is_running(),
+            "0_0 did not restore; log:\n{}",
+            app.log()
+        );
+        if let Some(view) = app.view() {
+            let state = view
+                .tasks
+                .iter()
+                .find(|t| t.task_id == "0_0")
+                .map(|t| t.state);
+            match (state, began) {
+                (Some(kstreams_engine::TaskPhase::Restoring), None) => {
+                    began = Some((Instant::now(), others_processed(&view)));
+                }
+                (Some(kstreams_engine::TaskPhase::Running), Some((at, before))) => {
+                    let during = (others_processed(&view) - before).max(0) as u64;
+                    break (at.elapsed().as_secs_f64(), during);
+                }
+                _ => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let counts_exact = counts_match(
+        &broker,
+        &setup.options.output_topic,
+        &input.expected_counts(),
+        Duration::from_secs(600),
+    );
+    app.terminate(Duration::from_secs(120));
+    RestoreBeside {
+        changelog_records,
+        input,
+        partitions,
+        restore_seconds,
+        others_during_restore,
+        alone_rate,
+        counts_exact,
+    }
+}
+
 /// End-to-end latency at a fixed input rate: from the producer's record timestamp to the
 /// count arriving at a consumer of the output topic (the output record keeps the input
 /// record's timestamp). The record cache is off (`--cache-max-bytes 0`): with it, counts wait
@@ -599,6 +707,7 @@ pub struct Report {
     pub throughput: Vec<Throughput>,
     pub recovery: Vec<Recovery>,
     pub latency: Vec<Latency>,
+    pub restore_beside: Vec<RestoreBeside>,
 }
 
 fn mib(bytes: u64) -> String {
@@ -609,6 +718,7 @@ impl Report {
     pub fn all_counts_exact(&self) -> bool {
         self.throughput.iter().all(|t| t.counts_exact)
             && self.recovery.iter().all(|r| r.counts_exact)
+            && self.restore_beside.iter().all(|r| r.counts_exact)
     }
 
     pub fn markdown(&self) -> String {
@@ -660,6 +770,26 @@ impl Report {
                     r.same_dir.ready_seconds,
                     mib(r.first_run.peak_rss_bytes),
                     mib(r.empty_dir.peak_rss_bytes),
+                    r.counts_exact,
+                );
+            }
+            out += "\n";
+        }
+        if !self.restore_beside.is_empty() {
+            out += "### A restore beside processing (sqlite storage; partition 0 restores its whole changelog while the other tasks process their input)\n\n";
+            out += "| changelog records (partition 0) | input | partitions | restore s | restore records/s | other tasks during the restore, records/s | other tasks, nothing restoring, records/s | during / nothing restoring | counts exact |\n";
+            out += "|---:|---|---:|---:|---:|---:|---:|---:|---|\n";
+            for r in &self.restore_beside {
+                out += &format!(
+                    "| {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {} |\n",
+                    r.changelog_records,
+                    r.input.describe(),
+                    r.partitions,
+                    r.restore_seconds,
+                    r.changelog_records as f64 / r.restore_seconds.max(1e-9),
+                    r.during_rate(),
+                    r.others_alone_rate(),
+                    r.during_rate() / r.others_alone_rate().max(1e-9),
                     r.counts_exact,
                 );
             }

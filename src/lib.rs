@@ -54,13 +54,14 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
     }
 }
 
-/// The tansu binary: `$TANSU_BIN`, else where `scripts/install-deps.sh` puts it.
+/// The tansu binary: `$TANSU_BIN`, else the one `scripts/install-deps.sh` built last (with
+/// the patches in `third_party/tansu/`).
 pub fn tansu_bin() -> PathBuf {
     let path = std::env::var_os("TANSU_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/kstreams/tansu-0.6.0-libsql-dynostore/bin/tansu")
+                .join(".cache/kstreams/tansu-current/bin/tansu")
         });
     assert!(
         path.is_file(),

@@ -1,8 +1,8 @@
 //! The runtime core under a long restore and a slow task, on a real broker with real RocksDB:
 //! a 1M-record restore runs beside processing (the other partitions never stall, the instance
-//! stays live and in the group past `max.poll.interval.ms`), a partition revoked while
-//! restoring is handed over at once and its restore later resumes where it stopped, and a
-//! slow task does not hold the others back.
+//! stays live), a restore longer than 3x `max.poll.interval.ms` keeps the member in the group,
+//! a partition revoked while restoring is handed over at once and its restore later resumes
+//! where it stopped, and a slow task does not hold the others back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,11 +70,16 @@ fn restore_seconds(log: &str, task: &str) -> Option<(u64, f64)> {
     Some((records, seconds.parse().ok()?))
 }
 
-/// Per running task other than `restoring`, the longest time its processed offset stood still
-/// while input kept coming, sampled from `/status` until `restoring` runs.
+/// Per running task other than `restoring`, the longest time its processed offset was seen
+/// standing still while input kept coming, sampled from `/status` until `restoring` runs.
+/// A stand-still is measured between the first and the last sample that saw the same offset,
+/// so a pause of the sampling itself (a busy 2-core machine) does not count as one.
 struct StallWatch {
-    last: HashMap<String, (Option<i64>, Instant)>,
+    /// Per task: the offset, when a sample first saw it, when one last saw it.
+    last: HashMap<String, (Option<i64>, Instant, Instant)>,
     longest: HashMap<String, Duration>,
+    /// Stand-stills over 1 s: task, when they ended (ms since the Unix epoch), how long.
+    over_a_second: Vec<(String, u64, Duration)>,
     samples: usize,
 }
 
@@ -83,6 +88,7 @@ impl StallWatch {
         Self {
             last: HashMap::new(),
             longest: HashMap::new(),
+            over_a_second: Vec::new(),
             samples: 0,
         }
     }
@@ -94,18 +100,26 @@ impl StallWatch {
             if task.state != TaskPhase::Running {
                 continue;
             }
-            let entry = self
+            let (offset, first_seen, last_seen) = self
                 .last
                 .entry(task.task_id.clone())
-                .or_insert((task.processed_offset, now));
+                .or_insert((task.processed_offset, now, now));
+            if *offset == task.processed_offset {
+                *last_seen = now;
+            } else {
+                *offset = task.processed_offset;
+                *first_seen = now;
+                *last_seen = now;
+            }
             // Counted once it processed something: the first records may wait for the join.
-            if entry.0.is_some() {
-                let stood = now.duration_since(entry.1);
+            if offset.is_some() {
+                let stood = last_seen.duration_since(*first_seen);
                 let longest = self.longest.entry(task.task_id.clone()).or_default();
                 *longest = (*longest).max(stood);
-            }
-            if entry.0 != task.processed_offset {
-                *entry = (task.processed_offset, now);
+                if stood > Duration::from_secs(1) {
+                    let at = kstreams_engine::status::unix_millis();
+                    self.over_a_second.push((task.task_id.clone(), at, stood));
+                }
             }
         }
     }
@@ -127,12 +141,20 @@ struct RestoreBeside {
 /// Starts an instance with `records` changelog records to restore for partition 0 (an
 /// empty state dir: the pod lost its volume) and 300 input records/s on all four partitions,
 /// and watches it until 0_0 runs, or the member loses its partitions.
-fn restore_beside_processing(records: usize, extra_args: &[&str]) -> RestoreBeside {
+fn restore_beside_processing(
+    records: usize,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+) -> RestoreBeside {
     let state = tempfile::tempdir().unwrap();
     let broker = Broker::start();
     let mut options = AppOptions::fresh(state.path());
     options.commit_interval_ms = 1_000;
     options.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+    options.env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     topics_with_changelog(&broker, &options, 4, &[(0, records)]);
 
     let load = Load::start(&broker, &options.input_topic, 300, 200);
@@ -164,7 +186,12 @@ fn restore_beside_processing(records: usize, extra_args: &[&str]) -> RestoreBesi
             match restoring.map(|t| t.state) {
                 Some(TaskPhase::Restoring) => {
                     saw_restoring = true;
-                    watch.sample(&view.tasks, "0_0");
+                    // From the other three tasks' first commits on: a new task's first commit
+                    // waits for its producer's id from the broker (seen: up to 2 s while the
+                    // broker starts serving the restore), restore or not.
+                    if app.metric("kstreams_commits_total", &[]).unwrap_or(0.0) >= 3.0 {
+                        watch.sample(&view.tasks, "0_0");
+                    }
                 }
                 Some(TaskPhase::Running) if saw_restoring => break,
                 _ => {}
@@ -208,7 +235,8 @@ impl RestoreBeside {
         for (task, longest) in &self.watch.longest {
             assert!(
                 *longest <= Duration::from_secs(1),
-                "{task}'s processed offset stood still {longest:?} during 0_0's {seconds:.1} s restore; log:\n{log}"
+                "{task}'s processed offset stood still {longest:?} during 0_0's {seconds:.1} s restore (stand-stills over 1 s, task / ended at ms / how long: {:?}); log:\n{log}",
+                self.watch.over_a_second
             );
         }
         let view = self.app.view().expect("status");
@@ -231,36 +259,34 @@ impl RestoreBeside {
     }
 }
 
-/// The issue's measured case: 100,000 changelog records to restore for one partition, while
-/// the other three partitions get live input. Before the state updater, the other tasks did
-/// not advance once during the 5.5 s restore.
+/// At the scale the promise is made for: 1M changelog records to restore for one partition
+/// (an instance that lost its volume) while the other three partitions get live input. Before
+/// the state updater, the other tasks did not advance once during a restore (measured with
+/// 100,000 records: none of them moved in 5.5 s).
 #[test]
-fn a_restore_runs_beside_processing_on_the_other_partitions() {
-    const RESTORE_RECORDS: usize = 100_000;
-    restore_beside_processing(RESTORE_RECORDS, &[]).assert_processing_went_on(RESTORE_RECORDS);
+fn a_million_record_restore_runs_beside_processing_on_the_other_partitions() {
+    const RESTORE_RECORDS: usize = 1_000_000;
+    let run = restore_beside_processing(RESTORE_RECORDS, &[], &[]);
+    run.assert_processing_went_on(RESTORE_RECORDS);
 }
 
-/// At scale: 1M changelog records, a restore far longer than `max.poll.interval.ms` (10 s
-/// here), and the member stays in the group (no "maximum poll interval exceeded").
+/// A restore far longer than `max.poll.interval.ms` (10 s here; the restore made to last over
+/// 30 s by a failpoint that delays each restore step) does not make the member leave the
+/// group: no "maximum poll interval exceeded", no lost or revoked partition.
 #[test]
-fn a_million_record_restore_longer_than_max_poll_interval_keeps_the_member_in_the_group() {
-    const RESTORE_RECORDS: usize = 1_000_000;
-    let run = restore_beside_processing(RESTORE_RECORDS, &["-X", "max.poll.interval.ms=10000"]);
+fn a_restore_longer_than_max_poll_interval_keeps_the_member_in_the_group() {
+    // At least 60 steps of at most 5,000 records, each delayed 600 ms: over 36 s.
+    const RESTORE_RECORDS: usize = 300_000;
+    let run = restore_beside_processing(
+        RESTORE_RECORDS,
+        &["-X", "max.poll.interval.ms=10000"],
+        &[("FAILPOINTS", "restore-step-delay=return(600)")],
+    );
     let log = run.app.log();
-    if run.restored.is_none() && log.contains("Timed out HeartbeatRequest in flight") {
-        // Only on evidence: the broker left a heartbeat unanswered for the whole request
-        // timeout while the restore consumer fetched.
-        kstreams_suite::skip_for_broker_limit(
-            "the 1M-record restore: broker limit (tansu 0.6.0 on sqlite costs every fetch in \
-             proportion to the records after the fetch offset, record_fetch.sql, so fetching \
-             a 1M-record changelog left the group's heartbeats unanswered and the member lost \
-             its session; see issue 13).",
-        );
-        return;
-    }
-    let lower = log.to_lowercase();
+    // librdkafka's words when it leaves the group for it ("Application maximum poll interval
+    // (10000ms) exceeded by ...", a PollExceeded error).
     assert!(
-        !lower.contains("maximum poll interval") && !lower.contains("max.poll.interval"),
+        !log.contains("maximum poll interval") && !log.contains("PollExceeded"),
         "the member exceeded max.poll.interval.ms; log:\n{log}"
     );
     let (_, seconds) = run.assert_processing_went_on(RESTORE_RECORDS);
@@ -275,7 +301,7 @@ fn a_million_record_restore_longer_than_max_poll_interval_keeps_the_member_in_th
 /// from where the interrupted one stopped, not from the beginning.
 #[test]
 fn a_partition_revoked_while_restoring_is_handed_over_at_once_and_resumes_later() {
-    const RESTORE_RECORDS: usize = 150_000;
+    const RESTORE_RECORDS: usize = 300_000;
     let state = tempfile::tempdir().unwrap();
     let broker = Broker::start();
     let options = AppOptions::fresh(state.path());

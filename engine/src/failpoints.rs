@@ -1,5 +1,5 @@
 //! Fault injection for tests: named points on the commit and restore paths where a test makes
-//! the process crash or an operation fail (the `fail` crate, compiled in only with the
+//! the process crash, an operation fail or a restore slow (the `fail` crate, compiled in only with the
 //! `failpoints` feature and set through the `FAILPOINTS` environment variable, e.g.
 //! `FAILPOINTS="write-out-abort-after=return(1500)"`). Without the feature every point is inert.
 
@@ -15,12 +15,17 @@ pub const REVOCATION_COMMIT_FAILS: &str = "revocation-commit-fails";
 /// output of restored keys.
 pub const ABORT_BEFORE_REPLAY: &str = "abort-before-replay";
 
+/// `return(MS)`: the state updater waits MS milliseconds before each restore step (at most
+/// 5,000 records), as a slow broker or a long changelog would make it take longer.
+pub const RESTORE_STEP_DELAY: &str = "restore-step-delay";
+
 /// Every point this build knows, for the start-up check of `FAILPOINTS`.
-pub const ALL: [&str; 4] = [
+pub const ALL: [&str; 5] = [
     WRITE_OUT_ABORT_AFTER,
     EARLY_WRITE_OUT_ABORT_AFTER,
     REVOCATION_COMMIT_FAILS,
     ABORT_BEFORE_REPLAY,
+    RESTORE_STEP_DELAY,
 ];
 
 /// Why `FAILPOINTS` could not be applied.

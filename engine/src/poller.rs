@@ -131,7 +131,7 @@ impl Poller {
             self.resume_drained();
             self.collect_committed();
             if last_group_commit.elapsed() >= group_commit_every {
-                self.commit_to_group();
+                self.commit_to_group(CommitMode::Async);
                 last_group_commit = Instant::now();
             }
             self.rejoin_if_stranded();
@@ -269,8 +269,9 @@ impl Poller {
         }
     }
 
-    /// Commits the collected offsets of partitions still assigned to this member.
-    fn commit_to_group(&mut self) {
+    /// Commits the collected offsets of partitions still assigned to this member: without
+    /// waiting for the answer on the interval (`Async`), waiting for it at shutdown (`Sync`).
+    fn commit_to_group(&mut self, mode: CommitMode) {
         if self.to_commit.is_empty() {
             return;
         }
@@ -289,7 +290,7 @@ impl Poller {
         let tpl = self.consumer.context().partition_list(offsets);
         // State and offsets are already durable in each task's store, and a task skips input it
         // has applied, so a failed group commit only means re-reading some input later.
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
+        if let Err(e) = self.consumer.commit(&tpl, mode) {
             warn!("committing offsets to the group failed (will retry next interval): {e}");
         }
     }
@@ -377,7 +378,7 @@ impl Poller {
             let entry = self.to_commit.entry(partition).or_insert(0);
             *entry = (*entry).max(offset);
         }
-        self.commit_to_group();
+        self.commit_to_group(CommitMode::Sync);
         Ok(())
     }
 }

@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::StreamsConfig;
 use crate::error::{EngineError, Result};
+use crate::failpoints;
 use crate::metrics::EngineMetrics;
 use crate::restore::{RestoreOutcome, TaskRestore};
 use crate::status::TaskProgress;
@@ -32,6 +33,10 @@ use crate::task_store::TaskStore;
 /// records returned (tansu), large fetches stall; on Kafka 256 KiB per round trip still
 /// restores at hundreds of MB/s.
 pub(crate) const FETCH_BYTES: &str = "262144";
+/// Bytes per changelog partition per restore fetch: smaller than the input's, so that a
+/// restore, which reads as fast as the broker answers, leaves room on the broker for the
+/// instance's input fetches and produce requests.
+const RESTORE_FETCH_BYTES: &str = "65536";
 /// Most records one step takes from the restore consumer before looking at its commands.
 const STEP_RECORDS: usize = 5_000;
 /// Longest a step reads before looking at its commands.
@@ -130,7 +135,7 @@ fn restore_consumer(config: &StreamsConfig) -> Result<BaseConsumer> {
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "100")
-        .set("max.partition.fetch.bytes", FETCH_BYTES)
+        .set("max.partition.fetch.bytes", RESTORE_FETCH_BYTES)
         // Never used (the consumer never joins), but librdkafka checks overrides such as
         // max.poll.interval.ms against it.
         .set(
@@ -340,6 +345,9 @@ impl StateUpdater {
     /// Reads for at most [`STEP_RECORDS`] records or [`STEP_TIME`], routing each record to its
     /// task's restore.
     fn step(&mut self) {
+        if let Some(delay) = failpoints::number(failpoints::RESTORE_STEP_DELAY) {
+            std::thread::sleep(Duration::from_millis(delay as u64));
+        }
         let deadline = Instant::now() + STEP_TIME;
         for _ in 0..STEP_RECORDS {
             match self.consumer.poll(POLL_WAIT) {

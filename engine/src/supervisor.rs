@@ -76,6 +76,13 @@ pub struct SupervisorArgs {
     pub leftover_tasks: Vec<TaskId>,
 }
 
+/// Whether stopping tasks waits until they have stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopWait {
+    UntilStopped,
+    No,
+}
+
 struct TaskEntry {
     task: TaskId,
     actor: ActorRef<TaskMsg>,
@@ -207,7 +214,7 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::StopAll(reply) => {
                 let partitions: Vec<i32> = state.tasks.keys().copied().collect();
-                state.stop(&partitions).await;
+                state.stop(&partitions, StopWait::UntilStopped).await;
                 info!(
                     "shutdown: stopped tasks [{}]",
                     task_names(&partitions).join(", ")
@@ -298,7 +305,7 @@ impl SupervisorState {
                     );
                 }
                 offsets = committed;
-                self.stop(&change.stop).await;
+                self.stop(&change.stop, StopWait::UntilStopped).await;
                 metrics.tasks_revoked.inc_by(change.stop.len() as u64);
                 metrics
                     .rebalance_paused
@@ -306,8 +313,11 @@ impl SupervisorState {
                 (&[][..], change.stop.as_slice(), &[][..])
             }
             AssignmentEvent::Lost(_) => {
-                // Another member may own these already: drop uncommitted state, commit nothing.
-                self.stop(&change.stop).await;
+                // Another member may own these already: drop uncommitted state, commit nothing,
+                // and do not hold the rebalance callback (and with it the rejoin) for a task
+                // busy with a flush on a slow broker; its store's lock is waited for by
+                // whichever task of the partition starts here next.
+                self.stop(&change.stop, StopWait::No).await;
                 metrics.tasks_lost.inc_by(change.stop.len() as u64);
                 (&[][..], &[][..], change.stop.as_slice())
             }
@@ -424,7 +434,7 @@ impl SupervisorState {
         (offsets, failed)
     }
 
-    async fn stop(&mut self, partitions: &[i32]) {
+    async fn stop(&mut self, partitions: &[i32], wait: StopWait) {
         for &partition in partitions {
             let task = TaskId::new(0, partition);
             self.awaiting_start.remove(&partition);
@@ -433,19 +443,25 @@ impl SupervisorState {
             self.unowned_since.insert(task, Instant::now());
             let _ = self.args.poller.send(PollerCommand::Pause(partition));
         }
-        let stops =
-            partitions
-                .iter()
-                .filter_map(|p| self.tasks.remove(p))
-                .map(|entry| async move {
-                    if let Err(e) = entry
-                        .actor
-                        .stop_and_wait(None, Some(TASK_STOP_TIMEOUT))
-                        .await
-                    {
-                        error!(task = %entry.task, "task did not stop cleanly: {e}");
-                    }
-                });
+        let stopping: Vec<TaskEntry> = partitions
+            .iter()
+            .filter_map(|p| self.tasks.remove(p))
+            .collect();
+        if wait == StopWait::No {
+            for entry in stopping {
+                entry.actor.stop(None);
+            }
+            return;
+        }
+        let stops = stopping.into_iter().map(|entry| async move {
+            if let Err(e) = entry
+                .actor
+                .stop_and_wait(None, Some(TASK_STOP_TIMEOUT))
+                .await
+            {
+                error!(task = %entry.task, "task did not stop cleanly: {e}");
+            }
+        });
         join_all(stops).await;
     }
 
