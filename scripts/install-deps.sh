@@ -6,11 +6,13 @@ here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
 
 # Debian packages: libclang for RocksDB's bindings; Prometheus (server + promtool) for the
-# scrape tests; python3-venv for the manifest checks.
+# scrape tests; python3-venv for the manifest checks; patch for the broker's patches.
 missing=()
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+# patch: applies third_party/tansu/*.patch to the broker's source.
+command -v patch >/dev/null 2>&1 || missing+=(patch)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo

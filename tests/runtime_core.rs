@@ -16,6 +16,14 @@ use kstreams_suite::{unique, wait_until, App, AppOptions, Broker, Load, RawRecor
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 
+/// These tests measure how long processing stands still, so they take turns: two of them at
+/// once (each with its broker and instances) on a 2-core machine measure each other.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Waits for `condition`, failing with the instance's log.
 fn wait_for(app: &App, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + TIMEOUT;
@@ -265,6 +273,7 @@ impl RestoreBeside {
 /// 100,000 records: none of them moved in 5.5 s).
 #[test]
 fn a_million_record_restore_runs_beside_processing_on_the_other_partitions() {
+    let _turn = one_at_a_time();
     const RESTORE_RECORDS: usize = 1_000_000;
     let run = restore_beside_processing(RESTORE_RECORDS, &[], &[]);
     run.assert_processing_went_on(RESTORE_RECORDS);
@@ -275,6 +284,7 @@ fn a_million_record_restore_runs_beside_processing_on_the_other_partitions() {
 /// group: no "maximum poll interval exceeded", no lost or revoked partition.
 #[test]
 fn a_restore_longer_than_max_poll_interval_keeps_the_member_in_the_group() {
+    let _turn = one_at_a_time();
     // At least 60 steps of at most 5,000 records, each delayed 600 ms: over 36 s.
     const RESTORE_RECORDS: usize = 300_000;
     let run = restore_beside_processing(
@@ -301,6 +311,7 @@ fn a_restore_longer_than_max_poll_interval_keeps_the_member_in_the_group() {
 /// from where the interrupted one stopped, not from the beginning.
 #[test]
 fn a_partition_revoked_while_restoring_is_handed_over_at_once_and_resumes_later() {
+    let _turn = one_at_a_time();
     const RESTORE_RECORDS: usize = 300_000;
     let state = tempfile::tempdir().unwrap();
     let broker = Broker::start();
@@ -426,8 +437,18 @@ impl Processor for SlowOnZero {
 
 /// Tasks are not in lock-step: partition 0's task needs 20 ms a record, and the other three
 /// tasks get through 30 times as many records while it is still on its first half.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_slow_task_does_not_slow_the_others() {
+#[test]
+fn a_slow_task_does_not_slow_the_others() {
+    let _turn = one_at_a_time();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(slow_task_does_not_slow_the_others());
+}
+
+async fn slow_task_does_not_slow_the_others() {
     const SLOW_RECORDS: usize = 300;
     const FAST_RECORDS: usize = 3_000;
     let broker = tokio::task::block_in_place(Broker::start);

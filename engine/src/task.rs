@@ -31,6 +31,10 @@ use crate::task_store::TaskStore;
 
 /// Keys read per step while re-emitting the output of restored keys.
 const REPLAY_STEP: usize = 1_000;
+/// How often a running task checks whether its record cache should be written out even
+/// though it processed nothing (the instance's caches share one budget: another task's
+/// write-out can leave this one holding more than its share).
+const CACHE_CHECK_EVERY: Duration = Duration::from_millis(250);
 /// How long a stopping task waits for the state updater to close its store.
 const RELEASE_WAIT: Duration = Duration::from_secs(30);
 
@@ -45,6 +49,8 @@ pub enum TaskMsg {
     Commit(RpcReplyPort<Result<Option<i64>>>),
     /// The task's commit interval passed: commit and report the offset to the consumer loop.
     CommitTick,
+    /// Time to check the record cache against its share of the budget.
+    CacheCheck,
 }
 
 pub struct TaskArgs {
@@ -150,6 +156,7 @@ impl Actor for StreamTask {
                 state.last_commit = Instant::now();
                 let interval = state.args.config.commit_interval;
                 myself.send_interval(interval, || TaskMsg::CommitTick);
+                myself.send_interval(CACHE_CHECK_EVERY, || TaskMsg::CacheCheck);
                 let next = state.running.as_ref().and_then(|r| r.position.next());
                 state.args.supervisor.cast(SupervisorMsg::TaskRunning(
                     state.args.task,
@@ -174,6 +181,11 @@ impl Actor for StreamTask {
                 // Asked on revocation and at shutdown: the task stops next whatever the
                 // commit did, so a failure is only answered.
                 let _ = reply.send(state.commit());
+            }
+            TaskMsg::CacheCheck => {
+                if let Some(running) = state.running.as_mut() {
+                    tokio::task::block_in_place(|| running.write_out_if_over_budget())?;
+                }
             }
             TaskMsg::CommitTick => {
                 // Ticks that queued up behind slow work come in bursts: one commit is enough.
@@ -398,10 +410,14 @@ impl RunningTask {
                 .set(lag);
         }
         self.report_sent();
+        self.write_out_if_over_budget()
+    }
+
+    /// Over --cache-max-bytes with at least an even share of it: writes this task's updates
+    /// out now rather than at the next commit (the group offset still waits for the commit;
+    /// a restart resumes from the store's own offset, which is never behind it).
+    fn write_out_if_over_budget(&mut self) -> Result<()> {
         if self.store.cache_over_budget() {
-            // Over --cache-max-bytes: write this task's updates out now rather than at the
-            // next commit (the group offset still waits for the commit; a restart resumes
-            // from the store's own offset, which is never behind it).
             self.commit(WriteOut::CacheOverBudget)?;
             self.metrics
                 .state_cache_flushes
