@@ -5,9 +5,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$KSTREAMS_CACHE/target}"
 export TANSU_VERSION=0.6.0
 # libsql: sqlite:// storage (tests, demo); dynostore: memory:// storage (throughput benchmarks).
 export TANSU_FEATURES=libsql,dynostore
-# The broker is tansu with our patches (third_party/tansu/*.patch), built into a directory
-# keyed by the patches' hash, so a changed patch builds a new broker.
+# The broker is tansu with our patches (third_party/tansu/<crate>/*.patch, each applied to
+# that crate's source), built into a directory keyed by the patches' hash, so a changed patch
+# builds a new broker.
 KSTREAMS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export TANSU_PATCHES_KEY="$(cat "$KSTREAMS_ROOT"/third_party/tansu/*.patch | sha256sum | cut -c1-12)"
+export TANSU_PATCHES_KEY="$(cd "$KSTREAMS_ROOT/third_party/tansu" && { ls ./*/*.patch; cat ./*/*.patch; } | sha256sum | cut -c1-12)"
 export TANSU_BIN="${TANSU_BIN:-$KSTREAMS_CACHE/tansu-$TANSU_VERSION-${TANSU_FEATURES/,/-}-$TANSU_PATCHES_KEY/bin/tansu}"
 export PATH="$HOME/.cargo/bin:$PATH"

@@ -11,7 +11,7 @@ missing=()
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
-# patch: applies third_party/tansu/*.patch to the broker's source.
+# patch: applies third_party/tansu/<crate>/*.patch to the broker's source.
 command -v patch >/dev/null 2>&1 || missing+=(patch)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${missing[*]}"
@@ -23,27 +23,34 @@ fi
 if [ -x "$TANSU_BIN" ]; then
   echo "==> tansu $TANSU_VERSION (patches $TANSU_PATCHES_KEY) present at $TANSU_BIN"
 else
-  echo "==> building tansu $TANSU_VERSION (a Kafka-protocol broker) with third_party/tansu/*.patch into $KSTREAMS_CACHE (about 20 minutes, once per patch set)"
+  echo "==> building tansu $TANSU_VERSION (a Kafka-protocol broker) with third_party/tansu/*/*.patch into $KSTREAMS_CACHE (about 20 minutes, once per patch set)"
   src="$KSTREAMS_CACHE/tansu-src-$TANSU_PATCHES_KEY"
   rm -rf "$src" && mkdir -p "$src"
-  for crate in tansu tansu-storage; do
+  # The crates we patch (one folder of patches each), plus tansu itself, whose binary we build.
+  patched=()
+  for dir in "$KSTREAMS_ROOT"/third_party/tansu/*/; do patched+=("$(basename "$dir")"); done
+  for crate in tansu "${patched[@]}"; do
     file="$src/$crate-$TANSU_VERSION.crate"
     cached="$(ls "$HOME"/.cargo/registry/cache/*/"$crate-$TANSU_VERSION.crate" 2>/dev/null | head -n 1 || true)"
     if [ -n "$cached" ]; then
       cp "$cached" "$file"
     else
+      echo "    downloading $crate $TANSU_VERSION from crates.io"
       python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
         "https://static.crates.io/crates/$crate/$crate-$TANSU_VERSION.crate" "$file"
     fi
     tar xzf "$file" -C "$src"
   done
-  for patch_file in "$KSTREAMS_ROOT"/third_party/tansu/*.patch; do
-    echo "    applying $(basename "$patch_file")"
-    patch -d "$src/tansu-storage-$TANSU_VERSION" -p1 --quiet < "$patch_file"
+  printf '\n[patch.crates-io]\n' >> "$src/tansu-$TANSU_VERSION/Cargo.toml"
+  for crate in "${patched[@]}"; do
+    for patch_file in "$KSTREAMS_ROOT/third_party/tansu/$crate"/*.patch; do
+      echo "    applying $crate/$(basename "$patch_file")"
+      patch -d "$src/$crate-$TANSU_VERSION" -p1 --quiet < "$patch_file"
+    done
+    printf '%s = { path = "../%s-%s" }\n' "$crate" "$crate" "$TANSU_VERSION" \
+      >> "$src/tansu-$TANSU_VERSION/Cargo.toml"
   done
-  printf '\n[patch.crates-io]\ntansu-storage = { path = "../tansu-storage-%s" }\n' "$TANSU_VERSION" \
-    >> "$src/tansu-$TANSU_VERSION/Cargo.toml"
-  # The crate's own Cargo.lock pins every other dependency; only tansu-storage is replaced.
+  # The crate's own Cargo.lock pins every other dependency; only the patched crates are replaced.
   (cd "$src/tansu-$TANSU_VERSION" && CARGO_TARGET_DIR="$KSTREAMS_CACHE/tansu-target" \
     cargo build --release --features "$TANSU_FEATURES" --bin tansu)
   install -D "$KSTREAMS_CACHE/tansu-target/release/tansu" "$TANSU_BIN"
