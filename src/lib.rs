@@ -42,16 +42,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Polls `condition` every 100 ms until it holds; panics naming `what` after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+/// Polls `condition` every 100 ms until it holds: how long that took, or `None` once
+/// `timeout` has passed without it.
+pub fn poll_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    loop {
+        if condition() {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() >= timeout {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Polls `condition` every 100 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, condition: impl FnMut() -> bool) {
+    assert!(
+        poll_until(timeout, condition).is_some(),
+        "timed out after {timeout:?} waiting for {what}"
+    );
 }
 
 /// The tansu binary: `$TANSU_BIN`, else the one `scripts/install-deps.sh` built last (with
@@ -569,6 +580,9 @@ pub struct AppOptions {
     pub extra_args: Vec<String>,
     /// Tests commit often (500 ms); benchmarks use the product's default.
     pub commit_interval_ms: u64,
+    /// Most tests use 6 s to see a dead member go sooner; `None`: the product's default (10 s),
+    /// which the group tests (`tests/group_membership.rs`) run with.
+    pub session_timeout_ms: Option<u64>,
     /// `taskset` CPU list to pin the process to (benchmarks), e.g. `0-3`.
     pub cpus: Option<String>,
     /// Extra environment, e.g. `FAILPOINTS` for fault injection.
@@ -585,6 +599,7 @@ impl AppOptions {
             state_dir: state_root.join("state"),
             extra_args: vec![],
             commit_interval_ms: 500,
+            session_timeout_ms: Some(6000),
             cpus: None,
             env: vec![],
         }
@@ -696,9 +711,13 @@ impl App {
             .args([
                 "--commit-interval-ms",
                 &options.commit_interval_ms.to_string(),
-                "--session-timeout-ms",
-                "6000",
             ])
+            .args(
+                options
+                    .session_timeout_ms
+                    .iter()
+                    .flat_map(|ms| ["--session-timeout-ms".to_string(), ms.to_string()]),
+            )
             .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
             .args(&options.extra_args)
             .envs(options.env.iter().map(|(k, v)| (k, v)))
