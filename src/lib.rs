@@ -211,22 +211,6 @@ impl GroupEvents {
                 .collect(),
         }
     }
-
-    /// How many members' sessions ran out since `before`.
-    pub fn expiries_since(&self, before: &GroupEvents) -> usize {
-        self.expired.len().saturating_sub(before.expired.len())
-    }
-
-    /// The group has had no leader since `before`: tansu 0.6.0 names no new leader once the
-    /// leader died or left mid-rebalance (see README, "The local broker and its limits"). Its
-    /// log then shows no election since `before` while either the leader of then expired or
-    /// the live members' ids expire one after another (a JoinGroup does not count as contact).
-    /// Real Kafka elects a new leader.
-    pub fn leaderless_since(&self, before: &GroupEvents) -> bool {
-        let since = &self.expired[before.expired.len().min(self.expired.len())..];
-        self.leader_elections == before.leader_elections
-            && (since.len() >= 2 || before.leader.as_ref().is_some_and(|l| since.contains(l)))
-    }
 }
 
 /// A tansu broker with its storage in its own temp dir; killed on drop.
@@ -616,61 +600,31 @@ pub fn broker_and_app(state_root: &Path) -> (Broker, AppOptions) {
     (broker, options)
 }
 
-/// Whether an instance's log shows the local broker's heartbeat starvation: the member's
-/// session timed out while it was processing (tansu 0.6.0 leaves heartbeats unanswered while
-/// it serves large fetches from sqlite), it lost its partitions, and the group never gave it
-/// any again. Real Kafka answers heartbeats beside fetches.
-pub fn stranded_by_broker(log: &str) -> bool {
-    let Some(timed_out) = log.find("Consumer group session timed out") else {
-        return false;
-    };
-    let after = &log[timed_out..];
-    after.contains("lost [") && !after.contains("added [0_")
-}
-
 /// Starts an instance after another one of the same application crashed (SIGKILL or abort,
-/// no leaving the group) and waits until it runs `tasks` tasks. Answers `None` (after
-/// [`skip_for_broker_limit`]) when the broker's log shows the group left without a leader: the
-/// crashed instance led it, and tansu 0.6.0 then names no new leader and hands the restarted
-/// member nothing (README, "The local broker and its limits"). Any other timeout fails with
-/// the instance's log and the broker's.
+/// no leaving the group) and waits until it runs `tasks` tasks: the crashed member's session
+/// must run out first. Fails after `timeout` with the instance's log and the broker's.
 pub fn restart_after_crash(
     broker: &Broker,
     options: &AppOptions,
-    before_crash: &GroupEvents,
     tasks: usize,
     timeout: Duration,
-) -> Option<App> {
+) -> App {
     let restarted = App::spawn(&broker.address(), options);
-    let started = Instant::now();
-    while restarted
-        .metric("kstreams_tasks_running", &[])
-        .unwrap_or(0.0)
-        < tasks as f64
-    {
-        if started.elapsed() > timeout {
-            let events = broker.group_events(&options.application_id);
-            if events.leaderless_since(before_crash) {
-                skip_for_broker_limit(&format!(
-                    "the rest of this test: broker limit (tansu 0.6.0 named no new leader for \
-                     group {} in the {:.0} s since its leader crashed, so the restarted \
-                     instance cannot be given its partitions).",
-                    options.application_id,
-                    started.elapsed().as_secs_f64(),
-                ));
-                return None;
-            }
-            panic!(
-                "the restarted instance got no tasks within {timeout:?}, and the broker's log \
-                 does not show a group left without a leader ({before_crash:?} -> {events:?}); \
-                 log:\n{}\nthe broker's log:\n{}",
-                restarted.log(),
-                broker.log_tail(200)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let running = || {
+        restarted
+            .metric("kstreams_tasks_running", &[])
+            .unwrap_or(0.0)
+            >= tasks as f64
+    };
+    if poll_until(timeout, running).is_none() {
+        panic!(
+            "the restarted instance got no tasks within {timeout:?}; log:\n{}\nthe broker's \
+             log:\n{}",
+            restarted.log(),
+            broker.log_tail(200)
+        );
     }
-    Some(restarted)
+    restarted
 }
 
 /// A running `kstreams-count` process with its log in a file; killed on drop.
@@ -1169,26 +1123,5 @@ mod tests {
         let other = GroupEvents::from_log(TANSU_LOG, "other");
         assert_eq!(other.leader_elections, 1);
         assert_eq!(other.expired, vec!["other-consumer-x".to_string()]);
-    }
-
-    #[test]
-    fn a_group_is_leaderless_only_with_no_election_and_its_leader_or_members_expiring() {
-        let before = GroupEvents {
-            leader_elections: 1,
-            leader: Some("old-leader".into()),
-            expired: vec![],
-        };
-        let with_expired = |ids: &[&str]| GroupEvents {
-            expired: ids.iter().map(|s| s.to_string()).collect(),
-            ..before.clone()
-        };
-        assert!(with_expired(&["a-1", "a-2"]).leaderless_since(&before));
-        assert!(with_expired(&["old-leader"]).leaderless_since(&before));
-        assert!(!with_expired(&["a-1"]).leaderless_since(&before));
-        let re_elected = GroupEvents {
-            leader_elections: 2,
-            ..with_expired(&["old-leader", "a-1"])
-        };
-        assert!(!re_elected.leaderless_since(&before));
     }
 }

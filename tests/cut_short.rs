@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use kstreams_engine::failpoints;
 use kstreams_suite::{
-    ownership_from_log, ownership_overlaps, read_store_counts, restart_after_crash,
-    skip_for_broker_limit, stranded_by_broker, wait_until, word_count_input, App, AppOptions,
-    Broker, GroupEvents,
+    ownership_from_log, ownership_overlaps, read_store_counts, restart_after_crash, wait_until,
+    word_count_input, App, AppOptions, Broker,
 };
 
 /// Each test here runs a broker and an instance at full speed through a large single
@@ -90,22 +89,18 @@ impl OnePartition {
         }
     }
 
-    fn crash_with(&self, failpoint: &str, trigger: impl FnOnce(&mut App)) -> Option<GroupEvents> {
+    fn crash_with(&self, failpoint: &str, trigger: impl FnOnce(&mut App)) {
         crash_with(&self.broker, &self.options, failpoint, trigger)
     }
 
     /// Restarts after a crash and checks every count ([`assert_exact`]); answers how many
-    /// input records the restarted instance processed (None: skipped for a broker limit).
-    /// The restarted instance commits every `restart_commit_interval_ms`.
-    fn restart_and_check(
-        &self,
-        after_crash: &GroupEvents,
-        check_log: impl FnOnce(&str),
-    ) -> Option<f64> {
+    /// input records the restarted instance processed. The restarted instance commits every
+    /// `restart_commit_interval_ms`.
+    fn restart_and_check(&self, check_log: impl FnOnce(&str)) -> f64 {
         let broker = &self.broker;
         let mut options = self.options.clone();
         options.commit_interval_ms = self.restart_commit_interval_ms;
-        let app = restart_after_crash(broker, &options, after_crash, 1, READY_TIMEOUT)?;
+        let app = restart_after_crash(broker, &options, 1, READY_TIMEOUT);
         check_log(&app.log());
         assert_exact(broker, &options, app, &self.expected)
     }
@@ -124,14 +119,10 @@ fn processed(app: &App) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Waits until the instance processed `records`; false (skipped) when the local broker
-/// stranded it first (see [`skip_if_stranded`]).
-fn wait_processed(app: &App, records: usize) -> bool {
+/// Waits until the instance processed `records`.
+fn wait_processed(app: &App, records: usize) {
     let deadline = Instant::now() + PROCESS_TIMEOUT;
     while processed(app) < records as f64 {
-        if skip_if_stranded(app, &format!("{records} records processed")) {
-            return false;
-        }
         assert!(
             Instant::now() < deadline,
             "{records} records not processed within {PROCESS_TIMEOUT:?}; log:\n{}",
@@ -139,21 +130,6 @@ fn wait_processed(app: &App, records: usize) -> bool {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    true
-}
-
-/// Skips the rest of the test (answers true) when the instance's log shows the local broker's
-/// heartbeat starvation ([`stranded_by_broker`]): what was waited for can then never happen.
-fn skip_if_stranded(app: &App, waited_for: &str) -> bool {
-    let stranded = stranded_by_broker(&app.log());
-    if stranded {
-        skip_for_broker_limit(&format!(
-            "the rest of this test, waiting for {waited_for}: broker limit (tansu 0.6.0 left \
-             the member's heartbeats unanswered while serving its fetches; its session timed out \
-             and the group never assigned the partition again)"
-        ));
-    }
-    stranded
 }
 
 /// The last value per key on the output topic equals `expected`; then the instance stops
@@ -164,11 +140,8 @@ fn assert_exact(
     options: &AppOptions,
     mut app: App,
     expected: &HashMap<String, u64>,
-) -> Option<f64> {
+) -> f64 {
     if let Err(e) = broker.wait_for_counts(&options.output_topic, expected, COUNTS_TIMEOUT) {
-        if skip_if_stranded(&app, &format!("exact counts (output then: {e})")) {
-            return None;
-        }
         panic!("output topic: {e}; log:\n{}", app.log());
     }
     let processed = processed(&app);
@@ -186,47 +159,21 @@ fn assert_exact(
         expected.len()
     );
     assert_eq!(stored.len(), expected.len(), "stored keys");
-    Some(processed)
+    processed
 }
 
-/// Runs an instance with `failpoint` set until it crashes on it (after `trigger`). Answers the
-/// group as the broker's log shows it after the crash (for [`restart_after_crash`]), or `None`
-/// (skipped) when the instance never got its partition because the broker's group was left
-/// without a leader by an earlier crash (a tansu 0.6.0 limit).
+/// Runs an instance with `failpoint` set until it crashes on it (after `trigger`).
 fn crash_with(
     broker: &Broker,
     options: &AppOptions,
     failpoint: &str,
     trigger: impl FnOnce(&mut App),
-) -> Option<GroupEvents> {
-    let before = broker.group_events(&options.application_id);
+) {
     let mut crashing = options.clone();
     crashing.env = vec![("FAILPOINTS".into(), failpoint.into())];
     let mut app = App::spawn(&broker.address(), &crashing);
     trigger(&mut app);
-    let started = Instant::now();
-    let exit = loop {
-        if let Some(status) = app.wait_exit(Duration::from_secs(1)) {
-            break Some(status);
-        }
-        if skip_if_stranded(&app, &format!("the crash on {failpoint}")) {
-            return None;
-        }
-        if started.elapsed() > CRASH_TIMEOUT {
-            break None;
-        }
-    };
-    let Some(status) = exit else {
-        let events = broker.group_events(&options.application_id);
-        if events.leaderless_since(&before) {
-            skip_for_broker_limit(&format!(
-                "the rest of this test: broker limit (tansu 0.6.0 named no new leader for group \
-                 {} after an earlier crash, so the instance to crash on {failpoint} never got \
-                 its partition)",
-                options.application_id
-            ));
-            return None;
-        }
+    let Some(status) = app.wait_exit(CRASH_TIMEOUT) else {
         panic!(
             "{failpoint} did not crash the instance within {CRASH_TIMEOUT:?}; log:\n{}\nthe broker's log:\n{}",
             app.log(),
@@ -238,7 +185,6 @@ fn crash_with(
         "{failpoint}: exit {status} without the failpoint; log:\n{}",
         app.log()
     );
-    Some(broker.group_events(&options.application_id))
 }
 
 /// SIGTERM without waiting: the final commit's write-out starts.
@@ -251,9 +197,8 @@ fn sigterm(app: &App) {
 /// Sends SIGTERM once every record is processed.
 fn terminate_once_processed(records: usize) -> impl FnOnce(&mut App) {
     move |app: &mut App| {
-        if wait_processed(app, records) {
-            sigterm(app);
-        }
+        wait_processed(app, records);
+        sigterm(app);
     }
 }
 
@@ -263,18 +208,14 @@ fn terminate_once_processed(records: usize) -> impl FnOnce(&mut App) {
 fn a_commit_write_out_cut_short_loses_no_update() {
     let run = OnePartition::new(50_000, 2, 256 << 20);
     let failpoint = format!("{}=return(1500)", failpoints::WRITE_OUT_ABORT_AFTER);
-    let Some(after_crash) = run.crash_with(&failpoint, terminate_once_processed(run.records))
-    else {
-        return;
-    };
+    run.crash_with(&failpoint, terminate_once_processed(run.records));
     let logged = run.broker.record_count(&changelog(&run.options));
     assert_eq!(logged, 1_500, "the write-out was cut after 1,500 records");
-    if let Some(reread) = run.restart_and_check(&after_crash, |_| {}) {
-        eprintln!(
-            "write-out cut at 1,500 of 50,000 changelog records; the restart re-read {reread} of {} input records",
-            run.records
-        );
-    }
+    let reread = run.restart_and_check(|_| {});
+    eprintln!(
+        "write-out cut at 1,500 of 50,000 changelog records; the restart re-read {reread} of {} input records",
+        run.records
+    );
 }
 
 /// An early write-out (the cache over its budget) cut short, after three whole ones: input
@@ -287,16 +228,13 @@ fn an_early_write_out_cut_short_loses_no_update() {
         "{}=3*off->return(700)",
         failpoints::EARLY_WRITE_OUT_ABORT_AFTER
     );
-    let Some(after_crash) = run.crash_with(&failpoint, |_| {}) else {
-        return;
-    };
+    run.crash_with(&failpoint, |_| {});
     let logged = run.broker.record_count(&changelog(&run.options));
-    if let Some(reread) = run.restart_and_check(&after_crash, |_| {}) {
-        eprintln!(
-            "early write-out cut at 700 records after 3 whole ones ({logged} changelog records); the restart re-read {reread} of {} input records",
-            run.records
-        );
-    }
+    let reread = run.restart_and_check(|_| {});
+    eprintln!(
+        "early write-out cut at 700 records after 3 whole ones ({logged} changelog records); the restart re-read {reread} of {} input records",
+        run.records
+    );
 }
 
 /// A crash right after a restore, before the re-emission of the keys whose changelog records
@@ -306,18 +244,11 @@ fn re_emission_survives_a_crash_right_after_the_restore() {
     let run = OnePartition::new(20_000, 2, 256 << 20);
     // First crash: 1,000 changelog records logged, the output of the last of them not sent.
     let cut = format!("{}=return(1000)", failpoints::WRITE_OUT_ABORT_AFTER);
-    if run
-        .crash_with(&cut, terminate_once_processed(run.records))
-        .is_none()
-    {
-        return;
-    }
+    run.crash_with(&cut, terminate_once_processed(run.records));
     // Second crash: the restore applies (and marks) those records, then the process dies.
     let before_replay = format!("{}=return", failpoints::ABORT_BEFORE_REPLAY);
-    let Some(after_crash) = run.crash_with(&before_replay, |_| {}) else {
-        return;
-    };
-    run.restart_and_check(&after_crash, |log| {
+    run.crash_with(&before_replay, |_| {});
+    run.restart_and_check(|log| {
         let line = log
             .lines()
             .find(|l| l.contains("running: restored"))
@@ -381,19 +312,14 @@ fn a_failed_commit_during_a_revocation_stops_the_revoked_tasks() {
         .chain(ownership_from_log("b", &b.log()))
         .collect();
     let overlaps = ownership_overlaps(&spans);
-    let result = counted
-        .and_then(|()| broker.wait_for_counts(&options.output_topic, &expected, COUNTS_TIMEOUT));
-    match result {
-        Ok(()) => {}
-        Err(wrong) if !overlaps.is_empty() => {
-            skip_for_broker_limit(&format!(
-                "exact counts after an ownership overlap: broker limit (tansu 0.6.0 can hand a \
-                 partition to a joining member before its owner revoked it); {} overlaps: {wrong}",
-                overlaps.len()
-            ));
-            return;
-        }
-        Err(wrong) => panic!("{wrong}; log of A:\n{}\nlog of B:\n{}", a.log(), b.log()),
+    assert!(
+        overlaps.is_empty(),
+        "a task had two owners at once: {overlaps:#?}"
+    );
+    if let Err(wrong) = counted
+        .and_then(|()| broker.wait_for_counts(&options.output_topic, &expected, COUNTS_TIMEOUT))
+    {
+        panic!("{wrong}; log of A:\n{}\nlog of B:\n{}", a.log(), b.log());
     }
     assert!(a.terminate(EXIT_TIMEOUT).success(), "{}", a.log());
     let stored = read_store_counts(&options.state_dir, &options.application_id, "count-store");
@@ -434,21 +360,17 @@ fn sigkill_in_the_middle_of_a_100k_key_final_write_out_loses_no_update() {
     let keys = 100_000;
     let run = OnePartition::new(keys, 1, 256 << 20);
     let mut app = App::spawn(&run.broker.address(), &run.options);
-    if !wait_processed(&app, run.records) {
-        return;
-    }
-    let before_kill = run.broker.group_events(&run.options.application_id);
+    wait_processed(&app, run.records);
     // Nothing reached the changelog before this final commit (no interval commit, the cache
     // far from its budget): what it holds at the kill is part of one write-out.
     assert_eq!(run.broker.record_count(&changelog(&run.options)), 0);
     sigterm(&app);
     let logged = kill_once_the_changelog_grows(&run, &mut app, keys);
-    if let Some(reread) = run.restart_and_check(&before_kill, |_| {}) {
-        eprintln!(
-            "SIGKILL with {logged} of {keys} changelog records logged; the restart re-read {reread} of {} input records",
-            run.records
-        );
-    }
+    let reread = run.restart_and_check(|_| {});
+    eprintln!(
+        "SIGKILL with {logged} of {keys} changelog records logged; the restart re-read {reread} of {} input records",
+        run.records
+    );
 }
 
 /// The same at the product's defaults (10 MiB record cache, 30 s commit interval), for the
@@ -465,12 +387,10 @@ fn sigkill_in_the_middle_of_a_write_out_at_the_default_settings_loses_no_update(
     wait_until("the instance runs its task", READY_TIMEOUT, || {
         app.metric("kstreams_tasks_running", &[]).unwrap_or(0.0) >= 1.0
     });
-    let before_kill = run.broker.group_events(&run.options.application_id);
     let logged = kill_once_the_changelog_grows(&run, &mut app, keys);
-    if let Some(reread) = run.restart_and_check(&before_kill, |_| {}) {
-        eprintln!(
-            "defaults: SIGKILL with {logged} of {keys} changelog records logged; the restart re-read {reread} of {} input records",
-            run.records
-        );
-    }
+    let reread = run.restart_and_check(|_| {});
+    eprintln!(
+        "defaults: SIGKILL with {logged} of {keys} changelog records logged; the restart re-read {reread} of {} input records",
+        run.records
+    );
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use kstreams_engine::ownership::PauseTracker;
 use kstreams_suite::{
-    ownership_from_log, ownership_overlaps, skip_for_broker_limit, word_count_input, App,
-    AppOptions, Broker, InstanceView, Load,
+    ownership_from_log, ownership_overlaps, word_count_input, App, AppOptions, Broker,
+    InstanceView, Load,
 };
 
 /// After a scaling step, every task must run again within this.
@@ -26,13 +26,6 @@ const RATE: u64 = 300;
 const KEYS: u64 = 500;
 /// Input produced before an instance joins, so that it has a changelog worth restoring.
 const PRELOADED_RECORDS: usize = 120_000;
-
-/// tansu 0.6.0 answers the group leader's JoinGroup without waiting for every member to
-/// rejoin and hands it other members' stale subscriptions (with no owned partitions), so the
-/// cooperative-sticky assignor can give a partition to a new member while its previous owner
-/// still holds it, until that owner's next heartbeat (see ../shared/broker.md and
-/// docs/operations.md). Real Kafka's join barrier rules this out.
-const BROKER_JOIN_BARRIER_RELIABLE: bool = false;
 
 struct Instance {
     name: String,
@@ -74,21 +67,19 @@ impl Instance {
     }
 }
 
-/// Waits for scaling steps to settle: the test's group on its broker, its partition count, and
-/// the pauses every poll has seen so far.
+/// Waits for scaling steps to settle: the test's broker, its partition count, and the pauses
+/// every poll has seen so far.
 struct Settler<'a> {
     broker: &'a Broker,
-    group: &'a str,
     partitions: usize,
     tracker: PauseTracker,
     pauses: Vec<Duration>,
 }
 
 impl<'a> Settler<'a> {
-    fn new(broker: &'a Broker, group: &'a str, partitions: usize) -> Self {
+    fn new(broker: &'a Broker, partitions: usize) -> Self {
         Self {
             broker,
-            group,
             partitions,
             tracker: PauseTracker::default(),
             pauses: Vec::new(),
@@ -96,14 +87,11 @@ impl<'a> Settler<'a> {
     }
 
     /// Polls the live instances until every partition runs on exactly one of them and each
-    /// has at least one task; feeds the pause tracker on every poll. Returns how long it took,
-    /// or `None` (reported as a skip) when it did not settle because the broker left the group
-    /// without a leader; any other timeout fails.
-    #[must_use]
-    fn settle(&mut self, step: &str, live: &[&Instance]) -> Option<Duration> {
-        let (broker, group, partitions) = (self.broker, self.group, self.partitions);
+    /// has at least one task; feeds the pause tracker on every poll. Returns how long it took;
+    /// fails with the instances' and the broker's logs after [`SETTLE_BOUND`].
+    fn settle(&mut self, step: &str, live: &[&Instance]) -> Duration {
+        let (broker, partitions) = (self.broker, self.partitions);
         let started = Instant::now();
-        let before = broker.group_events(group);
         loop {
             let views: Vec<Option<InstanceView>> = live.iter().map(|i| i.view()).collect();
             let mut running = BTreeMap::new();
@@ -149,20 +137,9 @@ impl<'a> Settler<'a> {
                     took.as_secs_f64(),
                     layout.join(", ")
                 );
-                return Some(took);
+                return took;
             }
             if started.elapsed() >= SETTLE_BOUND {
-                let events = broker.group_events(group);
-                if events.leaderless_since(&before) {
-                    skip_for_broker_limit(&format!(
-                        "the rest of this test after \"{step}\": broker limit (tansu 0.6.0 \
-                         named no leader for group {group} in {SETTLE_BOUND:?} while {} of its \
-                         members' sessions expired: a leader that left or died mid-rebalance \
-                         stays the group's leader)",
-                        events.expiries_since(&before)
-                    ));
-                    return None;
-                }
                 let logs: Vec<String> = live
                     .iter()
                     .map(|i| {
@@ -218,13 +195,11 @@ fn scaling_1_3_2_1_under_load_keeps_counts_exact_and_one_owner_per_partition() {
         .map(|i| Instance::new(&format!("kstreams-count-{i}"), &options, root.path()))
         .collect();
     let load = Load::start(&broker, &options.input_topic, RATE, KEYS);
-    let mut settler = Settler::new(&broker, &options.application_id, 6);
+    let mut settler = Settler::new(&broker, 6);
     let mut settle_times = Vec::new();
 
     instances[0].start(&broker);
-    let Some(took) = settler.settle("start with 1", &[&instances[0]]) else {
-        return;
-    };
+    let took = settler.settle("start with 1", &[&instances[0]]);
     settle_times.push(took);
     settler.pauses.clear(); // the first start is not a rebalance of running work
     let mut per_step = Vec::new();
@@ -233,28 +208,25 @@ fn scaling_1_3_2_1_under_load_keeps_counts_exact_and_one_owner_per_partition() {
     instances[2].start(&broker);
     let before = settler.pauses.len();
     let live: Vec<&Instance> = instances.iter().collect();
-    let Some(took) = settler.settle("scale 1 -> 3", &live) else {
-        return;
-    };
+    let took = settler.settle("scale 1 -> 3", &live);
     settle_times.push(took);
     per_step.push(("1 -> 3", settler.pauses[before..].to_vec()));
 
-    // tansu 0.6.0 keeps a leader that leaves mid-rebalance as the group's leader and never
-    // forms the group again (README, "The local broker and its limits"), so the instance the
-    // broker's log names as the leader is the one kept; the other two leave. Real Kafka elects
-    // a new leader whichever leaves.
+    // The group's leader leaves first: the group must name a new one (tansu 0.6.0 did not,
+    // before third_party/tansu/tansu-broker/0001).
     let leader = broker.group_events(&options.application_id).leader;
-    let keep = instances
+    let leader_index = instances
         .iter()
         .position(|i| {
             i.view()
                 .is_some_and(|v| Some(&v.member_id) == leader.as_ref())
         })
-        .unwrap_or(0);
-    let leaving: Vec<usize> = (0..instances.len()).filter(|i| *i != keep).collect();
+        .unwrap_or_else(|| panic!("the broker's leader {leader:?} is none of the instances"));
+    let keep = (leader_index + 1) % instances.len();
+    let leaving = [3 - leader_index - keep, leader_index];
     eprintln!(
-        "the group's leader is {} ({leader:?}); it stays, the others leave",
-        instances[keep].name
+        "the group's leader is {} ({leader:?}): it leaves first, {} stays",
+        instances[leader_index].name, instances[keep].name
     );
 
     instances[leaving[1]].stop();
@@ -265,17 +237,13 @@ fn scaling_1_3_2_1_under_load_keeps_counts_exact_and_one_owner_per_partition() {
         .filter(|(i, _)| *i != leaving[1])
         .map(|(_, instance)| instance)
         .collect();
-    let Some(took) = settler.settle("scale 3 -> 2", &live) else {
-        return;
-    };
+    let took = settler.settle("scale 3 -> 2", &live);
     settle_times.push(took);
     per_step.push(("3 -> 2", settler.pauses[before..].to_vec()));
 
     instances[leaving[0]].stop();
     let before = settler.pauses.len();
-    let Some(took) = settler.settle("scale 2 -> 1", &[&instances[keep]]) else {
-        return;
-    };
+    let took = settler.settle("scale 2 -> 1", &[&instances[keep]]);
     settle_times.push(took);
     per_step.push(("2 -> 1", settler.pauses[before..].to_vec()));
 
@@ -297,48 +265,22 @@ fn scaling_1_3_2_1_under_load_keeps_counts_exact_and_one_owner_per_partition() {
         "every task was owned at some point: {spans:?}"
     );
     let overlaps = ownership_overlaps(&spans);
-    if BROKER_JOIN_BARRIER_RELIABLE {
-        assert!(
-            overlaps.is_empty(),
-            "a task had two owners at once: {overlaps:#?}"
-        );
-    } else if overlaps.is_empty() {
-        eprintln!("ownership from the logs: no task ever had two owners at once");
-    } else {
-        skip_for_broker_limit(&format!(
-            "the every-instant exclusive-ownership assertion: broker limit (tansu 0.6.0 \
-             completes a JoinGroup round with stale member subscriptions, so cooperative-sticky \
-             can hand a partition to a new member before its old owner rejoins). Overlaps: {}",
-            overlaps.len()
-        ));
-        for (a, b) in &overlaps {
-            eprintln!(
-                "  {}: {} {}..{:?} and {} {}..{:?}",
-                a.task, a.instance, a.from, a.until, b.instance, b.from, b.until
-            );
-        }
-    }
+    assert!(
+        overlaps.is_empty(),
+        "a task had two owners at once: {overlaps:#?}"
+    );
+    eprintln!("ownership from the logs: no task ever had two owners at once");
 
-    // The output as the scaling left it. Two owners at once (the broker limit above) write
-    // the same counts but may interleave them, so a key's last output can be an older count
-    // until that key's next record; without an overlap it must be exact.
+    // The output as the scaling left it: exact.
     match broker.wait_for_counts(&options.output_topic, &expected, COUNTS_TIMEOUT) {
         Ok(()) => eprintln!("{produced} records: every key's last output is its exact count"),
-        Err(wrong) if !overlaps.is_empty() && !BROKER_JOIN_BARRIER_RELIABLE => {
-            skip_for_broker_limit(&format!(
-                "exact last outputs after an ownership overlap (broker limit above): {wrong}"
-            ))
-        }
         Err(wrong) => panic!(
-            "counts wrong after scaling ({produced} records produced, no ownership overlap): {wrong}; log of kstreams-count-0:\n{}",
+            "counts wrong after scaling ({produced} records produced,): {wrong}; log of kstreams-count-0:\n{}",
             instances[keep].app().log()
         ),
     }
     // The state: one more record per key makes the single remaining owner write every key's
-    // count from its store. Without an overlap this must be exact. After one, the engine
-    // cannot promise it: an owner resuming past its own state can miss updates the
-    // overlapping owner logged before its changelog checkpoint (see docs/operations.md), so
-    // it is reported, not asserted.
+    // count from its store, which must be exact.
     broker.produce_strings(
         &options.input_topic,
         expected
@@ -352,13 +294,8 @@ fn scaling_1_3_2_1_under_load_keeps_counts_exact_and_one_owner_per_partition() {
             "state exact: {} keys' counts match after one more record each",
             expected.len()
         ),
-        Err(wrong) if !overlaps.is_empty() && !BROKER_JOIN_BARRIER_RELIABLE => {
-            skip_for_broker_limit(&format!(
-                "exact state after an ownership overlap (broker limit above): {wrong}"
-            ))
-        }
         Err(wrong) => panic!(
-            "state counts wrong after scaling ({produced} records + one per key, no ownership overlap): {wrong}; log of kstreams-count-0:\n{}",
+            "state counts wrong after scaling ({produced} records + one per key,): {wrong}; log of kstreams-count-0:\n{}",
             instances[keep].app().log()
         ),
     }
@@ -376,15 +313,11 @@ fn a_restarted_instance_restores_only_the_changelog_tail_of_the_tasks_it_gets_ba
     let mut a = Instance::new("kstreams-count-0", &options, root.path());
     let mut b = Instance::new("kstreams-count-1", &options, root.path());
     let load = Load::start(&broker, &options.input_topic, RATE, KEYS);
-    let mut settler = Settler::new(&broker, &options.application_id, 4);
+    let mut settler = Settler::new(&broker, 4);
     a.start(&broker);
-    if settler.settle("start with 1", &[&a]).is_none() {
-        return;
-    }
+    settler.settle("start with 1", &[&a]);
     b.start(&broker);
-    if settler.settle("start with 2", &[&a, &b]).is_none() {
-        return;
-    }
+    settler.settle("start with 2", &[&a, &b]);
     // The plain cooperative-sticky assignor does not know where state lives, so the restarted
     // instance may get other tasks back than it had: repeat until it gets at least one of its
     // own (each round has about even odds or better).
@@ -407,12 +340,7 @@ fn a_restarted_instance_restores_only_the_changelog_tail_of_the_tasks_it_gets_ba
         );
         b.stop();
         let at_stop = broker.end_offsets(&changelog);
-        if settler
-            .settle(&format!("round {round}: instance 1 stopped"), &[&a])
-            .is_none()
-        {
-            return;
-        }
+        settler.settle(&format!("round {round}: instance 1 stopped"), &[&a]);
         for task in a
             .view()
             .unwrap()
@@ -442,12 +370,7 @@ fn a_restarted_instance_restores_only_the_changelog_tail_of_the_tasks_it_gets_ba
         wait_for_changelog(&broker, &changelog, &b_tasks, &at_stop, 50);
 
         b.start(&broker);
-        if settler
-            .settle(&format!("round {round}: instance 1 restarted"), &[&a, &b])
-            .is_none()
-        {
-            return;
-        }
+        settler.settle(&format!("round {round}: instance 1 restarted"), &[&a, &b]);
         let now = broker.end_offsets(&changelog);
         for task in &b.view().unwrap().tasks {
             let p = task.partition as usize;
@@ -519,11 +442,9 @@ fn cooperative_rebalancing_keeps_unaffected_tasks_processing_while_an_instance_j
     let mut a = Instance::new("kstreams-count-0", &options, root.path());
     let mut b = Instance::new("kstreams-count-1", &options, root.path());
     let load = Load::start(&broker, &options.input_topic, RATE, KEYS);
-    let mut settler = Settler::new(&broker, &options.application_id, 6);
+    let mut settler = Settler::new(&broker, 6);
     a.start(&broker);
-    if settler.settle("start with 1", &[&a]).is_none() {
-        return;
-    }
+    settler.settle("start with 1", &[&a]);
     let (backlog, backlog_counts) = word_count_input(PRELOADED_RECORDS, KEYS as usize);
     broker.produce_strings(
         &options.input_topic,

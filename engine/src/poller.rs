@@ -76,8 +76,6 @@ pub struct Poller {
     pub(crate) shutdown: Arc<AtomicBool>,
     pub(crate) commit_interval: Duration,
     pub(crate) status: Arc<InstanceStatus>,
-    /// A member that lost its assignment and has none this long after re-subscribes.
-    pub(crate) rejoin_after: Duration,
     pub(crate) source_topic: String,
     /// Resumes whose seek failed: the partition stays paused and they are tried again.
     pub(crate) failed_resumes: Vec<(i32, Option<i64>)>,
@@ -97,7 +95,6 @@ impl Poller {
         shutdown: Arc<AtomicBool>,
         commit_interval: Duration,
         status: Arc<InstanceStatus>,
-        rejoin_after: Duration,
         source_topic: String,
     ) -> Self {
         Self {
@@ -109,7 +106,6 @@ impl Poller {
             shutdown,
             commit_interval,
             status,
-            rejoin_after,
             source_topic,
             failed_resumes: Vec::new(),
             routes: HashMap::new(),
@@ -134,7 +130,6 @@ impl Poller {
                 self.commit_to_group(CommitMode::Async);
                 last_group_commit = Instant::now();
             }
-            self.rejoin_if_stranded();
         }
         info!("shutting down: final commit");
         self.final_commit()?;
@@ -147,27 +142,6 @@ impl Poller {
         self.consumer.unsubscribe();
         info!("left the group; all tasks closed");
         Ok(())
-    }
-
-    /// After a lost assignment librdkafka rejoins by itself; a group that never hands this
-    /// member anything again (seen with the local broker after another member died) is left
-    /// by unsubscribing and joined afresh.
-    fn rejoin_if_stranded(&self) {
-        let Some(lost_for) = self.status.assignment_lost_for() else {
-            return;
-        };
-        if lost_for < self.rejoin_after {
-            return;
-        }
-        warn!(
-            "no assignment {:.0} s after this member lost its partitions: leaving and rejoining the group",
-            lost_for.as_secs_f64()
-        );
-        self.status.set_assignment_lost(); // the next try waits another full period
-        self.consumer.unsubscribe();
-        if let Err(e) = self.consumer.subscribe(&[self.source_topic.as_str()]) {
-            warn!("re-subscribing to {} failed: {e}", self.source_topic);
-        }
     }
 
     fn apply_commands(&mut self) {

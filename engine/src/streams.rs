@@ -145,7 +145,6 @@ impl KafkaStreams {
             shutdown.clone(),
             config.commit_interval,
             status.clone(),
-            config.session_timeout * 3,
             topology.source_topic().to_string(),
         );
         let poller = std::thread::Builder::new()
