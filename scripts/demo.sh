@@ -15,8 +15,8 @@ BROKER="127.0.0.1:$PORT"
 WORK="$KSTREAMS_CACHE/demo"
 
 "$here/install-deps.sh"
-echo "==> building kstreams-count"
-cargo build --release --locked -p kstreams-count --quiet
+echo "==> building kstreams-count (release, into $CARGO_TARGET_DIR; RocksDB makes the first build long)"
+cargo build --release --locked -p kstreams-count
 APP="$CARGO_TARGET_DIR/release/kstreams-count"
 
 rm -rf "$WORK" && mkdir -p "$WORK"

@@ -13,7 +13,7 @@ cd "$here/.."
 WORK="${LOCAL_CLUSTER_DIR:-$KSTREAMS_CACHE/local-cluster}"
 "$here/install-deps.sh"
 echo "==> building kstreams-count"
-cargo build --release --locked -p kstreams-count --quiet
+cargo build --release --locked -p kstreams-count
 APP="$CARGO_TARGET_DIR/release/kstreams-count"
 
 if [ -z "${KAFKA_BROKER:-}" ]; then

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kstreams_suite::{
-    broker_and_app, read_store_counts, wait_until, word_count_input, App, AppOptions, Broker,
+    broker_and_app, poll_until, read_store_counts, wait_until, word_count_input, App, AppOptions,
+    Broker,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -145,13 +146,8 @@ const TAKEOVER_BOUND: Duration = Duration::from_secs(30);
 /// Waits until `survivor` runs every task after `killed_at`; `None` if it did not within `bound`.
 fn wait_for_takeover(survivor: &App, killed_at: Instant, bound: Duration) -> Option<()> {
     let all: BTreeSet<String> = (0..4).map(|p| format!("0_{p}")).collect();
-    while !(owned(survivor) == all && survivor.is_ready()) {
-        if killed_at.elapsed() > bound {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Some(())
+    let left = bound.saturating_sub(killed_at.elapsed());
+    poll_until(left, || owned(survivor) == all && survivor.is_ready()).map(|_| ())
 }
 
 /// The leader of the group is the first instance (A): it forms the group alone before B joins,

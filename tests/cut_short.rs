@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use kstreams_engine::failpoints;
 use kstreams_suite::{
-    ownership_from_log, ownership_overlaps, read_store_counts, restart_after_crash, wait_until,
-    word_count_input, App, AppOptions, Broker,
+    ownership_from_log, ownership_overlaps, poll_until, read_store_counts, restart_after_crash,
+    wait_until, word_count_input, App, AppOptions, Broker,
 };
 
 /// Each test here runs a broker and an instance at full speed through a large single
@@ -121,15 +121,11 @@ fn processed(app: &App) -> f64 {
 
 /// Waits until the instance processed `records`.
 fn wait_processed(app: &App, records: usize) {
-    let deadline = Instant::now() + PROCESS_TIMEOUT;
-    while processed(app) < records as f64 {
-        assert!(
-            Instant::now() < deadline,
-            "{records} records not processed within {PROCESS_TIMEOUT:?}; log:\n{}",
-            app.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        poll_until(PROCESS_TIMEOUT, || processed(app) >= records as f64).is_some(),
+        "{records} records not processed within {PROCESS_TIMEOUT:?}; log:\n{}",
+        app.log()
+    );
 }
 
 /// The last value per key on the output topic equals `expected`; then the instance stops

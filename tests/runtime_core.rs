@@ -12,7 +12,7 @@ use kstreams_engine::{
     InputRecord, KafkaStreams, Processor, ProcessorContext, RecordError, StoreId, StreamsConfig,
     TaskPhase, Topology,
 };
-use kstreams_suite::{unique, wait_until, App, AppOptions, Broker, Load, RawRecord};
+use kstreams_suite::{poll_every, unique, wait_until, App, AppOptions, Broker, Load, RawRecord};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -25,16 +25,12 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Waits for `condition`, failing with the instance's log.
-fn wait_for(app: &App, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {TIMEOUT:?} waiting for {what}; log:\n{}",
-            app.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_for(app: &App, what: &str, condition: impl FnMut() -> bool) {
+    assert!(
+        poll_every(Duration::from_millis(50), TIMEOUT, condition).is_some(),
+        "timed out after {TIMEOUT:?} waiting for {what}; log:\n{}",
+        app.log()
+    );
 }
 
 /// Synthetic changelog records for `partition`: keys `restored-<p>-<n>`, each with the count 1

@@ -1,0 +1,87 @@
+//! Input for the word count: fixed record sets with their expected counts, and a steady
+//! producer (`Load`) that knows every count it got acknowledged.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+use crate::Broker;
+
+/// `count` records over `keys` keys (`key-<n>`), with the expected count per key.
+pub fn word_count_input(
+    count: usize,
+    keys: usize,
+) -> (Vec<(String, String)>, HashMap<String, u64>) {
+    let mut expected: HashMap<String, u64> = HashMap::new();
+    let records = (0..count)
+        .map(|i| {
+            let key = format!("key-{}", (i * 7919) % keys);
+            *expected.entry(key.clone()).or_default() += 1;
+            (key, format!("value-{i}"))
+        })
+        .collect();
+    (records, expected)
+}
+
+/// A producer thread writing `key-<n>` records at a steady rate until stopped; it knows the
+/// exact count per key it got acknowledged.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<HashMap<String, u64>>>,
+}
+
+impl Load {
+    /// Produces about `rate` records/s over `keys` keys to `topic`, in 20 ms batches.
+    pub fn start(broker: &Broker, topic: &str, rate: u64, keys: u64) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let producer: ThreadedProducer<DefaultProducerContext> = broker
+            .client()
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .unwrap();
+        let (topic, flag) = (topic.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut expected: HashMap<String, u64> = HashMap::new();
+            let started = Instant::now();
+            let mut sent = 0u64;
+            let mut rng = rand::rng();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+                while sent < due {
+                    let key = format!("key-{}", rand::Rng::random_range(&mut rng, 0..keys));
+                    let record = BaseRecord::to(&topic).key(&key).payload("1");
+                    match producer.send(record) {
+                        Ok(()) => {
+                            *expected.entry(key).or_default() += 1;
+                            sent += 1;
+                        }
+                        Err(_) => break, // queue full: next round
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            producer
+                .flush(Duration::from_secs(30))
+                .expect("every load record acknowledged");
+            expected
+        });
+        Load {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops producing; returns the exact count per key produced.
+    pub fn finish(mut self) -> HashMap<String, u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().expect("load thread")
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
