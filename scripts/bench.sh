@@ -5,8 +5,10 @@
 #   BENCH_SECTIONS=throughput BENCH_KEYS=10000 BENCH_PARTITIONS=4 scripts/bench.sh
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+# The throughput sections run the broker on memory:// storage (tansu's dynostore feature).
+export TANSU_FEATURES=libsql,dynostore
 source "$here/env.sh"
 cd "$here/.."
 "$here/install-deps.sh"
-cargo build --release --locked -p kstreams-count --quiet
+cargo build --release --locked -p kstreams-count
 cargo bench --locked --bench throughput

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use crate::app::pinned_command;
-use crate::{free_port, wait_until};
+use crate::{free_port, poll_until};
 
 /// The tansu binary: `$TANSU_BIN`, else the one `scripts/install-deps.sh` built last (with
 /// the patches in `third_party/tansu/`).
@@ -178,16 +178,34 @@ impl Broker {
             .stderr(log)
             .spawn()
             .expect("start tansu");
-        let broker = Broker {
+        let mut broker = Broker {
             port,
             storage,
             child,
             dir,
         };
-        wait_until(
-            "the broker to accept connections",
-            Duration::from_secs(20),
-            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        let mut exited = None;
+        let up = poll_until(Duration::from_secs(20), || {
+            exited = broker.child.try_wait().unwrap();
+            exited.is_some() || TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if let Some(status) = exited {
+            panic!(
+                "tansu ({}) exited ({status}) at start with {} storage{}; its log:\n{}",
+                tansu_bin().display(),
+                storage.name(),
+                if storage == Storage::Memory {
+                    " (memory:// needs the broker scripts/bench.sh builds, with \
+                     TANSU_FEATURES=libsql,dynostore)"
+                } else {
+                    ""
+                },
+                broker.log_tail(50)
+            );
+        }
+        assert!(
+            up.is_some(),
+            "tansu did not accept connections on port {port} within 20 s"
         );
         broker
     }
