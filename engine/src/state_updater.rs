@@ -36,7 +36,7 @@ pub(crate) const FETCH_BYTES: &str = "262144";
 /// Bytes per changelog partition per restore fetch: smaller than the input's, so that a
 /// restore, which reads as fast as the broker answers, leaves room on the broker for the
 /// instance's input fetches and produce requests.
-const RESTORE_FETCH_BYTES: &str = "65536";
+const RESTORE_FETCH_BYTES: &str = "49152";
 /// Most records one step takes from the restore consumer before looking at its commands.
 const STEP_RECORDS: usize = 5_000;
 /// Longest a step reads before looking at its commands.
