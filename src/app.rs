@@ -197,6 +197,11 @@ impl App {
         serde_json::from_str(&self.http_get("/status")?.1).ok()
     }
 
+    /// The group member id this instance holds (`/status`), if it answers.
+    pub fn member_id(&self) -> Option<String> {
+        self.view().map(|v| v.member_id)
+    }
+
     /// `(task id, state)` of every task in `/status`.
     pub fn tasks(&self) -> Option<Vec<(String, String)>> {
         let status = self.status()?;

@@ -229,7 +229,7 @@ fn a_survivor_takes_over_from_a_killed_group_leader() {
     });
     let leader_id = broker.group_events(&options.application_id).leader;
     assert_eq!(
-        leader.view().map(|v| v.member_id),
+        leader.member_id(),
         leader_id,
         "the first instance leads the group"
     );
@@ -249,7 +249,7 @@ fn a_survivor_takes_over_from_a_killed_group_leader() {
     );
     assert_eq!(
         broker.group_events(&options.application_id).leader,
-        survivor.view().map(|v| v.member_id),
+        survivor.member_id(),
         "the survivor leads the group"
     );
     broker

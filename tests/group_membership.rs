@@ -166,7 +166,7 @@ fn the_group_leader_among_three_sigkilled_and_restarted_gets_the_group_back_with
         .unwrap_or_else(|e| panic!("{e}"));
     let mut member_ids: Vec<String> = apps
         .iter()
-        .map(|app| app.view().map(|v| v.member_id).unwrap_or_default())
+        .map(|app| app.member_id().unwrap_or_default())
         .collect();
     described.sort();
     member_ids.sort();
@@ -183,7 +183,7 @@ fn the_group_leader_among_three_sigkilled_and_restarted_gets_the_group_back_with
             .unwrap_or_else(|| panic!("cycle {cycle}: the broker's log names no group leader"));
         let members: Vec<String> = apps
             .iter()
-            .map(|app| app.view().map(|v| v.member_id).unwrap_or_default())
+            .map(|app| app.member_id().unwrap_or_default())
             .collect();
         let index = members
             .iter()

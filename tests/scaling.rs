@@ -217,10 +217,7 @@ fn scaling_1_3_2_1_under_load_keeps_counts_exact_and_one_owner_per_partition() {
     let leader = broker.group_events(&options.application_id).leader;
     let leader_index = instances
         .iter()
-        .position(|i| {
-            i.view()
-                .is_some_and(|v| Some(&v.member_id) == leader.as_ref())
-        })
+        .position(|i| i.app().member_id() == leader)
         .unwrap_or_else(|| panic!("the broker's leader {leader:?} is none of the instances"));
     let keep = (leader_index + 1) % instances.len();
     let leaving = [3 - leader_index - keep, leader_index];
