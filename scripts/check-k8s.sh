@@ -12,7 +12,7 @@ if [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/yamllint" ]; th
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet kubernetes-validate yamllint
 fi
-manifests=(configmap.yaml service.yaml statefulset.yaml pdb.yaml podmonitor.yaml)
+manifests=(configmap.yaml service.yaml statefulset.yaml pdb.yaml podmonitor.yaml examples/kafka-client-secret.yaml)
 echo "==> yamllint k8s/"
 "$venv/bin/yamllint" --strict -d '{extends: default, rules: {line-length: {max: 120}, document-start: disable}}' \
   "${manifests[@]}" prometheus-scrape.yml

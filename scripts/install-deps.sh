@@ -5,7 +5,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
 
-# Debian packages: libclang for RocksDB's bindings; Prometheus (server + promtool) for the
+# Debian packages: libclang for RocksDB's (and zstd's) bindings; Prometheus (server + promtool) for the
 # scrape tests; python3-venv for the manifest checks; patch for the broker's patches.
 missing=()
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
@@ -13,6 +13,11 @@ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || 
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 # patch: applies third_party/tansu/<crate>/*.patch to the broker's source.
 command -v patch >/dev/null 2>&1 || missing+=(patch)
+# libssl-dev + pkg-config: librdkafka is built with TLS and SASL/SCRAM (OpenSSL).
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+# stunnel4: the TLS front of the secured-cluster tests.
+command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || missing+=(stunnel4)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo

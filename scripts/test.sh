@@ -12,13 +12,14 @@ cd "$here/.."
 echo "==> building (release, target dir $CARGO_TARGET_DIR)"
 cargo build --release --workspace --all-targets --locked
 echo "==> testing"
-# Tests that skip an assertion for a limit of the local broker append a line here; listed at
-# the end, pass or fail, since libtest does not show a passing test's output.
+# Tests that skip an assertion for a limit of the local broker, or (with KSTREAMS_TEST_BROKER
+# set) skip because they need a private broker, append a line here; listed at the end, pass or
+# fail, since libtest does not show a passing test's output.
 skipped="$(mktemp)"
 export KSTREAMS_SKIPPED_LOG="$skipped"
 list_skips() {
   if [ -s "$skipped" ]; then
-    echo "==> skipped for limits of the local broker (see README, 'The local broker and its limits'):"
+    echo "==> skipped (see README, 'The local broker and its limits'):"
     cat "$skipped"
   else
     echo "==> no test skipped anything for a broker limit"

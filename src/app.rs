@@ -226,6 +226,33 @@ impl App {
         matches!(self.http_get("/health/ready"), Some((200, _)))
     }
 
+    /// Asserts that the process runs, and that while it answers, it is live and not ready (as
+    /// while it waits for the broker or its topics). Whether the health endpoints answered.
+    pub fn assert_live_not_ready(&mut self) -> bool {
+        assert!(self.is_running(), "exited; log:\n{}", self.log());
+        let Some((live, _)) = self.http_get("/health/live") else {
+            return false;
+        };
+        assert_eq!(live, 200, "not live; log:\n{}", self.log());
+        if let Some((ready, _)) = self.http_get("/health/ready") {
+            assert_eq!(ready, 503, "ready; log:\n{}", self.log());
+        }
+        true
+    }
+
+    /// [`App::assert_live_not_ready`] on every poll for `duration`.
+    pub fn assert_live_not_ready_for(&mut self, duration: Duration) {
+        let mut answered = 0;
+        poll_until(duration, || {
+            answered += usize::from(self.assert_live_not_ready());
+            false
+        });
+        assert!(
+            answered > 10,
+            "the health endpoints answered {answered} times in {duration:?}"
+        );
+    }
+
     /// Waits for readiness, failing early (with the log) if the process exits.
     pub fn wait_ready(&mut self, timeout: Duration) {
         let mut exited = None;

@@ -19,6 +19,9 @@ impl Broker {
     pub(crate) fn client(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", self.address());
+        for (key, value) in &self.client_settings {
+            config.set(key, value);
+        }
         config
     }
 

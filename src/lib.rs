@@ -8,6 +8,7 @@ pub mod kafka;
 pub mod load;
 pub mod ownership;
 pub mod prometheus;
+pub mod secured;
 pub mod store;
 pub mod tansu;
 pub mod wait;
@@ -18,8 +19,12 @@ pub use app::{app_bin, broker_and_app, http_get, restart_after_crash, App, AppOp
 pub use load::{word_count_input, Load};
 pub use ownership::{ownership_from_log, ownership_overlaps, Ownership};
 pub use prometheus::{metric_sum, Prometheus};
+pub use secured::{make_certificates, ScramUser, Security, TlsFront};
 pub use store::read_store_counts;
-pub use tansu::{skip_for_broker_limit, tansu_bin, Broker, GroupEvents, Storage};
+pub use tansu::{
+    shared_broker, skip_for_broker_limit, skip_without_private_broker, tansu_bin, Broker,
+    GroupEvents, Storage,
+};
 pub use wait::{poll_every, poll_until, wait_until};
 
 pub use kstreams_engine::status::InstanceView;
@@ -33,6 +38,13 @@ pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>, Option<i32>);
 /// A name no other test uses: `<prefix>-<random>`.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:016x}", rand::random::<u64>())
+}
+
+/// Tests of one file that must not overlap (they measure time, or would starve each other of
+/// the CPU on a 2-core machine) take turns: each holds this for its whole run.
+pub fn take_turn() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A TCP port that was free a moment ago.

@@ -76,6 +76,30 @@ impl Storage {
 /// `scripts/test.sh` lists every skip at the end of the suite, since libtest shows a passing
 /// test's output to no one.
 pub fn skip_for_broker_limit(what: &str) {
+    record_skip(what);
+}
+
+/// `KSTREAMS_TEST_BROKER=host:port`: the tests that can share a broker (random topic and group
+/// names) run against that one, any Kafka-protocol broker, instead of a private tansu each.
+pub fn shared_broker() -> Option<String> {
+    std::env::var("KSTREAMS_TEST_BROKER")
+        .ok()
+        .filter(|address| !address.trim().is_empty())
+}
+
+/// For a test that needs a private local broker (it restarts it, reads its log, or secures
+/// it): `true`, with the skip recorded, when the suite runs against a shared broker.
+pub fn skip_without_private_broker(why: &str) -> bool {
+    if shared_broker().is_none() {
+        return false;
+    }
+    record_skip(&format!(
+        "this test: it {why}, which needs a private local broker (KSTREAMS_TEST_BROKER is set)"
+    ));
+    true
+}
+
+fn record_skip(what: &str) {
     let test = std::thread::current()
         .name()
         .unwrap_or("unnamed test")
@@ -88,7 +112,8 @@ pub fn skip_for_broker_limit(what: &str) {
             .append(true)
             .open(path)
         {
-            let _ = writeln!(file, "{line}");
+            // One write per line: tests running at once append to the same file.
+            let _ = file.write_all(format!("{line}\n").as_bytes());
         }
     }
 }
@@ -100,16 +125,12 @@ pub struct GroupEvents {
     pub leader_elections: usize,
     /// The member id the last of them named.
     pub leader: Option<String>,
-    /// Members whose session ran out, in order (`missed heartbeat for [leader] <member> for
-    /// <group> in generation ..`).
-    pub expired: Vec<String>,
 }
 
 impl GroupEvents {
     /// Reads them from tansu 0.6.0's log text (written without colours: `NO_COLOR`).
     pub fn from_log(log: &str, group: &str) -> Self {
         let group_field = format!("group_id=\"{group}\"");
-        let expiry_end = format!(" for {group} in generation");
         let elections: Vec<&str> = log
             .lines()
             .filter(|l| l.contains(&group_field) && l.contains("generation_id="))
@@ -120,98 +141,142 @@ impl GroupEvents {
                 .last()
                 .and_then(|l| l.split("member_id=\"").nth(1)?.split('"').next())
                 .map(str::to_owned),
-            expired: log
-                .lines()
-                .filter_map(|l| {
-                    let rest = l.split("missed heartbeat for ").nth(1)?;
-                    let member = rest.split(expiry_end.as_str()).next()?;
-                    (member.len() < rest.len())
-                        .then(|| member.trim_start_matches("leader ").to_owned())
-                })
-                .collect(),
         }
     }
 }
 
 /// A tansu broker with its storage in its own temp dir; killed on drop.
 pub struct Broker {
+    /// Where tansu listens.
     pub port: u16,
+    /// Where clients are told to connect: `port`, or a TLS front's (see `secured.rs`).
+    pub advertised_port: u16,
     pub storage: Storage,
-    child: Child,
-    dir: TempDir,
+    /// Settings every client of this broker needs (SASL credentials, TLS trust); the
+    /// harness's own clients (`kafka.rs`) use them.
+    pub client_settings: Vec<(String, String)>,
+    /// The bootstrap address clients use.
+    address: String,
+    /// `None` for a shared broker (`KSTREAMS_TEST_BROKER`).
+    child: Option<Child>,
+    pub(crate) dir: TempDir,
+    cpus: Option<String>,
+    /// Kept alive as long as the broker (e.g. a TLS front).
+    pub(crate) companions: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Broker {
+    /// A private tansu broker on a free port, or the shared broker when `KSTREAMS_TEST_BROKER`
+    /// names one.
     pub fn start() -> Self {
-        Self::start_on(free_port())
+        match shared_broker() {
+            Some(address) => Broker {
+                port: 0,
+                advertised_port: 0,
+                address,
+                storage: Storage::Sqlite,
+                client_settings: vec![],
+                child: None,
+                dir: tempfile::tempdir().unwrap(),
+                cpus: None,
+                companions: vec![],
+            },
+            None => Self::start_on(free_port()),
+        }
     }
 
+    /// A private broker on `port` (tests that need one call `skip_without_private_broker`).
     pub fn start_on(port: u16) -> Self {
         Self::start_with(port, Storage::Sqlite, None)
     }
 
-    /// A broker with the given storage; `cpus` (a `taskset` list such as `8-15`) pins it.
+    /// A private broker with the given storage; `cpus` (a `taskset` list such as `8-15`) pins
+    /// it.
     pub fn start_with(port: u16, storage: Storage, cpus: Option<&str>) -> Self {
+        Self::launch(port, port, storage, cpus)
+    }
+
+    /// Listens on `port` and tells clients to connect to `advertised_port`.
+    pub(crate) fn launch(
+        port: u16,
+        advertised_port: u16,
+        storage: Storage,
+        cpus: Option<&str>,
+    ) -> Self {
+        assert!(
+            shared_broker().is_none(),
+            "this test needs a private broker: it must begin with skip_without_private_broker"
+        );
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("broker.log")).unwrap();
-        let child = pinned_command(tansu_bin(), cpus)
-            .current_dir(dir.path())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", storage.url()])
-            // tansu logs only errors by default; its group coordinator's info lines (members
-            // joining, missed heartbeats) are what explain a stuck rebalance in a failed test.
-            .env(
-                "RUST_LOG",
-                std::env::var("TANSU_LOG")
-                    .unwrap_or_else(|_| "warn,tansu_broker::coordinator=info".into()),
-            )
-            // Plain text, so the tests can read the group's events from it.
-            .env("NO_COLOR", "1")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start tansu");
+        let child = spawn_tansu(dir.path(), port, advertised_port, storage, cpus, &[]);
         let mut broker = Broker {
             port,
+            advertised_port,
+            address: format!("127.0.0.1:{advertised_port}"),
             storage,
-            child,
+            client_settings: vec![],
+            child: Some(child),
             dir,
+            cpus: cpus.map(str::to_owned),
+            companions: vec![],
         };
+        broker.wait_up();
+        broker
+    }
+
+    /// Stops the broker and starts it again on the same storage and ports, with `extra_args`
+    /// (e.g. `--authentication`).
+    pub(crate) fn relaunch(&mut self, extra_args: &[&str]) {
+        self.stop();
+        self.child = Some(spawn_tansu(
+            self.dir.path(),
+            self.port,
+            self.advertised_port,
+            self.storage,
+            self.cpus.as_deref(),
+            extra_args,
+        ));
+        self.wait_up();
+    }
+
+    fn stop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn wait_up(&mut self) {
+        let port = self.port;
         let mut exited = None;
+        let child = self.child.as_mut().expect("a private broker");
         let up = poll_until(Duration::from_secs(20), || {
-            exited = broker.child.try_wait().unwrap();
+            exited = child.try_wait().unwrap();
             exited.is_some() || TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         if let Some(status) = exited {
             panic!(
                 "tansu ({}) exited ({status}) at start with {} storage{}; its log:\n{}",
                 tansu_bin().display(),
-                storage.name(),
-                if storage == Storage::Memory {
+                self.storage.name(),
+                if self.storage == Storage::Memory {
                     " (memory:// needs the broker scripts/bench.sh builds, with \
                      TANSU_FEATURES=libsql,dynostore)"
                 } else {
                     ""
                 },
-                broker.log_tail(50)
+                self.log_tail(50)
             );
         }
         assert!(
             up.is_some(),
             "tansu did not accept connections on port {port} within 20 s"
         );
-        broker
     }
 
+    /// The bootstrap address clients use.
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.address.clone()
     }
 
     /// The last `lines` lines the broker logged (its coordinator at info level by default,
@@ -224,21 +289,69 @@ impl Broker {
 
     /// The broker's log (plain text: the broker runs with `NO_COLOR`).
     fn log(&self) -> String {
+        if self.child.is_none() {
+            return format!("(the shared broker {} keeps its own log)", self.address);
+        }
         std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
     }
 
-    /// What tansu's group coordinator has logged for `group` so far. tansu 0.6.0 answers
-    /// DescribeGroups with an error on sqlite storage, so its log is the only view of the
-    /// group it offers.
+    /// What tansu's group coordinator has logged for `group` so far: the leader elections,
+    /// which DescribeGroups (`describe_group`) does not show.
     pub fn group_events(&self, group: &str) -> GroupEvents {
+        assert!(
+            self.child.is_some(),
+            "group events come from a private broker's log: call skip_without_private_broker"
+        );
         GroupEvents::from_log(&self.log(), group)
     }
 }
 
+/// Starts tansu in `dir` (its log goes to `dir/broker.log`, appended across restarts).
+fn spawn_tansu(
+    dir: &Path,
+    port: u16,
+    advertised_port: u16,
+    storage: Storage,
+    cpus: Option<&str>,
+    extra_args: &[&str],
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("broker.log"))
+        .unwrap();
+    pinned_command(tansu_bin(), cpus)
+        .current_dir(dir)
+        .args([
+            "broker",
+            "--listener-url",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{advertised_port}"),
+        ])
+        .args(["--storage-engine", storage.url()])
+        .args(extra_args)
+        // tansu logs only errors by default; its group coordinator's info lines (members
+        // joining, missed heartbeats) are what explain a stuck rebalance in a failed test.
+        .env(
+            "RUST_LOG",
+            std::env::var("TANSU_LOG")
+                .unwrap_or_else(|_| "warn,tansu_broker::coordinator=info".into()),
+        )
+        // Plain text, so the tests can read the group's events from it.
+        .env("NO_COLOR", "1")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start tansu")
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if self.child.is_none() {
+            return;
+        }
+        self.stop();
         // `TANSU_LOG_KEEP=<dir>` keeps every broker's whole log for a post-mortem.
         if let Ok(keep) = std::env::var("TANSU_LOG_KEEP") {
             let _ = std::fs::copy(
@@ -271,11 +384,10 @@ mod tests {
             GroupEvents {
                 leader_elections: 1,
                 leader: Some("g-consumer-b".into()),
-                expired: vec!["g-consumer-b".into(), "g-consumer-a".into()],
             }
         );
         let other = GroupEvents::from_log(TANSU_LOG, "other");
         assert_eq!(other.leader_elections, 1);
-        assert_eq!(other.expired, vec!["other-consumer-x".to_string()]);
+        assert_eq!(other.leader.as_deref(), Some("other-consumer-x"));
     }
 }

@@ -2,10 +2,13 @@
 //! counts and a full restore (speed is not asserted; figures live in docs/benchmarks.md).
 
 use kstreams_suite::bench::{latency, recovery, throughput, Input, KeyDistribution, Report};
-use kstreams_suite::Storage;
+use kstreams_suite::{skip_without_private_broker, Storage};
 
 #[test]
 fn benchmark_smoke_run_completes_with_exact_counts() {
+    if skip_without_private_broker("runs its brokers with chosen storage and CPUs") {
+        return;
+    }
     let mut report = Report::default();
     // sqlite only: the suite's broker is built without memory:// storage (scripts/bench.sh
     // builds a broker with it for the full-size throughput runs).

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kstreams_suite::{
-    broker_and_app, poll_until, read_store_counts, wait_until, word_count_input, App, AppOptions,
-    Broker,
+    broker_and_app, poll_until, read_store_counts, skip_without_private_broker, wait_until,
+    word_count_input, App, AppOptions, Broker,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -208,6 +208,9 @@ fn a_survivor_takes_over_and_gives_back_partitions_of_a_repeatedly_killed_instan
 /// (tansu 0.6.0 named no new leader before third_party/tansu/tansu-broker/0001).
 #[test]
 fn a_survivor_takes_over_from_a_killed_group_leader() {
+    if skip_without_private_broker("reads the group leader from the broker's log") {
+        return;
+    }
     let root = tempfile::tempdir().unwrap();
     let (broker, options) = setup(&root);
     let mut options_b = options.clone();

@@ -6,19 +6,18 @@
 //! output topic. Failpoints need the suite's build (the engine's `failpoints` feature).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use kstreams_engine::failpoints;
 use kstreams_suite::{
     ownership_from_log, ownership_overlaps, poll_until, read_store_counts, restart_after_crash,
-    wait_until, word_count_input, App, AppOptions, Broker,
+    take_turn, wait_until, word_count_input, App, AppOptions, Broker,
 };
 
-/// Each test here runs a broker and an instance at full speed through a large single
-/// partition; two at once on two cores starve the local broker's group heartbeats. They take
-/// turns.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+// Each test here runs a broker and an instance at full speed through a large single
+// partition; two at once on two cores starve the local broker's group heartbeats. They take
+// turns (`take_turn`).
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(180);
@@ -63,10 +62,6 @@ struct OnePartition {
     restart_commit_interval_ms: u64,
     _root: tempfile::TempDir,
     _turn: MutexGuard<'static, ()>,
-}
-
-fn take_turn() -> MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl OnePartition {

@@ -12,17 +12,15 @@ use kstreams_engine::{
     InputRecord, KafkaStreams, Processor, ProcessorContext, RecordError, StoreId, StreamsConfig,
     TaskPhase, Topology,
 };
-use kstreams_suite::{poll_every, unique, wait_until, App, AppOptions, Broker, Load, RawRecord};
+use kstreams_suite::{
+    poll_every, take_turn, unique, wait_until, App, AppOptions, Broker, Load, RawRecord,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 
-/// These tests measure how long processing stands still, so they take turns: two of them at
-/// once (each with its broker and instances) on a 2-core machine measure each other.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
+// These tests measure how long processing stands still, so they take turns (`take_turn`):
+// two of them at once (each with its broker and instances) on a 2-core machine measure each
+// other.
 
 /// Waits for `condition`, failing with the instance's log.
 fn wait_for(app: &App, what: &str, condition: impl FnMut() -> bool) {
@@ -269,7 +267,7 @@ impl RestoreBeside {
 /// 100,000 records: none of them moved in 5.5 s).
 #[test]
 fn a_million_record_restore_runs_beside_processing_on_the_other_partitions() {
-    let _turn = one_at_a_time();
+    let _turn = take_turn();
     const RESTORE_RECORDS: usize = 1_000_000;
     let run = restore_beside_processing(RESTORE_RECORDS, &[], &[]);
     run.assert_processing_went_on(RESTORE_RECORDS);
@@ -280,7 +278,7 @@ fn a_million_record_restore_runs_beside_processing_on_the_other_partitions() {
 /// group: no "maximum poll interval exceeded", no lost or revoked partition.
 #[test]
 fn a_restore_longer_than_max_poll_interval_keeps_the_member_in_the_group() {
-    let _turn = one_at_a_time();
+    let _turn = take_turn();
     // At least 60 steps of at most 5,000 records, each delayed 600 ms: over 36 s.
     const RESTORE_RECORDS: usize = 300_000;
     let run = restore_beside_processing(
@@ -307,7 +305,7 @@ fn a_restore_longer_than_max_poll_interval_keeps_the_member_in_the_group() {
 /// from where the interrupted one stopped, not from the beginning.
 #[test]
 fn a_partition_revoked_while_restoring_is_handed_over_at_once_and_resumes_later() {
-    let _turn = one_at_a_time();
+    let _turn = take_turn();
     const RESTORE_RECORDS: usize = 300_000;
     let state = tempfile::tempdir().unwrap();
     let broker = Broker::start();
@@ -435,7 +433,7 @@ impl Processor for SlowOnZero {
 /// tasks get through 30 times as many records while it is still on its first half.
 #[test]
 fn a_slow_task_does_not_slow_the_others() {
-    let _turn = one_at_a_time();
+    let _turn = take_turn();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()

@@ -2,27 +2,27 @@
 //! lines, and create topics (Debian's kcat cannot talk to the local broker).
 
 use std::io::{BufRead, Write};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::broker_arg;
+use crate::client_args::ClientArgs;
 
 #[derive(Args, Debug)]
 pub struct ProduceArgs {
     #[arg(long)]
     topic: String,
-    #[arg(long = "broker", env = "KAFKA_BROKER", default_value = "localhost:9092", value_parser = broker_arg)]
-    broker: String,
+    #[command(flatten)]
+    client: ClientArgs,
     /// Separator between key and value on each line.
     #[arg(long, default_value = ":")]
     separator: String,
@@ -32,8 +32,8 @@ pub struct ProduceArgs {
 pub struct ConsumeArgs {
     #[arg(long)]
     topic: String,
-    #[arg(long = "broker", env = "KAFKA_BROKER", default_value = "localhost:9092", value_parser = broker_arg)]
-    broker: String,
+    #[command(flatten)]
+    client: ClientArgs,
     /// Start from the earliest record instead of new records only.
     #[arg(long)]
     from_beginning: bool,
@@ -43,41 +43,67 @@ pub struct ConsumeArgs {
     /// Exit once no record has arrived for this long (default: run until interrupted).
     #[arg(long)]
     idle_timeout_ms: Option<u64>,
-    /// Extra librdkafka consumer setting, `key=value` (repeatable), as kcat's -X.
-    #[arg(short = 'X', long = "client-config", value_parser = key_value)]
-    client_config: Vec<(String, String)>,
-}
-
-pub fn key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("`{s}` is not key=value"))
 }
 
 #[derive(Args, Debug)]
 pub struct CreateTopicArgs {
     /// Topic name.
     pub(crate) name: String,
-    #[arg(long = "broker", env = "KAFKA_BROKER", default_value = "localhost:9092", value_parser = broker_arg)]
-    pub(crate) broker: String,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
     #[arg(long, default_value_t = 4)]
     pub(crate) partitions: i32,
-    #[arg(long, default_value_t = 1)]
+    /// Replication factor (-1: the broker's default).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     pub(crate) replication_factor: i32,
     /// Make it a compacted topic (cleanup.policy=compact).
     #[arg(long)]
     pub(crate) compact: bool,
 }
 
+/// What the broker acknowledged, and the first refusal.
+#[derive(Default)]
+struct Deliveries {
+    delivered: u64,
+    failed: u64,
+    first_error: Option<String>,
+}
+
+struct DeliveryCounter(Arc<Mutex<Deliveries>>);
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let mut deliveries = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(_) => deliveries.delivered += 1,
+            Err((error, _)) => {
+                deliveries.failed += 1;
+                deliveries
+                    .first_error
+                    .get_or_insert_with(|| error.to_string());
+            }
+        }
+    }
+}
+
+/// Produces stdin's `key<separator>value` lines; fails (non-zero exit) unless the broker
+/// acknowledged every record, saying how many failed and why.
 pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &args.broker)
+    let (_, mut config) = args.client.tool_config()?;
+    config
         .set("enable.idempotence", "true")
         .set("compression.type", "lz4")
-        .set("linger.ms", "20")
-        .create()
+        .set("linger.ms", "20");
+    let deliveries = Arc::new(Mutex::new(Deliveries::default()));
+    let producer: ThreadedProducer<DeliveryCounter> = config
+        .create_with_context(DeliveryCounter(deliveries.clone()))
         .context("create producer")?;
-    let mut produced = 0u64;
+    let mut sent = 0u64;
+    let mut skipped = 0u64;
     let stdin = std::io::stdin();
     for (index, line) in stdin.lock().lines().enumerate() {
         let line = line.context("read stdin")?;
@@ -90,6 +116,7 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
                 index + 1,
                 args.separator
             );
+            skipped += 1;
             continue;
         };
         let mut record = BaseRecord::<str, str>::to(&args.topic)
@@ -108,24 +135,46 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
                 Err((e, _)) => bail!("produce to `{}`: {e}", args.topic),
             }
         }
-        produced += 1;
+        sent += 1;
     }
-    producer
-        .flush(Duration::from_secs(60))
-        .context("flush producer")?;
-    eprintln!("produced {produced} records to {}", args.topic);
+    // Waits for every delivery report (each record's message.timeout.ms bounds it).
+    let flushed = tokio::task::block_in_place(|| producer.flush(Duration::from_secs(600)));
+    let deliveries = deliveries.lock().unwrap_or_else(|e| e.into_inner());
+    let unreported = sent - deliveries.delivered - deliveries.failed;
+    if deliveries.failed > 0 || unreported > 0 || flushed.is_err() {
+        bail!(
+            "{} of {sent} records to `{}` were not delivered{}{}",
+            deliveries.failed + unreported,
+            args.topic,
+            deliveries
+                .first_error
+                .as_ref()
+                .map(|e| format!("; first error: {e}"))
+                .unwrap_or_default(),
+            flushed
+                .err()
+                .map(|e| format!("; flush: {e}"))
+                .unwrap_or_default(),
+        );
+    }
+    eprintln!(
+        "produced {} records to {}{}",
+        deliveries.delivered,
+        args.topic,
+        if skipped > 0 {
+            format!(" ({skipped} lines without a separator skipped)")
+        } else {
+            String::new()
+        }
+    );
     Ok(())
 }
 
 pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
-    let mut client = ClientConfig::new();
+    let (_, mut client) = args.client.tool_config()?;
     client
-        .set("bootstrap.servers", &args.broker)
         .set("group.id", "kstreams-count-console")
         .set("enable.auto.commit", "false");
-    for (key, value) in &args.client_config {
-        client.set(key, value);
-    }
     let consumer: BaseConsumer = client.create().context("create consumer")?;
     let metadata = consumer
         .fetch_metadata(Some(&args.topic), Duration::from_secs(10))
@@ -179,10 +228,9 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
 }
 
 pub async fn create_topic(args: CreateTopicArgs) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &args.broker)
-        .create()
-        .context("create admin client")?;
+    let (_, config) = args.client.tool_config()?;
+    let admin: AdminClient<DefaultClientContext> =
+        config.create().context("create admin client")?;
     let mut topic = NewTopic::new(
         &args.name,
         args.partitions,

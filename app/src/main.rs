@@ -6,6 +6,7 @@
 //! offset it came from. Records on `counts-topic` may repeat after a crash, but the last value
 //! written per key is always its exact count.
 
+mod client_args;
 mod console;
 mod local;
 
@@ -16,9 +17,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use client_args::ClientArgs;
 use kstreams_engine::{
-    DeserializationErrorPolicy, KafkaStreams, StoreMemorySettings, StreamsBuilder, StreamsConfig,
-    StringSerde,
+    ClientSettings, DeserializationErrorPolicy, KafkaStreams, StoreMemorySettings, StreamsBuilder,
+    StreamsConfig, StringSerde,
 };
 use tracing::{error, info, warn};
 
@@ -52,16 +54,10 @@ enum Command {
     Local(local::LocalArgs),
 }
 
-/// Parses `KAFKA_BROKER`-style addresses: `host` or `host:port` (default port 9092).
-pub fn broker_arg(value: &str) -> Result<String, String> {
-    kstreams_engine::normalize_bootstrap_servers(value)
-}
-
 #[derive(Args, Debug, Clone)]
 struct RunArgs {
-    /// Kafka broker(s): host or host:port, comma separated.
-    #[arg(long = "broker", env = "KAFKA_BROKER", default_value = "localhost:9092", value_parser = broker_arg)]
-    broker: String,
+    #[command(flatten)]
+    client: ClientArgs,
     /// Application id: consumer group, prefix of internal topics, state sub-directory.
     #[arg(long, env = "APPLICATION_ID", default_value = "counts-app")]
     application_id: String,
@@ -90,11 +86,12 @@ struct RunArgs {
         default_value = "log-and-continue"
     )]
     deserialization_error_policy: String,
-    /// Replication factor of the changelog topics the engine creates (-1: broker default).
+    /// Replication factor of the changelog topics the engine creates (-1: the broker's
+    /// default.replication.factor, as in Kafka Streams).
     #[arg(
         long,
         env = "REPLICATION_FACTOR",
-        default_value_t = 1,
+        default_value_t = -1,
         allow_negative_numbers = true
     )]
     replication_factor: i32,
@@ -116,9 +113,9 @@ struct RunArgs {
     /// /health/live fails when the consumer loop has not turned for this long.
     #[arg(long, env = "LIVENESS_TIMEOUT_MS", default_value_t = 60_000)]
     liveness_timeout_ms: u64,
-    /// Group session timeout.
-    #[arg(long, env = "SESSION_TIMEOUT_MS", default_value_t = 10_000)]
-    session_timeout_ms: u64,
+    /// Group session timeout (default 10000, or the client settings' session.timeout.ms).
+    #[arg(long, env = "SESSION_TIMEOUT_MS")]
+    session_timeout_ms: Option<u64>,
     /// Record cache, all tasks together (statestore.cache.max.bytes): a key's updates between
     /// commits collapse into one changelog and one output record, sent at the commit (early
     /// when a task is over its share). 0: every update is sent at once.
@@ -130,15 +127,13 @@ struct RunArgs {
     /// RocksDB memtables, all tasks and stores together (at least 1 MiB).
     #[arg(long, env = "ROCKSDB_WRITE_BUFFER_BYTES", default_value_t = 64 << 20)]
     rocksdb_write_buffer_bytes: usize,
-    /// Extra librdkafka setting for every client the engine creates, `key=value`
-    /// (repeatable), e.g. `-X heartbeat.interval.ms=1000` or `-X debug=cgrp`.
-    #[arg(short = 'X', long = "client-config", value_parser = console::key_value)]
-    client_config: Vec<(String, String)>,
 }
 
 impl RunArgs {
     fn streams_config(&self) -> anyhow::Result<StreamsConfig> {
-        let mut config = StreamsConfig::new(&self.application_id, &self.broker);
+        let mut connection = self.client.resolve()?;
+        let session_timeout_ms = self.session_timeout_ms(&mut connection.settings)?;
+        let mut config = StreamsConfig::new(&self.application_id, connection.broker);
         config.state_dir = self.state_dir.clone();
         config.commit_interval = Duration::from_millis(self.commit_interval_ms);
         config.group_instance_id = self.group_instance_id.clone();
@@ -153,12 +148,12 @@ impl RunArgs {
             })?),
         };
         config.shutdown_timeout = Duration::from_millis(self.shutdown_timeout_ms);
-        config.session_timeout = Duration::from_millis(self.session_timeout_ms);
+        config.session_timeout = Duration::from_millis(session_timeout_ms);
         config.liveness_timeout = Duration::from_millis(self.liveness_timeout_ms);
         config.task_failure_limit = self.task_failure_limit;
         config.task_failure_window = Duration::from_millis(self.task_failure_window_ms);
         config.state_cleanup_delay = Duration::from_millis(self.state_cleanup_delay_ms);
-        config.client_overrides = self.client_config.clone();
+        config.client_settings = connection.settings;
         config.store_memory = StoreMemorySettings {
             cache_max_bytes: self.cache_max_bytes,
             block_cache_bytes: self.rocksdb_block_cache_bytes,
@@ -167,7 +162,37 @@ impl RunArgs {
         config.validate()?;
         Ok(config)
     }
+
+    /// The session timeout: the flag, else a `session.timeout.ms` client setting (a Kafka
+    /// `client.properties` often has one), else 10 s; given both ways differently, an error.
+    fn session_timeout_ms(&self, settings: &mut ClientSettings) -> anyhow::Result<u64> {
+        let from_settings = settings.remove("session.timeout.ms");
+        let parsed = match &from_settings {
+            Some(setting) => Some(setting.value.trim().parse::<u64>().map_err(|_| {
+                anyhow::anyhow!(
+                    "invalid client setting `session.timeout.ms` (from {}): `{}` is not a \
+                     number of milliseconds",
+                    setting.source,
+                    setting.value
+                )
+            })?),
+            None => None,
+        };
+        match (self.session_timeout_ms, parsed, from_settings) {
+            (Some(flag), Some(other), Some(setting)) if flag != other => anyhow::bail!(
+                "invalid setting `session-timeout-ms`: --session-timeout-ms/SESSION_TIMEOUT_MS \
+                 is {flag} but session.timeout.ms (from {}) is {other}; give it once",
+                setting.source
+            ),
+            (Some(flag), _, _) => Ok(flag),
+            (None, Some(other), _) => Ok(other),
+            (None, None, _) => Ok(DEFAULT_SESSION_TIMEOUT_MS),
+        }
+    }
 }
+
+/// The group session timeout when none is given.
+const DEFAULT_SESSION_TIMEOUT_MS: u64 = 10_000;
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.streams_config()?;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::clients::{validate_client_settings, ClientSettings};
 use crate::error::{EngineError, Result};
 use crate::store_memory::StoreMemorySettings;
 
@@ -77,8 +78,9 @@ pub struct StreamsConfig {
     pub liveness_timeout: Duration,
     /// Session timeout of the group membership.
     pub session_timeout: Duration,
-    /// Extra librdkafka settings applied to the consumer and producers (`key=value`).
-    pub client_overrides: Vec<(String, String)>,
+    /// The user's librdkafka settings (TLS, SASL, tuning), applied to every client the engine
+    /// creates; keys the engine's guarantees rest on are refused (see `clients`).
+    pub client_settings: ClientSettings,
     /// Memory the task stores share: write-back cache, RocksDB block cache and memtables.
     pub store_memory: StoreMemorySettings,
 }
@@ -93,7 +95,7 @@ impl StreamsConfig {
             commit_interval: Duration::from_secs(30),
             group_instance_id: None,
             deserialization_error_policy: DeserializationErrorPolicy::default(),
-            replication_factor: 1,
+            replication_factor: -1,
             metrics_address: None,
             shutdown_timeout: Duration::from_secs(30),
             session_timeout: Duration::from_secs(10),
@@ -101,7 +103,7 @@ impl StreamsConfig {
             task_failure_limit: 3,
             task_failure_window: Duration::from_secs(300),
             state_cleanup_delay: Duration::from_secs(600),
-            client_overrides: Vec::new(),
+            client_settings: ClientSettings::new(),
             store_memory: StoreMemorySettings::default(),
         }
     }
@@ -182,7 +184,7 @@ impl StreamsConfig {
                 ),
             );
         }
-        Ok(())
+        validate_client_settings(self)
     }
 
     /// The group id: the application id, as in Kafka Streams.
@@ -251,6 +253,10 @@ mod tests {
         let c = valid();
         c.validate().unwrap();
         assert_eq!(c.commit_interval, Duration::from_secs(30));
+        assert_eq!(
+            c.replication_factor, -1,
+            "Kafka Streams' default since 3.0: the broker's"
+        );
         assert_eq!(
             c.deserialization_error_policy,
             DeserializationErrorPolicy::LogAndContinue

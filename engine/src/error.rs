@@ -15,6 +15,36 @@ pub enum EngineError {
         reason: String,
     },
 
+    /// A client setting (from a file, the environment or `-X`) is refused by the engine or by
+    /// librdkafka. Names the key and where it was set, never the value (it may be a secret).
+    #[error("client setting `{key}` (from {source_of_setting}): {reason}")]
+    ClientSetting {
+        key: String,
+        source_of_setting: String,
+        reason: String,
+    },
+
+    /// The client properties file cannot be read.
+    #[error("client config file {path}: {reason}")]
+    ClientConfigFile { path: PathBuf, reason: String },
+
+    /// The broker refuses this client access to a topic it needs (ACLs).
+    #[error(
+        "not authorized to {operation} topic `{topic}`: grant this client's principal access \
+         (ACLs), or check the credentials in the client settings"
+    )]
+    TopicNotAuthorized {
+        topic: String,
+        operation: &'static str,
+    },
+
+    /// An existing changelog topic is not compacted, so the broker would delete state.
+    #[error(
+        "changelog topic `{topic}` has cleanup.policy `{policy}`; it must include `compact`, or \
+         the broker deletes state after retention (alter the topic: cleanup.policy=compact)"
+    )]
+    ChangelogNotCompacted { topic: String, policy: String },
+
     /// Another process holds the lock on this application's state directory.
     #[error(
         "state directory {path} is locked by another running instance \

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use crate::checkpoint::{emit_cached_writes, WriteOut};
+use crate::clients::{ClientSettings, SettingSource};
 use crate::config::StreamsConfig;
 use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
@@ -31,11 +32,14 @@ impl TaskHotPath {
     pub fn new(topology: &Topology, dir: &Path, memory: StoreMemorySettings) -> Result<Self> {
         let task = TaskId::new(0, 0);
         let mut config = StreamsConfig::new("hot-path", NOWHERE);
-        config.client_overrides = vec![
-            ("queue.buffering.max.messages".into(), "10000000".into()),
-            ("queue.buffering.max.kbytes".into(), "2097151".into()),
-            ("message.timeout.ms".into(), "3600000".into()),
-        ];
+        config.client_settings = ClientSettings::from_pairs(
+            SettingSource::Program,
+            [
+                ("queue.buffering.max.messages", "10000000"),
+                ("queue.buffering.max.kbytes", "2097151"),
+                ("message.timeout.ms", "3600000"),
+            ],
+        );
         let stores = topology.stores().to_vec();
         Ok(Self {
             task,

@@ -19,6 +19,7 @@
 
 pub mod assignment;
 mod checkpoint;
+pub mod clients;
 pub mod config;
 pub mod dsl;
 pub mod error;
@@ -45,6 +46,7 @@ mod task;
 pub mod task_id;
 pub mod task_store;
 
+pub use clients::{ClientSetting, ClientSettings, SettingSource};
 pub use config::{normalize_bootstrap_servers, DeserializationErrorPolicy, StreamsConfig};
 pub use dsl::{KGroupedStream, KStream, KTable, StreamsBuilder, Topology};
 pub use error::{EngineError, Result};

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{
@@ -13,6 +12,7 @@ use rdkafka::producer::{
 };
 use rdkafka::ClientContext;
 
+use crate::clients::{client_config, setting_error, ClientRole};
 use crate::config::StreamsConfig;
 use crate::error::{EngineError, Result};
 use crate::offsets::encode_changelog_value;
@@ -79,27 +79,9 @@ impl RecordCollector {
                     .collect(),
             ),
         };
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &config.bootstrap_servers)
-            .set(
-                "client.id",
-                format!("{}-{task}-producer", config.application_id),
-            )
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "5")
-            .set("queue.buffering.max.messages", "1000000")
-            // librdkafka's default (1 GiB per producer, one producer per task) would let memory
-            // grow with the broker's backlog; 32 MiB per task keeps it bounded.
-            .set("queue.buffering.max.kbytes", "32768");
-        for (key, value) in &config.client_overrides {
-            client.set(key, value);
-        }
-        let producer = client
+        let producer = client_config(config, ClientRole::Producer(task))
             .create_with_context(tracker.clone())
-            .map_err(EngineError::kafka("create producer"))?;
+            .map_err(|e| setting_error(&config.client_settings, e))?;
         Ok(Self {
             task,
             producer,

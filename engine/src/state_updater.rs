@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use ractor::ActorRef;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
+use crate::clients::{client_config, setting_error, ClientRole};
 use crate::config::StreamsConfig;
 use crate::error::{EngineError, Result};
 use crate::failpoints;
@@ -28,15 +28,6 @@ use crate::task::TaskMsg;
 use crate::task_id::TaskId;
 use crate::task_store::TaskStore;
 
-/// Bytes per partition per fetch, for the restore consumer and the input consumer. Smaller
-/// than librdkafka's 1 MiB default: on brokers that answer in time proportional to the
-/// records returned (tansu), large fetches stall; on Kafka 256 KiB per round trip still
-/// restores at hundreds of MB/s.
-pub(crate) const FETCH_BYTES: &str = "262144";
-/// Bytes per changelog partition per restore fetch: smaller than the input's, so that a
-/// restore, which reads as fast as the broker answers, leaves room on the broker for the
-/// instance's input fetches and produce requests.
-const RESTORE_FETCH_BYTES: &str = "49152";
 /// Most records one step takes from the restore consumer before looking at its commands.
 const STEP_RECORDS: usize = 5_000;
 /// Longest a step reads before looking at its commands.
@@ -125,29 +116,9 @@ pub fn start(
 }
 
 fn restore_consumer(config: &StreamsConfig) -> Result<BaseConsumer> {
-    // Same group id, but never subscribed: it only reads the group's committed offsets.
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.bootstrap_servers)
-        .set("group.id", config.group_id())
-        .set("client.id", format!("{}-restore", config.application_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "100")
-        .set("max.partition.fetch.bytes", RESTORE_FETCH_BYTES)
-        // Never used (the consumer never joins), but librdkafka checks overrides such as
-        // max.poll.interval.ms against it.
-        .set(
-            "session.timeout.ms",
-            config.session_timeout.as_millis().to_string(),
-        );
-    for (key, value) in &config.client_overrides {
-        client.set(key, value);
-    }
-    client
+    client_config(config, ClientRole::Restore)
         .create()
-        .map_err(EngineError::kafka("create restore consumer"))
+        .map_err(|e| setting_error(&config.client_settings, e))
 }
 
 struct Restoring {

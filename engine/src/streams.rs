@@ -7,17 +7,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use ractor::{Actor, ActorRef};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tracing::{error, info};
 
+use crate::clients::{client_config, setting_error, ClientRole};
 use crate::config::StreamsConfig;
 use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::http;
-use crate::internal_topics::{ensure_changelog_topics, wait_for_source_topic};
+use crate::internal_topics::{ensure_changelog_topics, wait_for_topic};
 use crate::metrics::EngineMetrics;
 use crate::poller::Poller;
 use crate::rebalance::RebalanceListener;
@@ -83,7 +83,14 @@ impl KafkaStreams {
             None => None,
         };
 
-        let partitions = wait_for_source_topic(&config, topology.source_topic()).await?;
+        info!("client settings: {}", config.client_settings.describe());
+        // Live but not ready while waiting: a pod deployed before its topics waits, it is not
+        // restarted.
+        let partitions =
+            wait_for_topic(&config, &status, topology.source_topic(), "source").await?;
+        for sink in &topology.sink_topics {
+            wait_for_topic(&config, &status, sink, "output").await?;
+        }
         ensure_changelog_topics(
             &config,
             topology.source_topic(),
@@ -179,32 +186,9 @@ impl KafkaStreams {
         config: &StreamsConfig,
         listener: RebalanceListener,
     ) -> Result<BaseConsumer<RebalanceListener>> {
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &config.bootstrap_servers)
-            .set("group.id", config.group_id())
-            .set("client.id", format!("{}-consumer", config.application_id))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("statistics.interval.ms", "5000")
-            .set(
-                "max.partition.fetch.bytes",
-                crate::state_updater::FETCH_BYTES,
-            )
-            .set(
-                "session.timeout.ms",
-                config.session_timeout.as_millis().to_string(),
-            );
-        if let Some(id) = &config.group_instance_id {
-            client.set("group.instance.id", id);
-        }
-        for (key, value) in &config.client_overrides {
-            client.set(key, value);
-        }
-        client
+        client_config(config, ClientRole::Consumer)
             .create_with_context(listener)
-            .map_err(EngineError::kafka("create consumer"))
+            .map_err(|e| setting_error(&config.client_settings, e))
     }
 
     pub fn metrics(&self) -> &EngineMetrics {

@@ -45,10 +45,15 @@ pub struct LoadGenerator {
 }
 
 impl LoadGenerator {
-    pub fn start(broker: &str, topic: &str, rate: u64, keys: u64) -> anyhow::Result<Self> {
+    /// Produces with `client` (the broker and the user's client settings).
+    pub fn start(
+        mut client: ClientConfig,
+        topic: &str,
+        rate: u64,
+        keys: u64,
+    ) -> anyhow::Result<Self> {
         let counts = Arc::new(DeliveryCounts::default());
-        let producer: ThreadedProducer<CountingContext> = ClientConfig::new()
-            .set("bootstrap.servers", broker)
+        let producer: ThreadedProducer<CountingContext> = client
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .create_with_context(CountingContext(counts.clone()))

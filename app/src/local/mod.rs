@@ -20,7 +20,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
-use crate::broker_arg;
+use crate::client_args::ClientArgs;
 use cluster::{Cluster, ClusterSettings};
 use command::RunnerCommand;
 use load::LoadGenerator;
@@ -34,8 +34,8 @@ pub struct LocalArgs {
     /// Instances to start: kstreams-count-0 .. kstreams-count-(N-1).
     #[arg(long, default_value_t = 3)]
     instances: usize,
-    #[arg(long = "broker", env = "KAFKA_BROKER", default_value = "localhost:9092", value_parser = broker_arg)]
-    broker: String,
+    #[command(flatten)]
+    client: ClientArgs,
     #[arg(long, default_value = "counts-app")]
     application_id: String,
     #[arg(long, default_value = "input-topic")]
@@ -111,11 +111,10 @@ impl LocalArgs {
     }
 
     /// Arguments every instance gets before its own state dir and metrics address.
-    fn instance_args(&self) -> Vec<String> {
-        let mut args = vec![
-            "run".to_string(),
-            "--broker".into(),
-            self.broker.clone(),
+    fn instance_args(&self, broker: &str) -> Vec<String> {
+        let mut args = vec!["run".to_string()];
+        args.extend(self.client.child_args(broker));
+        args.extend([
             "--application-id".into(),
             self.application_id.clone(),
             "--input-topic".into(),
@@ -124,26 +123,25 @@ impl LocalArgs {
             self.output_topic.clone(),
             "--commit-interval-ms".into(),
             self.commit_interval_ms.to_string(),
-        ];
+        ]);
         args.extend(self.instance_args.iter().cloned());
         args
     }
 }
 
-/// Creates the input topic when missing and returns its partition count.
-async fn ensure_input_topic(args: &LocalArgs) -> anyhow::Result<usize> {
-    crate::console::create_topic(crate::console::CreateTopicArgs {
-        name: args.input_topic.clone(),
-        broker: args.broker.clone(),
-        partitions: args.partitions,
-        replication_factor: 1,
-        compact: false,
-    })
-    .await?;
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.broker)
-        .create()
-        .context("create metadata client")?;
+/// Creates the input and output topics when missing and returns the input's partition count.
+async fn ensure_topics(args: &LocalArgs, client: &ClientConfig) -> anyhow::Result<usize> {
+    for topic in [&args.input_topic, &args.output_topic] {
+        crate::console::create_topic(crate::console::CreateTopicArgs {
+            name: topic.clone(),
+            client: args.client.clone(),
+            partitions: args.partitions,
+            replication_factor: -1,
+            compact: false,
+        })
+        .await?;
+    }
+    let consumer: BaseConsumer = client.create().context("create metadata client")?;
     let topic = args.input_topic.clone();
     let metadata = tokio::task::spawn_blocking(move || {
         consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))
@@ -170,18 +168,19 @@ fn read_stdin_lines(lines: mpsc::UnboundedSender<String>) {
 
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let partitions = ensure_input_topic(&args).await?;
+    let (connection, client) = args.client.tool_config()?;
+    let partitions = ensure_topics(&args, &client).await?;
     std::fs::create_dir_all(&args.state_root)
         .with_context(|| format!("create state root {}", args.state_root.display()))?;
     let program = std::env::current_exe().context("find the kstreams-count executable")?;
     let mut cluster = Cluster::new(ClusterSettings {
         program,
-        common_args: args.instance_args(),
+        common_args: args.instance_args(&connection.broker),
         state_root: args.state_root.clone(),
         metrics_port_base: args.metrics_port_base,
         static_membership: args.static_membership,
     });
-    let load = LoadGenerator::start(&args.broker, &args.input_topic, args.rate, args.keys)?;
+    let load = LoadGenerator::start(client, &args.input_topic, args.rate, args.keys)?;
     let (line_sender, mut lines) = mpsc::unbounded_channel();
     let live = !args.plain && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
     let mut screen = match live {
@@ -201,7 +200,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                 cluster.refresh().await;
                 let (delivered, failed) = load.delivered();
                 let header = Header {
-                    broker: args.broker.clone(),
+                    broker: connection.broker.clone(),
                     input_topic: args.input_topic.clone(),
                     partitions,
                     rate: load.rate(),

@@ -1,0 +1,867 @@
+//! Every Kafka client's configuration (main consumer, task producers, restore consumer, admin),
+//! built in one place: the engine's keys, then the user's client settings (file, environment,
+//! `-X`), with the keys the engine's guarantees rest on protected.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+
+use crate::config::StreamsConfig;
+use crate::error::{EngineError, Result};
+use crate::task_id::TaskId;
+
+/// Prefix of environment variables that carry client settings:
+/// `KSTREAMS_CLIENT_SASL_PASSWORD=...` is `sasl.password=...`.
+pub const CLIENT_ENV_PREFIX: &str = "KSTREAMS_CLIENT_";
+
+/// Bytes per partition per fetch, for the input consumer. Smaller than librdkafka's 1 MiB
+/// default: on brokers that answer in time proportional to the records returned (tansu), large
+/// fetches stall; on Kafka 256 KiB per round trip still restores at hundreds of MB/s.
+const FETCH_BYTES: &str = "262144";
+/// Bytes per changelog partition per restore fetch: smaller than the input's, so that a
+/// restore, which reads as fast as the broker answers, leaves room on the broker for the
+/// instance's input fetches and produce requests.
+const RESTORE_FETCH_BYTES: &str = "49152";
+
+/// Where a client setting came from; errors name it (and never show a secret's value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingSource {
+    /// A Java-properties file (`--client-config-file`).
+    File(PathBuf),
+    /// An environment variable (`KSTREAMS_CLIENT_*`).
+    Env(String),
+    /// A `-X key=value` flag.
+    Flag,
+    /// Set by the program embedding the engine (tests, benchmarks).
+    Program,
+}
+
+impl fmt::Display for SettingSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SettingSource::File(path) => write!(f, "file {}", path.display()),
+            SettingSource::Env(name) => write!(f, "environment variable {name}"),
+            SettingSource::Flag => f.write_str("-X"),
+            SettingSource::Program => f.write_str("the program's settings"),
+        }
+    }
+}
+
+/// One librdkafka setting given by the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSetting {
+    pub key: String,
+    pub value: String,
+    pub source: SettingSource,
+}
+
+impl ClientSetting {
+    /// `key=value (source)`, with the value hidden for secrets.
+    pub fn describe(&self) -> String {
+        let value: &str = if is_secret(&self.key) {
+            "***"
+        } else {
+            &self.value
+        };
+        format!("{}={value} ({})", self.key, self.source)
+    }
+}
+
+/// Whether a setting's value must never be logged or shown in an error.
+pub fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "jaas",
+        "token",
+        "ssl.key.pem",
+        "ssl_key",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
+}
+
+/// The user's librdkafka settings, applied to every client the engine creates. Later entries
+/// win over earlier ones with the same key; the app adds them file first, then environment,
+/// then `-X`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientSettings {
+    entries: Vec<ClientSetting>,
+}
+
+impl ClientSettings {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Settings given as `(key, value)` pairs from one source.
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        source: SettingSource,
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        let mut settings = Self::new();
+        for (key, value) in pairs {
+            settings.push(key, value, source.clone());
+        }
+        settings
+    }
+
+    pub fn push(
+        &mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+        source: SettingSource,
+    ) {
+        self.entries.push(ClientSetting {
+            key: key.into().trim().to_string(),
+            value: value.into(),
+            source,
+        });
+    }
+
+    /// Appends `other`'s settings after these (so they win).
+    pub fn extend(&mut self, other: ClientSettings) {
+        self.entries.extend(other.entries);
+    }
+
+    /// The settings from `KSTREAMS_CLIENT_*` variables among `vars` (e.g. `std::env::vars()`):
+    /// the rest of the name, lower-cased, with `_` read as `.`.
+    pub fn from_env_vars(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut found: Vec<(String, String)> = vars
+            .into_iter()
+            .filter(|(name, _)| name.len() > CLIENT_ENV_PREFIX.len())
+            .filter(|(name, _)| name.starts_with(CLIENT_ENV_PREFIX))
+            .collect();
+        // The environment has no order; sort so that the result does not depend on it.
+        found.sort();
+        let mut settings = Self::new();
+        for (name, value) in found {
+            let key = name[CLIENT_ENV_PREFIX.len()..]
+                .to_ascii_lowercase()
+                .replace('_', ".");
+            settings.push(key, value, SettingSource::Env(name));
+        }
+        settings
+    }
+
+    /// Reads a Java-properties file, as Kafka's tools take with `--command-config`: an existing
+    /// `client.properties` works. Java-client keys with a librdkafka equivalent are translated
+    /// (`sasl.jaas.config` to `sasl.username`/`sasl.password`, a PEM trust store to
+    /// `ssl.ca.location`); Java-only keys with no meaning here (serializers) are dropped.
+    pub fn read_properties_file(path: &Path) -> Result<Self> {
+        let file_error = |reason: String| EngineError::ClientConfigFile {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file = std::fs::File::open(path).map_err(|e| file_error(e.to_string()))?;
+        let properties: BTreeMap<String, String> =
+            java_properties::read(std::io::BufReader::new(file))
+                .map_err(|e| file_error(e.to_string()))?
+                .into_iter()
+                .collect();
+        let source = SettingSource::File(path.to_path_buf());
+        let mut settings = Self::new();
+        let truststore_is_pem = properties
+            .get("ssl.truststore.type")
+            .is_some_and(|t| t.eq_ignore_ascii_case("PEM"));
+        for (key, value) in &properties {
+            match key.as_str() {
+                "sasl.jaas.config" => {
+                    let (username, password) = jaas_credentials(value)
+                        .map_err(|reason| file_error(format!("`sasl.jaas.config`: {reason}")))?;
+                    settings.push("sasl.username", username, source.clone());
+                    settings.push("sasl.password", password, source.clone());
+                }
+                "ssl.truststore.location" if truststore_is_pem => {
+                    settings.push("ssl.ca.location", value, source.clone())
+                }
+                "ssl.truststore.location" => {
+                    return Err(file_error(
+                        "`ssl.truststore.location` names a JKS/PKCS12 trust store, which \
+                         librdkafka cannot read; give the CA certificates as a PEM file with \
+                         `ssl.ca.location` (or set `ssl.truststore.type=PEM`)"
+                            .into(),
+                    ))
+                }
+                "ssl.truststore.type" | "ssl.truststore.password" => {}
+                key if JAVA_ONLY_KEYS.contains(&key) => {}
+                _ => settings.push(key.as_str(), value.as_str(), source.clone()),
+            }
+        }
+        Ok(settings)
+    }
+
+    /// The effective settings: for each key, the last one given.
+    pub fn effective(&self) -> Vec<&ClientSetting> {
+        let mut last: BTreeMap<&str, &ClientSetting> = BTreeMap::new();
+        for setting in &self.entries {
+            last.insert(setting.key.as_str(), setting);
+        }
+        last.into_values().collect()
+    }
+
+    /// The effective setting for `key`.
+    pub fn get(&self, key: &str) -> Option<&ClientSetting> {
+        self.entries.iter().rev().find(|s| s.key == key)
+    }
+
+    /// Removes every setting for `key` (e.g. `bootstrap.servers` once the app has used it).
+    pub fn remove(&mut self, key: &str) -> Option<ClientSetting> {
+        let last = self.get(key).cloned();
+        self.entries.retain(|s| s.key != key);
+        last
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// One line for the start-up log: every effective setting, secrets hidden.
+    pub fn describe(&self) -> String {
+        let effective = self.effective();
+        if effective.is_empty() {
+            return "none".into();
+        }
+        effective
+            .iter()
+            .map(|s| s.describe())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Java-client keys that have no meaning for librdkafka and are dropped from a properties file.
+const JAVA_ONLY_KEYS: &[&str] = &[
+    "key.serializer",
+    "value.serializer",
+    "key.deserializer",
+    "value.deserializer",
+    "client.dns.lookup",
+    "sasl.login.callback.handler.class",
+    "sasl.client.callback.handler.class",
+    "ssl.keystore.type",
+    "ssl.key.password",
+    "ssl.keystore.password",
+    "basic.auth.credentials.source",
+    "basic.auth.user.info",
+    "schema.registry.url",
+];
+
+/// `username` and `password` from a JAAS line such as
+/// `org.apache.kafka.common.security.scram.ScramLoginModule required username="u" password="p";`
+fn jaas_credentials(jaas: &str) -> std::result::Result<(String, String), String> {
+    let jaas = jaas.trim();
+    let module = jaas.split_whitespace().next().unwrap_or_default();
+    if !(module.ends_with("PlainLoginModule") || module.ends_with("ScramLoginModule")) {
+        return Err(format!(
+            "login module `{module}` is not supported; for PLAIN or SCRAM use its username and \
+             password, for OAUTHBEARER the `sasl.oauthbearer.*` settings"
+        ));
+    }
+    let mut fields = BTreeMap::new();
+    let mut rest = jaas[module.len()..].trim();
+    rest = rest.strip_prefix("required").unwrap_or(rest).trim();
+    while let Some((name, after)) = rest.split_once('=') {
+        let after = after.trim_start();
+        let (value, remainder) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let end = quoted
+                    .find('"')
+                    .ok_or_else(|| format!("unterminated quote after `{}=`", name.trim()))?;
+                (&quoted[..end], &quoted[end + 1..])
+            }
+            None => {
+                let end = after
+                    .find(|c: char| c.is_whitespace() || c == ';')
+                    .unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            }
+        };
+        fields.insert(name.trim().to_string(), value.to_string());
+        rest = remainder.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
+    }
+    match (fields.remove("username"), fields.remove("password")) {
+        (Some(username), Some(password)) => Ok((username, password)),
+        _ => Err("no username=\"...\" password=\"...\" in it".into()),
+    }
+}
+
+/// Which client a configuration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientRole {
+    /// The group member that reads the source topic.
+    Consumer,
+    /// A task's producer (changelog and output records).
+    Producer(TaskId),
+    /// Reads changelogs while tasks restore; never joins the group.
+    Restore,
+    /// Metadata lookups and topic creation.
+    Admin,
+}
+
+impl ClientRole {
+    fn client_id(self, application_id: &str) -> String {
+        match self {
+            ClientRole::Consumer => format!("{application_id}-consumer"),
+            ClientRole::Producer(task) => format!("{application_id}-{task}-producer"),
+            ClientRole::Restore => format!("{application_id}-restore"),
+            ClientRole::Admin => format!("{application_id}-admin"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ClientRole::Consumer => "consumer",
+            ClientRole::Producer(_) => "producer",
+            ClientRole::Restore => "restore consumer",
+            ClientRole::Admin => "admin client",
+        }
+    }
+
+    fn consumes(self) -> bool {
+        matches!(self, ClientRole::Consumer | ClientRole::Restore)
+    }
+}
+
+/// A key the engine sets itself, with why a user may not give another value.
+struct OwnedKey {
+    key: &'static str,
+    why: &'static str,
+}
+
+/// Keys on every client.
+const OWNED_BY_ENGINE: &[OwnedKey] = &[
+    OwnedKey {
+        key: "bootstrap.servers",
+        why: "set it with --broker / KAFKA_BROKER",
+    },
+    OwnedKey {
+        key: "client.id",
+        why: "the engine names each client (<application-id>-consumer, -<task>-producer, \
+              -restore, -admin), so that quotas and ACLs can tell them apart",
+    },
+    OwnedKey {
+        key: "allow.auto.create.topics",
+        why: "a metadata lookup must never create a topic (a changelog made that way is not \
+              compacted and loses state)",
+    },
+];
+
+/// Keys on the consumers (main and restore).
+const OWNED_ON_CONSUMERS: &[OwnedKey] = &[
+    OwnedKey {
+        key: "group.id",
+        why: "the group id is the application id; set it with --application-id",
+    },
+    OwnedKey {
+        key: "group.instance.id",
+        why: "set it with --group-instance-id",
+    },
+    OwnedKey {
+        key: "session.timeout.ms",
+        why: "set it with --session-timeout-ms",
+    },
+    OwnedKey {
+        key: "enable.auto.commit",
+        why: "offsets are committed only with the state they produced",
+    },
+    OwnedKey {
+        key: "enable.auto.offset.store",
+        why: "offsets are committed only with the state they produced",
+    },
+    OwnedKey {
+        key: "partition.assignment.strategy",
+        why: "task hand-over relies on cooperative rebalancing",
+    },
+    OwnedKey {
+        key: "isolation.level",
+        why: "only committed records are read, as in Kafka Streams",
+    },
+    OwnedKey {
+        key: "enable.partition.eof",
+        why: "the engine decides where it needs end-of-partition events",
+    },
+];
+
+/// Keys on the producers.
+const OWNED_ON_PRODUCERS: &[OwnedKey] = &[
+    OwnedKey {
+        key: "enable.idempotence",
+        why: "changelog records must not be duplicated or reordered by retries",
+    },
+    OwnedKey {
+        key: "acks",
+        why: "state is written only after every in-sync replica has its changelog records",
+    },
+    OwnedKey {
+        key: "transactional.id",
+        why: "the engine does not use transactions",
+    },
+];
+
+/// The engine's own settings for `role`, before the user's.
+fn engine_settings(config: &StreamsConfig, role: ClientRole) -> Vec<(&'static str, String)> {
+    let mut settings = vec![
+        ("bootstrap.servers", config.bootstrap_servers.clone()),
+        ("client.id", role.client_id(&config.application_id)),
+        ("allow.auto.create.topics", "false".into()),
+    ];
+    let session_timeout = config.session_timeout.as_millis().to_string();
+    match role {
+        ClientRole::Consumer => {
+            settings.extend([
+                ("group.id", config.group_id().to_string()),
+                ("enable.auto.commit", "false".into()),
+                ("enable.auto.offset.store", "false".into()),
+                ("isolation.level", "read_committed".into()),
+                ("enable.partition.eof", "false".into()),
+                ("auto.offset.reset", "earliest".into()),
+                ("partition.assignment.strategy", "cooperative-sticky".into()),
+                ("statistics.interval.ms", "5000".into()),
+                ("max.partition.fetch.bytes", FETCH_BYTES.into()),
+                ("session.timeout.ms", session_timeout),
+            ]);
+            if let Some(id) = &config.group_instance_id {
+                settings.push(("group.instance.id", id.clone()));
+            }
+        }
+        ClientRole::Restore => settings.extend([
+            // Same group id, but never subscribed: it only reads the group's committed offsets.
+            ("group.id", config.group_id().to_string()),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("isolation.level", "read_committed".into()),
+            ("enable.partition.eof", "true".into()),
+            ("auto.offset.reset", "earliest".into()),
+            ("fetch.wait.max.ms", "100".into()),
+            ("max.partition.fetch.bytes", RESTORE_FETCH_BYTES.into()),
+            // Never used (the consumer never joins), but librdkafka checks settings such as
+            // max.poll.interval.ms against it.
+            ("session.timeout.ms", session_timeout),
+        ]),
+        ClientRole::Producer(_) => settings.extend([
+            ("enable.idempotence", "true".into()),
+            ("acks", "all".into()),
+            ("compression.type", "lz4".into()),
+            ("linger.ms", "5".into()),
+            ("queue.buffering.max.messages", "1000000".into()),
+            // librdkafka's default (1 GiB per producer, one producer per task) would let memory
+            // grow with the broker's backlog; 32 MiB per task keeps it bounded.
+            ("queue.buffering.max.kbytes", "32768".into()),
+        ]),
+        ClientRole::Admin => {}
+    }
+    settings
+}
+
+fn owned_keys(role: ClientRole) -> impl Iterator<Item = &'static OwnedKey> {
+    let role_keys: &'static [OwnedKey] = match role {
+        ClientRole::Consumer | ClientRole::Restore => OWNED_ON_CONSUMERS,
+        ClientRole::Producer(_) => OWNED_ON_PRODUCERS,
+        ClientRole::Admin => &[],
+    };
+    OWNED_BY_ENGINE.iter().chain(role_keys)
+}
+
+/// Checks the user's client settings against what the engine owns, for every kind of client:
+/// a protected key with another value than the engine's is an error naming the key, where it
+/// was set and why. Then has librdkafka check every key and value (unknown keys, bad values,
+/// features not compiled in), without connecting.
+pub fn validate_client_settings(config: &StreamsConfig) -> Result<()> {
+    let roles = [
+        ClientRole::Consumer,
+        ClientRole::Restore,
+        ClientRole::Producer(TaskId::new(0, 0)),
+        ClientRole::Admin,
+    ];
+    for role in roles {
+        let engine = engine_settings(config, role);
+        for owned in owned_keys(role) {
+            let Some(given) = config.client_settings.get(owned.key) else {
+                continue;
+            };
+            let engine_value = engine.iter().find(|(k, _)| *k == owned.key).map(|(_, v)| v);
+            if engine_value != Some(&given.value) {
+                return Err(EngineError::ClientSetting {
+                    key: given.key.clone(),
+                    source_of_setting: given.source.to_string(),
+                    reason: format!(
+                        "the engine sets it{} for the {}: {}",
+                        engine_value
+                            .map(|v| format!(" to `{v}`"))
+                            .unwrap_or_default(),
+                        role.name(),
+                        owned.why
+                    ),
+                });
+            }
+        }
+        client_config(config, role)
+            .create_native_config()
+            .map_err(|e| setting_error(&config.client_settings, e))?;
+    }
+    Ok(())
+}
+
+/// The configuration of one client: the engine's settings, then the user's (which may not
+/// change a protected key: [`validate_client_settings`] refuses that at start-up, and the
+/// engine's value is applied last here as well).
+pub fn client_config(config: &StreamsConfig, role: ClientRole) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    let engine = engine_settings(config, role);
+    for (key, value) in &engine {
+        client.set(*key, value);
+    }
+    for setting in config.client_settings.effective() {
+        if !role.consumes()
+            && CONSUMER_ONLY_PREFIXES
+                .iter()
+                .any(|p| setting.key.starts_with(p))
+        {
+            continue;
+        }
+        client.set(&setting.key, &setting.value);
+    }
+    for owned in owned_keys(role) {
+        if let Some((key, value)) = engine.iter().find(|(k, _)| *k == owned.key) {
+            client.set(*key, value);
+        }
+    }
+    client
+}
+
+/// Consumer settings that librdkafka warns about on a producer; not given to producers and
+/// the admin client.
+const CONSUMER_ONLY_PREFIXES: &[&str] = &[
+    "auto.offset.reset",
+    "fetch.",
+    "max.partition.fetch.bytes",
+    "max.poll.interval.ms",
+    "heartbeat.interval.ms",
+    "queued.",
+    "check.crcs",
+];
+
+/// A console tool's client (producer, consumer, admin): the broker, then the user's settings;
+/// a lookup never creates a topic.
+pub fn tool_client_config(bootstrap_servers: &str, settings: &ClientSettings) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", bootstrap_servers);
+    for setting in settings.effective() {
+        client.set(&setting.key, &setting.value);
+    }
+    client.set("allow.auto.create.topics", "false");
+    client
+}
+
+/// A client-creation error that names a setting becomes an error naming it and where it came
+/// from (never its value: it may be a secret).
+pub fn setting_error(settings: &ClientSettings, error: KafkaError) -> EngineError {
+    if let KafkaError::ClientConfig(_, description, key, _) = &error {
+        let source_of_setting = settings
+            .get(key)
+            .map(|s| s.source.to_string())
+            .unwrap_or_else(|| "the engine".into());
+        // librdkafka's description quotes the value: not for a secret.
+        let reason = if is_secret(key) {
+            "librdkafka refused the value".to_string()
+        } else {
+            description.clone()
+        };
+        return EngineError::ClientSetting {
+            key: key.clone(),
+            source_of_setting,
+            reason,
+        };
+    }
+    EngineError::Kafka {
+        operation: "create client",
+        source: error,
+    }
+}
+
+/// What to check when the broker cannot be reached: the settings that decide how this instance
+/// connects, with where each was set (secrets hidden).
+pub fn connection_hint(settings: &ClientSettings, error_text: &str) -> String {
+    let text = error_text.to_ascii_lowercase();
+    let keys: &[&str] = if text.contains("sasl") || text.contains("authentication") {
+        &[
+            "security.protocol",
+            "sasl.mechanisms",
+            "sasl.mechanism",
+            "sasl.username",
+            "sasl.password",
+        ]
+    } else if text.contains("ssl") || text.contains("certificate") || text.contains("tls") {
+        &[
+            "security.protocol",
+            "ssl.ca.location",
+            "ssl.certificate.location",
+            "ssl.key.location",
+            "ssl.endpoint.identification.algorithm",
+        ]
+    } else {
+        return String::new();
+    };
+    let given: Vec<String> = keys
+        .iter()
+        .filter_map(|k| settings.get(k))
+        .map(ClientSetting::describe)
+        .collect();
+    format!(
+        " (check {}{})",
+        keys.iter()
+            .filter(|k| **k != "sasl.mechanism")
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", "),
+        if given.is_empty() {
+            "; none of them is set".to_string()
+        } else {
+            format!("; given: {}", given.join(", "))
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with(settings: &[(&str, &str)]) -> StreamsConfig {
+        let mut config = StreamsConfig::new("counts-app", "localhost:9092");
+        config.client_settings =
+            ClientSettings::from_pairs(SettingSource::Flag, settings.iter().copied());
+        config
+    }
+
+    fn value_of(client: &ClientConfig, key: &str) -> Option<String> {
+        client.get(key).map(str::to_string)
+    }
+
+    #[test]
+    fn every_client_gets_the_users_settings_and_never_creates_topics() {
+        let config = config_with(&[
+            ("security.protocol", "sasl_plaintext"),
+            ("sasl.mechanisms", "SCRAM-SHA-256"),
+        ]);
+        for role in [
+            ClientRole::Consumer,
+            ClientRole::Restore,
+            ClientRole::Producer(TaskId::new(0, 3)),
+            ClientRole::Admin,
+        ] {
+            let client = client_config(&config, role);
+            assert_eq!(
+                value_of(&client, "security.protocol").as_deref(),
+                Some("sasl_plaintext"),
+                "{role:?}"
+            );
+            assert_eq!(
+                value_of(&client, "sasl.mechanisms").as_deref(),
+                Some("SCRAM-SHA-256"),
+                "{role:?}"
+            );
+            assert_eq!(
+                value_of(&client, "allow.auto.create.topics").as_deref(),
+                Some("false"),
+                "{role:?}"
+            );
+        }
+        assert_eq!(
+            value_of(
+                &client_config(&config, ClientRole::Producer(TaskId::new(0, 3))),
+                "client.id"
+            )
+            .as_deref(),
+            Some("counts-app-0_3-producer")
+        );
+    }
+
+    #[test]
+    fn a_protected_key_with_another_value_is_refused_naming_key_and_source() {
+        let config = config_with(&[("enable.auto.commit", "true")]);
+        match validate_client_settings(&config) {
+            Err(EngineError::ClientSetting {
+                key,
+                source_of_setting,
+                reason,
+            }) => {
+                assert_eq!(key, "enable.auto.commit");
+                assert_eq!(source_of_setting, "-X");
+                assert!(reason.contains("committed only with the state"), "{reason}");
+            }
+            other => panic!("expected ClientSetting, got {other:?}"),
+        }
+        // The same value as the engine's is accepted (a client.properties with acks=all works).
+        validate_client_settings(&config_with(&[("acks", "all")])).unwrap();
+        assert!(validate_client_settings(&config_with(&[("acks", "1")])).is_err());
+        assert!(validate_client_settings(&config_with(&[("group.id", "other")])).is_err());
+        assert!(
+            validate_client_settings(&config_with(&[("allow.auto.create.topics", "true")]))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn librdkafka_rejections_name_the_key_and_source_but_not_the_value() {
+        let config = config_with(&[("no.such.key", "x")]);
+        match validate_client_settings(&config) {
+            Err(EngineError::ClientSetting {
+                key,
+                source_of_setting,
+                ..
+            }) => {
+                assert_eq!(key, "no.such.key");
+                assert_eq!(source_of_setting, "-X");
+            }
+            other => panic!("expected ClientSetting, got {other:?}"),
+        }
+        let config = config_with(&[("sasl.password", "hunter2"), ("linger.ms", "not-a-number")]);
+        let error = validate_client_settings(&config).unwrap_err().to_string();
+        assert!(error.contains("linger.ms"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn tls_sasl_and_zstd_are_compiled_in() {
+        let config = config_with(&[
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "u"),
+            ("sasl.password", "p"),
+            ("compression.type", "zstd"),
+        ]);
+        validate_client_settings(&config).unwrap();
+        let plain = config_with(&[
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "PLAIN"),
+            ("sasl.username", "u"),
+            ("sasl.password", "p"),
+        ]);
+        validate_client_settings(&plain).unwrap();
+    }
+
+    #[test]
+    fn environment_variables_map_to_keys() {
+        let settings = ClientSettings::from_env_vars([
+            (
+                "KSTREAMS_CLIENT_SASL_PASSWORD".to_string(),
+                "s3cret".to_string(),
+            ),
+            (
+                "KSTREAMS_CLIENT_SECURITY_PROTOCOL".to_string(),
+                "SASL_SSL".to_string(),
+            ),
+            ("KSTREAMS_CLIENT_".to_string(), "ignored".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ]);
+        let effective = settings.effective();
+        assert_eq!(effective.len(), 2);
+        let password = settings.get("sasl.password").unwrap();
+        assert_eq!(password.value, "s3cret");
+        assert_eq!(
+            password.source,
+            SettingSource::Env("KSTREAMS_CLIENT_SASL_PASSWORD".into())
+        );
+        assert_eq!(settings.get("security.protocol").unwrap().value, "SASL_SSL");
+        assert!(!settings.describe().contains("s3cret"));
+    }
+
+    #[test]
+    fn later_sources_win() {
+        let mut settings = ClientSettings::from_pairs(SettingSource::Program, [("linger.ms", "1")]);
+        settings.extend(ClientSettings::from_pairs(
+            SettingSource::Flag,
+            [("linger.ms", "7")],
+        ));
+        assert_eq!(settings.get("linger.ms").unwrap().value, "7");
+        assert_eq!(settings.effective().len(), 1);
+    }
+
+    #[test]
+    fn a_java_client_properties_file_is_read_and_translated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.properties");
+        std::fs::write(
+            &path,
+            "# Confluent Cloud style\n\
+             security.protocol=SASL_SSL\n\
+             sasl.mechanism=SCRAM-SHA-256\n\
+             sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required \\\n  username=\"app\" password=\"pa ss=word\";\n\
+             ssl.truststore.type=PEM\n\
+             ssl.truststore.location=/etc/kafka/ca.pem\n\
+             key.serializer=org.apache.kafka.common.serialization.StringSerializer\n\
+             acks=all\n",
+        )
+        .unwrap();
+        let settings = ClientSettings::read_properties_file(&path).unwrap();
+        let value = |k: &str| settings.get(k).map(|s| s.value.clone());
+        assert_eq!(value("security.protocol").as_deref(), Some("SASL_SSL"));
+        assert_eq!(value("sasl.mechanism").as_deref(), Some("SCRAM-SHA-256"));
+        assert_eq!(value("sasl.username").as_deref(), Some("app"));
+        assert_eq!(value("sasl.password").as_deref(), Some("pa ss=word"));
+        assert_eq!(
+            value("ssl.ca.location").as_deref(),
+            Some("/etc/kafka/ca.pem")
+        );
+        assert_eq!(value("key.serializer"), None);
+        assert_eq!(
+            settings.get("acks").unwrap().source,
+            SettingSource::File(path.clone())
+        );
+        let mut config = config_with(&[]);
+        config.client_settings = settings;
+        validate_client_settings(&config).unwrap();
+    }
+
+    #[test]
+    fn a_jks_trust_store_or_unknown_login_module_gets_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.properties");
+        std::fs::write(&path, "ssl.truststore.location=/etc/kafka/truststore.jks\n").unwrap();
+        let error = ClientSettings::read_properties_file(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("ssl.ca.location"), "{error}");
+        std::fs::write(
+            &path,
+            "sasl.jaas.config=com.sun.security.auth.module.Krb5LoginModule required;\n",
+        )
+        .unwrap();
+        let error = ClientSettings::read_properties_file(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("Krb5LoginModule"), "{error}");
+        let error = ClientSettings::read_properties_file(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("missing"), "{error}");
+    }
+
+    #[test]
+    fn jaas_values_may_be_unquoted() {
+        assert_eq!(
+            jaas_credentials("x.PlainLoginModule required username=u password=p;").unwrap(),
+            ("u".to_string(), "p".to_string())
+        );
+    }
+
+    #[test]
+    fn the_hint_names_the_settings_behind_an_authentication_failure() {
+        let config = config_with(&[("sasl.username", "app"), ("sasl.password", "wrong")]);
+        let settings = &config.client_settings;
+        let hint = connection_hint(settings, "SASL authentication error: Authentication failed");
+        assert!(hint.contains("sasl.username=app (-X)"), "{hint}");
+        assert!(hint.contains("sasl.password=*** (-X)"), "{hint}");
+        assert!(!hint.contains("wrong"), "{hint}");
+        assert!(connection_hint(settings, "Connection refused").is_empty());
+        assert!(
+            connection_hint(settings, "SSL handshake failed: certificate verify failed")
+                .contains("ssl.ca.location")
+        );
+    }
+}
