@@ -108,18 +108,22 @@ async fn look_up(lookups: &Lookups, topic: &str) -> std::result::Result<TopicLoo
         lookups.poll(EVENTS_POLL);
         metadata
     })?;
-    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
-        return Ok(TopicLookup::Missing);
-    };
-    Ok(match found.error().map(RDKafkaErrorCode::from) {
-        None if found.partitions().is_empty() => TopicLookup::Missing,
-        None => TopicLookup::Exists {
-            partitions: found.partitions().len(),
-        },
-        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => TopicLookup::Missing,
-        Some(RDKafkaErrorCode::TopicAuthorizationFailed) => TopicLookup::NotAuthorized,
-        Some(code) => TopicLookup::Error(code),
-    })
+    let found = metadata.topics().iter().find(|t| t.name() == topic);
+    Ok(classify(found.map(|t| {
+        (t.error().map(RDKafkaErrorCode::from), t.partitions().len())
+    })))
+}
+
+/// What the broker's answer for a topic (its error code and partition count, if it named the
+/// topic at all) means.
+fn classify(answer: Option<(Option<RDKafkaErrorCode>, usize)>) -> TopicLookup {
+    match answer {
+        None | Some((None, 0)) => TopicLookup::Missing,
+        Some((None, partitions)) => TopicLookup::Exists { partitions },
+        Some((Some(RDKafkaErrorCode::UnknownTopicOrPartition), _)) => TopicLookup::Missing,
+        Some((Some(RDKafkaErrorCode::TopicAuthorizationFailed), _)) => TopicLookup::NotAuthorized,
+        Some((Some(code), _)) => TopicLookup::Error(code),
+    }
 }
 
 /// Why a metadata request failed, with the client's own error when it has one (TLS, SASL) and
@@ -335,6 +339,41 @@ async fn create_changelog(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// tansu enforces no ACLs, so the suite cannot get a real "not authorized" answer; the
+    /// mapping from the broker's error codes is checked here.
+    #[test]
+    fn not_authorized_is_told_apart_from_missing() {
+        use RDKafkaErrorCode as Code;
+        assert_eq!(classify(None), TopicLookup::Missing);
+        assert_eq!(classify(Some((None, 0))), TopicLookup::Missing);
+        assert_eq!(
+            classify(Some((None, 4))),
+            TopicLookup::Exists { partitions: 4 }
+        );
+        assert_eq!(
+            classify(Some((Some(Code::UnknownTopicOrPartition), 0))),
+            TopicLookup::Missing
+        );
+        assert_eq!(
+            classify(Some((Some(Code::TopicAuthorizationFailed), 0))),
+            TopicLookup::NotAuthorized
+        );
+        assert_eq!(
+            classify(Some((Some(Code::LeaderNotAvailable), 4))),
+            TopicLookup::Error(Code::LeaderNotAvailable)
+        );
+        let message = EngineError::TopicNotAuthorized {
+            topic: "input-topic".into(),
+            operation: "describe",
+        }
+        .to_string();
+        assert!(
+            message.contains("not authorized to describe topic `input-topic`"),
+            "{message}"
+        );
+        assert!(!message.contains("does not exist"), "{message}");
+    }
 
     #[test]
     fn only_compacting_policies_keep_state() {
