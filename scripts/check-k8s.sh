@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Validates what k8s/ ships: every manifest against the Kubernetes schema (kubernetes-validate,
-# offline) and yamllint; the Prometheus scrape config with promtool.
+# Validates what k8s/ ships: yamllint on every file; each overlay rendered with
+# `kubectl kustomize` and checked against the Kubernetes schema (kubernetes-validate, offline)
+# and Pod Security "restricted" (scripts/check_pod_security.py); the alert rules with promtool
+# (syntax and unit tests) and equal to the PrometheusRule; the scrape config with promtool; the
+# Grafana dashboard's JSON.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
@@ -12,11 +15,31 @@ if [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/yamllint" ]; th
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet kubernetes-validate yamllint
 fi
-manifests=(configmap.yaml service.yaml statefulset.yaml pdb.yaml podmonitor.yaml examples/kafka-client-secret.yaml)
 echo "==> yamllint k8s/"
-"$venv/bin/yamllint" --strict -d '{extends: default, rules: {line-length: {max: 120}, document-start: disable}}' \
-  "${manifests[@]}" prometheus-scrape.yml
-echo "==> kubernetes-validate --strict (PodMonitor is a custom resource: no schema, warning only)"
-"$venv/bin/kubernetes-validate" --strict "${manifests[@]}"
-echo "==> promtool check config"
-promtool check config prometheus-scrape.yml
+"$venv/bin/yamllint" --strict -d '{extends: default, rules: {line-length: {max: 120}, document-start: disable}}' .
+rendered="$(mktemp -d)"
+trap 'rm -rf "$rendered"' EXIT
+for overlay in overlays/*/; do
+  name="$(basename "$overlay")"
+  echo "==> kubectl kustomize $overlay"
+  kubectl kustomize "$overlay" > "$rendered/$name.yaml"
+  echo "==> kubernetes-validate --strict ($name; PodMonitor and PrometheusRule are custom resources: no schema, warning only)"
+  "$venv/bin/kubernetes-validate" --strict "$rendered/$name.yaml"
+  echo "==> Pod Security \"restricted\" ($name)"
+  "$venv/bin/python" "$here/check_pod_security.py" "$rendered/$name.yaml"
+done
+echo "==> kubernetes-validate --strict (examples)"
+"$venv/bin/kubernetes-validate" --strict examples/*.yaml
+echo "==> promtool: rules, their unit tests, the scrape config"
+promtool check rules prometheus/rules.yml
+(cd prometheus && promtool test rules rules_test.yml)
+promtool check config prometheus/scrape.yml
+echo "==> the PrometheusRule carries the rules of prometheus/rules.yml"
+"$venv/bin/python" - <<'PY'
+import sys, yaml
+rules = yaml.safe_load(open("prometheus/rules.yml"))["groups"]
+crd = yaml.safe_load(open("base/prometheusrule.yaml"))["spec"]["groups"]
+sys.exit(0 if rules == crd else "base/prometheusrule.yaml differs from prometheus/rules.yml")
+PY
+echo "==> grafana/kstreams-count.json parses"
+"$venv/bin/python" -c 'import json, sys; json.load(open("grafana/kstreams-count.json"))'

@@ -58,6 +58,20 @@ impl Prometheus {
 
     /// The value of an instant query returning one sample, if it returns one.
     pub fn query(&self, expression: &str) -> Option<f64> {
+        self.query_result(expression)?.first()?["value"][1]
+            .as_str()?
+            .parse()
+            .ok()
+    }
+
+    /// The series an instant query returns (empty when it returns none); an error (a query
+    /// Prometheus refuses) as `Err` with its answer.
+    pub fn query_series(&self, expression: &str) -> Result<Vec<serde_json::Value>, String> {
+        self.query_result(expression)
+            .ok_or_else(|| format!("Prometheus refused or failed `{expression}`"))
+    }
+
+    fn query_result(&self, expression: &str) -> Option<Vec<serde_json::Value>> {
         let encoded: String = expression
             .bytes()
             .map(|b| match b {
@@ -72,10 +86,7 @@ impl Prometheus {
             return None;
         }
         let json: serde_json::Value = serde_json::from_str(&body).ok()?;
-        json["data"]["result"].as_array()?.first()?["value"][1]
-            .as_str()?
-            .parse()
-            .ok()
+        json["data"]["result"].as_array().cloned()
     }
 }
 

@@ -103,6 +103,48 @@ fn invalid_utf8_is_skipped_with_partition_and_offset_by_default() {
 }
 
 #[test]
+fn json_logs_are_one_object_per_line_with_task_partition_and_offset_as_fields() {
+    let (broker, _root, mut options) = broker_with_topics();
+    options.extra_args = vec!["--log-format".into(), "json".into()];
+    broker.produce(
+        &options.input_topic,
+        [
+            record(Some(b"hello"), b"world", 2),
+            record(Some(&[0xff, 0xfe, 0x00]), b"bad key", 2),
+        ],
+    );
+    let mut app = App::spawn(&broker.address(), &options);
+    broker
+        .wait_for_counts(&options.output_topic, &expected(&[("hello", 1)]), TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", app.log()));
+    wait_until("the skipped record's log line", TIMEOUT, || {
+        app.log().contains("skipping record")
+    });
+    assert!(app.terminate(Duration::from_secs(30)).success());
+    let log = app.log();
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    assert!(events.len() > 3, "{log}");
+    assert!(events
+        .iter()
+        .all(|e| e["level"].is_string() && e["timestamp"].is_string()));
+    let skip = events
+        .iter()
+        .find(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("skipping record"))
+        })
+        .unwrap_or_else(|| panic!("no skip event:\n{log}"));
+    assert_eq!(skip["task"], "0_2", "{skip}");
+    assert_eq!(skip["partition"], 2, "{skip}");
+    assert_eq!(skip["offset"], 1, "{skip}");
+}
+
+#[test]
 fn invalid_utf8_stops_the_instance_under_the_fail_policy() {
     let (broker, _root, mut options) = broker_with_topics();
     options.extra_args = vec!["--deserialization-error-policy".into(), "fail".into()];

@@ -1,5 +1,6 @@
 //! The operator's view on real parts: a real Prometheus server scraping a running instance,
-//! readiness during restore, `/status` across a rebalance, and a clean `/metrics` exposition.
+//! readiness during restore, every Grafana dashboard panel's query answered, `/status` across a
+//! rebalance, and a clean `/metrics` exposition.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -98,6 +99,68 @@ fn prometheus_sees_restore_lag_rise_and_return_to_zero_and_records_processed_ris
         "restore durations are recorded"
     );
     assert!(app.terminate(Duration::from_secs(30)).success());
+}
+
+/// Every PromQL expression of the shipped Grafana dashboard, with its panel's title.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/k8s/grafana/kstreams-count.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            queries.push((
+                panel["title"].as_str().unwrap_or_default().to_string(),
+                target["expr"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    queries
+}
+
+#[test]
+fn every_dashboard_panel_returns_data_from_a_real_prometheus_after_a_restore_and_load() {
+    let root = tempfile::tempdir().unwrap();
+    let (broker, options) = setup(&root);
+    let metrics_port = free_port();
+    let prometheus = Prometheus::start(&[metrics_port]);
+    seed_changelog(&broker, &options, 100_000);
+    let mut app = App::spawn_with_metrics_port(&broker.address(), &options, metrics_port);
+    app.wait_ready(TIMEOUT);
+    let (records, _) = word_count_input(5_000, 100);
+    broker.produce_strings(
+        &options.input_topic,
+        records.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    wait_until(
+        "Prometheus to see the 5,000 records processed",
+        TIMEOUT,
+        || prometheus.query("sum(kstreams_records_processed_total)") == Some(5_000.0),
+    );
+    let queries = dashboard_queries();
+    assert!(
+        queries.len() >= 15,
+        "{} queries in the dashboard",
+        queries.len()
+    );
+    for (panel, expression) in &queries {
+        let mut last = Ok(vec![]);
+        let answered = kstreams_suite::poll_until(Duration::from_secs(30), || {
+            last = prometheus.query_series(expression);
+            last.as_ref().is_ok_and(|series| !series.is_empty())
+        });
+        assert!(
+            answered.is_some(),
+            "panel `{panel}`: `{expression}` returned no data ({last:?}); a metric it names may \
+             not exist. /metrics:\n{}",
+            app.http_get("/metrics")
+                .map(|(_, body)| body)
+                .unwrap_or_default()
+        );
+    }
 }
 
 fn task_ids(app: &App) -> BTreeSet<String> {
@@ -223,12 +286,37 @@ fn metrics_exposition_parses_and_has_no_negative_gauges() {
         "kstreams_restore_remaining_records",
         "kstreams_tasks_running",
         "kstreams_consumer_lag_records",
+        "kstreams_instance_ready",
+        "kstreams_instance_state",
+        "kstreams_build_info",
+        "kstreams_broker_rtt_seconds",
     ] {
         assert!(
             gauges.contains(expected),
             "{expected} missing from:\n{body}"
         );
     }
+    // The instance is running and ready: its state says so, once.
+    assert!(body.contains("kstreams_instance_ready{application_id=") && body.contains("} 1"));
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("kstreams_instance_state{")
+                && l.contains(r#"state="running""#)
+                && l.ends_with(" 1")),
+        "{body}"
+    );
+    for histogram in [
+        "kstreams_rebalance_duration_seconds",
+        "kstreams_process_batch_duration_seconds",
+        "kstreams_produce_ack_latency_seconds",
+    ] {
+        assert!(
+            body.lines()
+                .any(|l| l.starts_with(&format!("{histogram}_count{{")) && !l.ends_with(" 0")),
+            "{histogram} has no observations:\n{body}"
+        );
+    }
+    assert!(body.contains("kstreams_build_info{"), "{body}");
     assert!(app.terminate(Duration::from_secs(30)).success());
 }
 

@@ -37,6 +37,36 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     run: RunArgs,
+    /// Log lines as `text` (the default), or `json`: one object per line with the event's
+    /// fields (task, partition, offset where they apply), for Loki, ELK or Cloud Logging.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr at `RUST_LOG` (default `info`), as text (coloured on a terminal) or JSON.
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -113,7 +143,9 @@ struct RunArgs {
     /// /health/live fails when the consumer loop has not turned for this long.
     #[arg(long, env = "LIVENESS_TIMEOUT_MS", default_value_t = 60_000)]
     liveness_timeout_ms: u64,
-    /// Group session timeout (default 10000, or the client settings' session.timeout.ms).
+    /// Group session timeout (default 10000, or 45000 with --group-instance-id, as Kafka
+    /// Streams: longer than a pod restart, so a static member's restart does not rebalance; or
+    /// the client settings' session.timeout.ms).
     #[arg(long, env = "SESSION_TIMEOUT_MS")]
     session_timeout_ms: Option<u64>,
     /// Record cache, all tasks together (statestore.cache.max.bytes): a key's updates between
@@ -186,6 +218,9 @@ impl RunArgs {
             ),
             (Some(flag), _, _) => Ok(flag),
             (None, Some(other), _) => Ok(other),
+            (None, None, _) if self.group_instance_id.is_some() => {
+                Ok(STATIC_MEMBER_SESSION_TIMEOUT_MS)
+            }
             (None, None, _) => Ok(DEFAULT_SESSION_TIMEOUT_MS),
         }
     }
@@ -193,6 +228,8 @@ impl RunArgs {
 
 /// The group session timeout when none is given.
 const DEFAULT_SESSION_TIMEOUT_MS: u64 = 10_000;
+/// ... and with static membership (Kafka Streams' default since 3.0, KIP-735).
+const STATIC_MEMBER_SESSION_TIMEOUT_MS: u64 = 45_000;
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.streams_config()?;
@@ -241,14 +278,8 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     // Fault injection for the crash tests (inert unless FAILPOINTS is set).
     match kstreams_engine::failpoints::setup_from_env() {
         Ok(set) if !set.is_empty() => warn!("failpoints set: {}", set.join(", ")),
@@ -281,5 +312,33 @@ fn main() -> ExitCode {
             eprintln!("kstreams-count: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_from(args: &[&str]) -> StreamsConfig {
+        let cli = Cli::parse_from(std::iter::once("kstreams-count").chain(args.iter().copied()));
+        cli.run.streams_config().unwrap()
+    }
+
+    #[test]
+    fn session_timeout_is_10_s_or_45_s_for_a_static_member_unless_given() {
+        assert_eq!(config_from(&[]).session_timeout, Duration::from_secs(10));
+        assert_eq!(
+            config_from(&["--group-instance-id", "kstreams-count-0"]).session_timeout,
+            Duration::from_secs(45)
+        );
+        assert_eq!(
+            config_from(&["--group-instance-id", "p", "--session-timeout-ms", "20000"])
+                .session_timeout,
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            config_from(&["-X", "session.timeout.ms=30000"]).session_timeout,
+            Duration::from_secs(30)
+        );
     }
 }

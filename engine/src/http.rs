@@ -39,10 +39,8 @@ fn check(ok: bool, good: &str, bad: &str) -> Response<Full<Bytes>> {
 fn route(path: &str, metrics: &EngineMetrics, status: &InstanceStatus) -> Response<Full<Bytes>> {
     match path {
         "/metrics" => {
-            // The task gauges are read from the tasks' lifecycle, the one place it is kept.
-            let (restoring, running) = status.phase_counts();
-            metrics.tasks_restoring.set(restoring as i64);
-            metrics.tasks_running.set(running as i64);
+            // The instance gauges are read from its status, the one place it is kept.
+            metrics.observe_instance(status);
             respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",

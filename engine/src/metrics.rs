@@ -7,6 +7,7 @@ use prometheus::{
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::status::{InstanceLifecycle, InstanceStatus};
 use crate::task_id::TaskId;
 
 /// All metrics of one engine instance.
@@ -40,6 +41,15 @@ pub struct EngineMetrics {
     pub state_cache_bytes: IntGauge,
     pub state_cache_flushes: IntCounterVec,
     pub rocksdb_memory_bytes: IntGauge,
+    pub build_info: IntGaugeVec,
+    pub instance_ready: IntGauge,
+    pub instance_state: IntGaugeVec,
+    pub rebalance_duration: Histogram,
+    pub process_batch_duration: Histogram,
+    pub produce_ack_latency: Histogram,
+    pub produce_errors: IntCounter,
+    pub broker_rtt: prometheus::GaugeVec,
+    pub broker_errors: IntCounterVec,
 }
 
 fn register<M: Collector + Clone + 'static>(
@@ -78,7 +88,7 @@ impl EngineMetrics {
             HistogramOpts::new(name, help).buckets(buckets)
         };
         let latency_buckets = exponential_buckets(0.001, 2.0, 16).expect("valid buckets");
-        Self {
+        let metrics = Self {
             records_processed: register(r, IntCounterVec::new(opts("kstreams_records_processed_total", "Input records processed"), TASK)),
             records_skipped: register(r, IntCounterVec::new(
                 opts("kstreams_records_skipped_total", "Input records skipped, by reason (null_key, null_value, deserialization_error)"),
@@ -138,7 +148,68 @@ impl EngineMetrics {
                 "kstreams_rocksdb_memory_bytes",
                 "RocksDB block cache and memtable bytes, all tasks (bounded by --rocksdb-block-cache-bytes and --rocksdb-write-buffer-bytes)",
             )),
+            build_info: register(r, IntGaugeVec::new(
+                opts("kstreams_build_info", "Always 1: the engine's version and the librdkafka it runs"),
+                &["version", "rdkafka_version"],
+            )),
+            instance_ready: register(r, IntGauge::new(
+                "kstreams_instance_ready",
+                "1 when /health/ready answers 200 (in the group, assignment held, every task running)",
+            )),
+            instance_state: register(r, IntGaugeVec::new(
+                opts("kstreams_instance_state", "1 for the instance's current state: joining, restoring, running or stopping"),
+                &["state"],
+            )),
+            rebalance_duration: register(r, Histogram::with_opts(seconds(
+                "kstreams_rebalance_duration_seconds",
+                "Time to apply an assignment change (revocations committed, tasks started or stopped)",
+                exponential_buckets(0.001, 2.0, 20).expect("valid buckets"),
+            ))),
+            process_batch_duration: register(r, Histogram::with_opts(seconds(
+                "kstreams_process_batch_duration_seconds",
+                "Time a task spends processing one batch of input records",
+                exponential_buckets(0.0001, 2.0, 18).expect("valid buckets"),
+            ))),
+            produce_ack_latency: register(r, Histogram::with_opts(seconds(
+                "kstreams_produce_ack_latency_seconds",
+                "From sending a changelog or output record to the broker's acknowledgement",
+                exponential_buckets(0.0005, 2.0, 18).expect("valid buckets"),
+            ))),
+            produce_errors: register(r, IntCounter::new(
+                "kstreams_produce_errors_total",
+                "Changelog and output records the broker refused or that timed out",
+            )),
+            broker_rtt: register(r, prometheus::GaugeVec::new(
+                opts("kstreams_broker_rtt_seconds", "Request round-trip time to each broker as librdkafka measured it over its last statistics window"),
+                &["broker", "percentile"],
+            )),
+            broker_errors: register(r, IntCounterVec::new(
+                opts("kstreams_broker_errors_total", "Request errors and timeouts to each broker (librdkafka: txerrs + rxerrs + req_timeouts)"),
+                &["broker"],
+            )),
             registry,
+        };
+        metrics
+            .build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                &rdkafka::util::get_rdkafka_version().1,
+            ])
+            .set(1);
+        metrics
+    }
+
+    /// Sets the instance-level gauges from its status (at every scrape).
+    pub fn observe_instance(&self, status: &InstanceStatus) {
+        let (restoring, running) = status.phase_counts();
+        self.tasks_restoring.set(restoring as i64);
+        self.tasks_running.set(running as i64);
+        self.instance_ready.set(i64::from(status.is_ready()));
+        let current = status.lifecycle();
+        for state in InstanceLifecycle::ALL {
+            self.instance_state
+                .with_label_values(&[state.name()])
+                .set(i64::from(state == current));
         }
     }
 

@@ -24,11 +24,14 @@ pub struct RebalanceListener {
     pub(crate) source_topic: String,
     pub(crate) status: Arc<InstanceStatus>,
     pub(crate) metrics: EngineMetrics,
+    /// Each broker's request-error total at the last statistics.
+    pub(crate) broker_errors_seen: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl ClientContext for RebalanceListener {
     /// librdkafka's statistics carry each fetched partition's high watermark: the lag source.
     fn stats(&self, statistics: Statistics) {
+        self.broker_stats(&statistics);
         let Some(topic) = statistics.topics.get(&self.source_topic) else {
             return;
         };
@@ -44,6 +47,34 @@ impl ClientContext for RebalanceListener {
                         .set(lag);
                 }
             }
+        }
+    }
+}
+
+impl RebalanceListener {
+    /// Each broker's round-trip time (p50, p99 of librdkafka's last window) and the request
+    /// errors since the last statistics (librdkafka reports totals).
+    fn broker_stats(&self, statistics: &Statistics) {
+        let mut seen = self
+            .broker_errors_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for broker in statistics.brokers.values().filter(|b| b.nodeid >= 0) {
+            let name = broker.nodename.as_str();
+            if let Some(rtt) = &broker.rtt {
+                for (percentile, micros) in [("p50", rtt.p50), ("p99", rtt.p99)] {
+                    self.metrics
+                        .broker_rtt
+                        .with_label_values(&[name, percentile])
+                        .set(micros as f64 / 1e6);
+                }
+            }
+            let total = broker.txerrs + broker.rxerrs + broker.req_timeouts;
+            let before = seen.insert(name.to_string(), total).unwrap_or(0);
+            self.metrics
+                .broker_errors
+                .with_label_values(&[name])
+                .inc_by(total.saturating_sub(before));
         }
     }
 }

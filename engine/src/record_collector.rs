@@ -2,9 +2,10 @@
 //! records, through the task's own idempotent producer, tracking how far each changelog got.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
+use prometheus::{Histogram, IntCounter};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{
@@ -15,6 +16,7 @@ use rdkafka::ClientContext;
 use crate::clients::{client_config, setting_error, ClientRole};
 use crate::config::StreamsConfig;
 use crate::error::{EngineError, Result};
+use crate::metrics::EngineMetrics;
 use crate::offsets::encode_changelog_value;
 use crate::processor::StoreId;
 use crate::task_id::TaskId;
@@ -31,14 +33,36 @@ struct Deliveries {
 struct DeliveryTracker {
     deliveries: Arc<Mutex<Deliveries>>,
     changelog_topics: Arc<Vec<String>>,
+    /// Acknowledgement latency and refusals (`None`: not measured, as in the benchmarks).
+    metrics: Option<DeliveryMetrics>,
+}
+
+#[derive(Clone)]
+struct DeliveryMetrics {
+    ack_latency: Histogram,
+    errors: IntCounter,
+}
+
+/// Microseconds since the first record was sent: each record carries its send time as its
+/// delivery opaque (a number, so nothing is allocated per record).
+fn send_clock_micros() -> usize {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as usize
 }
 
 impl ClientContext for DeliveryTracker {}
 
 impl ProducerContext for DeliveryTracker {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, sent_at_micros: usize) {
+        if let Some(metrics) = &self.metrics {
+            let micros = send_clock_micros().saturating_sub(sent_at_micros);
+            metrics.ack_latency.observe(micros as f64 / 1e6);
+            if result.is_err() {
+                metrics.errors.inc();
+            }
+        }
         let mut deliveries = self.deliveries.lock().expect("delivery lock poisoned");
         match result {
             Ok(message) => {
@@ -69,8 +93,19 @@ pub struct RecordCollector {
 }
 
 impl RecordCollector {
-    pub fn new(task: TaskId, config: &StreamsConfig, store_names: &[String]) -> Result<Self> {
+    /// A task's producer; `metrics` (when given) receives the acknowledgement latencies and
+    /// refusals.
+    pub fn new(
+        task: TaskId,
+        config: &StreamsConfig,
+        store_names: &[String],
+        metrics: Option<&EngineMetrics>,
+    ) -> Result<Self> {
         let tracker = DeliveryTracker {
+            metrics: metrics.map(|m| DeliveryMetrics {
+                ack_latency: m.produce_ack_latency.clone(),
+                errors: m.produce_errors.clone(),
+            }),
             deliveries: Arc::default(),
             changelog_topics: Arc::new(
                 store_names
@@ -96,7 +131,7 @@ impl RecordCollector {
         self.producer.purge(PurgeConfig::default().queue());
     }
 
-    fn send(&self, topic: &str, record: BaseRecord<'_, [u8], [u8], ()>) -> Result<()> {
+    fn send(&self, topic: &str, record: BaseRecord<'_, [u8], [u8], usize>) -> Result<()> {
         let mut record = record;
         loop {
             match self.producer.send(record) {
@@ -140,7 +175,9 @@ impl RecordCollector {
         stored: Option<&[u8]>,
     ) -> Result<()> {
         let topic = self.tracker.changelog_topics[store.0].clone();
-        let mut record = BaseRecord::to(&topic).partition(partition).key(key);
+        let mut record = BaseRecord::with_opaque_to(&topic, send_clock_micros())
+            .partition(partition)
+            .key(key);
         if let Some(stored) = stored {
             record = record.payload(stored);
         }
@@ -158,7 +195,9 @@ impl RecordCollector {
         value: &[u8],
         timestamp: Option<i64>,
     ) -> Result<()> {
-        let mut record = BaseRecord::to(topic).key(key).payload(value);
+        let mut record = BaseRecord::with_opaque_to(topic, send_clock_micros())
+            .key(key)
+            .payload(value);
         if let Some(timestamp) = timestamp {
             record = record.timestamp(timestamp);
         }

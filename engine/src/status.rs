@@ -196,6 +196,33 @@ pub struct TaskView {
     pub lag: Option<i64>,
 }
 
+/// The instance's state as `kstreams_instance_state{state}` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceLifecycle {
+    Joining,
+    Restoring,
+    Running,
+    Stopping,
+}
+
+impl InstanceLifecycle {
+    pub const ALL: [InstanceLifecycle; 4] = [
+        InstanceLifecycle::Joining,
+        InstanceLifecycle::Restoring,
+        InstanceLifecycle::Running,
+        InstanceLifecycle::Stopping,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            InstanceLifecycle::Joining => "joining",
+            InstanceLifecycle::Restoring => "restoring",
+            InstanceLifecycle::Running => "running",
+            InstanceLifecycle::Stopping => "stopping",
+        }
+    }
+}
+
 /// The `/status` document (served by the engine, read by the local runner and the tests).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct InstanceView {
@@ -324,6 +351,25 @@ impl InstanceStatus {
                 .tasks()
                 .values()
                 .all(|t| t.phase() == TaskPhase::Running)
+    }
+
+    /// Where the instance is in its life, for `kstreams_instance_state`: `stopping` once
+    /// stopped, `joining` until in the group (or after losing its assignment), `restoring`
+    /// while a task opens or restores, else `running`.
+    pub fn lifecycle(&self) -> InstanceLifecycle {
+        if !self.alive.load(Ordering::Relaxed) {
+            InstanceLifecycle::Stopping
+        } else if !self.joined.load(Ordering::Relaxed) || self.assignment_lost_for().is_some() {
+            InstanceLifecycle::Joining
+        } else if self
+            .tasks()
+            .values()
+            .any(|t| t.phase() != TaskPhase::Running)
+        {
+            InstanceLifecycle::Restoring
+        } else {
+            InstanceLifecycle::Running
+        }
     }
 
     /// The `/status` document.

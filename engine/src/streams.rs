@@ -137,6 +137,7 @@ impl KafkaStreams {
                 source_topic: topology.source_topic().to_string(),
                 status: status.clone(),
                 metrics: metrics.clone(),
+                broker_errors_seen: Default::default(),
             },
         )?;
         consumer

@@ -331,6 +331,9 @@ impl SupervisorState {
             owning: task_names(&self.tasks.keys().copied().collect::<Vec<_>>()),
             took_ms: started.elapsed().as_millis() as u64,
         };
+        metrics
+            .rebalance_duration
+            .observe(started.elapsed().as_secs_f64());
         info!(
             "assignment change (generation {generation}): added [{}] revoked [{}] lost [{}] -> owning [{}] ({} ms)",
             record.added.join(", "),

@@ -246,7 +246,12 @@ impl TaskState {
             metrics: args.metrics.clone(),
             labels: EngineMetrics::task_labels(args.task),
             progress: args.progress.clone(),
-            collector: RecordCollector::new(args.task, &args.config, args.topology.stores())?,
+            collector: RecordCollector::new(
+                args.task,
+                &args.config,
+                args.topology.stores(),
+                Some(&args.metrics),
+            )?,
             store,
             processor: args.topology.new_processor(),
             position: InputPosition::resume(stored.input_next, outcome.input_next),
@@ -349,6 +354,7 @@ impl RunningTask {
     }
 
     fn process(&mut self, records: &[InputRecord]) -> Result<()> {
+        let batch_started = std::time::Instant::now();
         let mut processed = 0u64;
         let latency = self
             .metrics
@@ -402,6 +408,9 @@ impl RunningTask {
             .with_label_values(&labels)
             .inc_by(processed);
         latency.flush();
+        self.metrics
+            .process_batch_duration
+            .observe(batch_started.elapsed().as_secs_f64());
         self.progress.set_next_offset(self.position.next());
         if let Some(lag) = self.progress.lag() {
             self.metrics
