@@ -24,6 +24,17 @@ const COUNTS_TIMEOUT: Duration = Duration::from_secs(120);
 /// the connections hold.
 const PAST_A_SASL_SESSION: Duration = Duration::from_secs(65);
 
+/// A broker secured as `security` says, and a fresh application with its input and output
+/// topics created (its state under the returned directory).
+fn secured_broker_and_app(security: &Security) -> (Broker, tempfile::TempDir, AppOptions) {
+    let broker = Broker::start_secured(security);
+    let root = tempfile::tempdir().unwrap();
+    let options = AppOptions::fresh(root.path());
+    broker.create_topic(&options.input_topic, 4);
+    broker.create_topic(&options.output_topic, 4);
+    (broker, root, options)
+}
+
 fn write_properties(dir: &Path, lines: &[String]) -> std::path::PathBuf {
     let path = dir.join("client.properties");
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
@@ -62,14 +73,10 @@ fn counts_exactly_over_sasl_scram_with_the_password_from_the_environment_and_hol
     }
     let admin = ScramUser::new("admin");
     let counter = ScramUser::new("counter");
-    let broker = Broker::start_secured(&Security {
+    let (broker, root, mut options) = secured_broker_and_app(&Security {
         scram_users: vec![admin, counter.clone()],
         tls: false,
     });
-    let root = tempfile::tempdir().unwrap();
-    let mut options = AppOptions::fresh(root.path());
-    broker.create_topic(&options.input_topic, 4);
-    broker.create_topic(&options.output_topic, 4);
     // The Kubernetes shape: non-secret settings in a mounted file, the password from a Secret
     // through the environment.
     let file = write_properties(
@@ -155,14 +162,10 @@ fn counts_exactly_over_sasl_ssl_with_a_java_client_properties_file() {
         return;
     }
     let user = ScramUser::new("counter");
-    let broker = Broker::start_secured(&Security {
+    let (broker, root, mut options) = secured_broker_and_app(&Security {
         scram_users: vec![user.clone()],
         tls: true,
     });
-    let root = tempfile::tempdir().unwrap();
-    let mut options = AppOptions::fresh(root.path());
-    broker.create_topic(&options.input_topic, 4);
-    broker.create_topic(&options.output_topic, 4);
     // As a Java client's client.properties has it (the JAAS line, a PEM trust store, a
     // serializer that means nothing here).
     let file = write_properties(
@@ -228,14 +231,10 @@ fn a_wrong_password_is_reported_naming_the_settings_and_retried_while_live() {
         return;
     }
     let user = ScramUser::new("counter");
-    let broker = Broker::start_secured(&Security {
+    let (broker, _root, mut options) = secured_broker_and_app(&Security {
         scram_users: vec![user.clone()],
         tls: false,
     });
-    let root = tempfile::tempdir().unwrap();
-    let mut options = AppOptions::fresh(root.path());
-    broker.create_topic(&options.input_topic, 4);
-    broker.create_topic(&options.output_topic, 4);
     let wrong = "not-the-password-4711";
     options.extra_args = [
         "-Xsecurity.protocol=SASL_PLAINTEXT",
@@ -264,14 +263,10 @@ fn an_untrusted_certificate_is_reported_naming_ssl_ca_location_and_retried_while
     if skip_without_private_broker("secures the broker (SASL users, a TLS front)") {
         return;
     }
-    let broker = Broker::start_secured(&Security {
+    let (broker, _root, mut options) = secured_broker_and_app(&Security {
         scram_users: vec![],
         tls: true,
     });
-    let root = tempfile::tempdir().unwrap();
-    let mut options = AppOptions::fresh(root.path());
-    broker.create_topic(&options.input_topic, 4);
-    broker.create_topic(&options.output_topic, 4);
     // TLS without trusting the test's CA.
     options.extra_args = ["-Xsecurity.protocol=SSL", "--liveness-timeout-ms=8000"]
         .map(String::from)
