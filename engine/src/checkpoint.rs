@@ -1,8 +1,14 @@
 //! The commit sequence of a task, in one place for every trigger (the task's commit interval,
 //! its record cache over budget, a revocation, shutdown, a bad record under the `fail`
-//! policy): write cached updates out (changelog and output records), flush the producer,
-//! then write state and offsets in one RocksDB batch. The input offset it answers goes to the
-//! group afterwards (by the consumer loop, or by the rebalance callback on revocation).
+//! policy). A write-out sends the cached updates (changelog and output records) and seals
+//! them; processing goes on into a fresh cache while they are in flight. Once the broker
+//! acknowledges every record of a write-out, its state and offsets reach RocksDB in one batch,
+//! and the input offset it commits goes to the group (by the consumer loop). A task has at
+//! most one write-out in flight: the next waits for it. A revocation or shutdown commits at
+//! once: it starts a write-out and waits until everything is in RocksDB.
+//!
+//! Exactness: state reaches RocksDB only after its changelog records are acknowledged, and
+//! input resumes only from an offset committed with that state, whatever the trigger.
 //!
 //! Failure policy, the same for every trigger: a task whose commit fails is closed without
 //! writing anything more and restarted from its last commit (its uncommitted input is read
@@ -10,18 +16,22 @@
 //! window; a revoked task stops whatever its commit did. A failed group commit is only logged:
 //! state and offsets are durable in the task's store, so it means re-reading some input.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{EngineError, Result};
 use crate::failpoints;
 use crate::offsets::decode_changelog_value;
-use crate::processor::{Processor, ProcessorContext, StoreId};
+use crate::processor::{Processor, ProcessorContext};
 use crate::record_collector::RecordCollector;
 use crate::task_id::TaskId;
-use crate::task_store::{StoredOffsets, TaskStore};
+use crate::task_store::TaskStore;
 
 /// How long a commit waits for the broker to acknowledge the task's records.
 pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long, after a flush, the delivery reports of its records may take to be counted
+/// (the producer's thread serves them).
+const ANSWERS_COUNTED_WAIT: Duration = Duration::from_secs(5);
 
 /// What made a task write its cached updates out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,19 +42,41 @@ pub enum WriteOut {
     CacheOverBudget,
 }
 
+/// A write-out acknowledged by the broker and written to RocksDB.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct WrittenOut {
+    /// The input offset it committed (for the group).
+    pub input_next: Option<i64>,
+    pub trigger: WriteOut,
+    /// From its start to its write to RocksDB.
+    pub took: Duration,
+}
+
 /// What one task's commit works on.
 pub(crate) struct TaskCheckpoint<'a> {
     pub task: TaskId,
     pub store: &'a mut TaskStore,
     pub collector: &'a mut RecordCollector,
     pub processor: &'a mut dyn Processor,
-    /// Per store, the next changelog offset known written (raised to what the flush acked).
+    /// Per store, the next changelog offset known written (raised to what each write-out's
+    /// acknowledgements reached).
     pub changelog_next: &'a mut [Option<i64>],
 }
 
 impl TaskCheckpoint<'_> {
-    /// Writes out, flushes and persists everything processed below `input_next`.
-    pub(crate) fn commit(self, input_next: Option<i64>, trigger: WriteOut) -> Result<()> {
+    /// Starts a write-out of everything processed below `input_next`: waits for the one in
+    /// flight (if any), sends the cached writes and seals them. Answers the write-outs that
+    /// reached RocksDB meanwhile.
+    pub(crate) fn start_write_out(
+        &mut self,
+        input_next: Option<i64>,
+        trigger: WriteOut,
+    ) -> Result<Vec<WrittenOut>> {
+        let mut written = if self.store.oldest_sealed().is_some() {
+            self.wait_for_write_outs()?
+        } else {
+            Vec::new()
+        };
         emit_cached_writes(
             self.task,
             self.store,
@@ -52,14 +84,71 @@ impl TaskCheckpoint<'_> {
             self.processor,
             trigger,
         )?;
-        self.collector.flush(FLUSH_TIMEOUT)?;
-        for (index, next) in self.changelog_next.iter_mut().enumerate() {
-            *next = self.collector.changelog_next(StoreId(index)).max(*next);
+        let generation = self.collector.seal();
+        self.store.seal(generation, input_next, trigger);
+        written.extend(self.write_acknowledged()?);
+        Ok(written)
+    }
+
+    /// Commits everything processed below `input_next` now: a write-out, waited for until it
+    /// and any before it are in RocksDB.
+    pub(crate) fn commit(
+        &mut self,
+        input_next: Option<i64>,
+        trigger: WriteOut,
+    ) -> Result<Vec<WrittenOut>> {
+        let mut written = self.start_write_out(input_next, trigger)?;
+        if self.store.oldest_sealed().is_some() {
+            written.extend(self.wait_for_write_outs()?);
         }
-        self.store.commit(&StoredOffsets {
-            input_next,
-            changelog_next: self.changelog_next.to_vec(),
-        })
+        Ok(written)
+    }
+
+    /// Writes every write-out whose records the broker acknowledged to RocksDB, oldest first
+    /// (fails once any record was refused).
+    pub(crate) fn write_acknowledged(&mut self) -> Result<Vec<WrittenOut>> {
+        self.collector.refused()?;
+        let mut written = Vec::new();
+        while let Some(sealed) = self.store.oldest_sealed() {
+            let Some(acknowledged) = self.collector.take_acknowledged(sealed.generation)? else {
+                break;
+            };
+            for (next, acknowledged) in self.changelog_next.iter_mut().zip(acknowledged) {
+                *next = (*next).max(acknowledged);
+            }
+            self.store.write_oldest_sealed(self.changelog_next)?;
+            written.push(WrittenOut {
+                input_next: sealed.input_next,
+                trigger: sealed.trigger,
+                took: sealed.sealed_at.elapsed(),
+            });
+        }
+        Ok(written)
+    }
+
+    /// Waits (up to [`FLUSH_TIMEOUT`]) until every write-out in flight is acknowledged, and
+    /// writes them to RocksDB.
+    fn wait_for_write_outs(&mut self) -> Result<Vec<WrittenOut>> {
+        self.collector.flush(FLUSH_TIMEOUT)?;
+        let deadline = Instant::now() + ANSWERS_COUNTED_WAIT;
+        let mut written = Vec::new();
+        loop {
+            written.extend(self.write_acknowledged()?);
+            let Some(sealed) = self.store.oldest_sealed() else {
+                return Ok(written);
+            };
+            if Instant::now() >= deadline {
+                return Err(EngineError::Produce {
+                    task: self.task,
+                    topic: "(write-out)".into(),
+                    reason: format!(
+                        "the producer flushed, but write-out {} was not answered within {ANSWERS_COUNTED_WAIT:?}",
+                        sealed.generation
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 

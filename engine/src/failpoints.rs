@@ -8,6 +8,10 @@
 pub const WRITE_OUT_ABORT_AFTER: &str = "write-out-abort-after";
 /// `return(N)`: the same for an early write-out (a task's cache over its share of the budget).
 pub const EARLY_WRITE_OUT_ABORT_AFTER: &str = "early-write-out-abort-after";
+/// `return`: abort the process once a task processed a batch while a write-out of its is still
+/// in flight (its records sent, not all acknowledged, its state not yet in RocksDB);
+/// `N*off->return` lets N such batches pass first.
+pub const ABORT_WITH_WRITE_OUT_IN_FLIGHT: &str = "abort-with-write-out-in-flight";
 /// `return`: the commit of tasks being revoked fails (as a flush timeout or a delivery error
 /// would); `1*return` fails only the first revocation.
 pub const REVOCATION_COMMIT_FAILS: &str = "revocation-commit-fails";
@@ -20,9 +24,10 @@ pub const ABORT_BEFORE_REPLAY: &str = "abort-before-replay";
 pub const RESTORE_STEP_DELAY: &str = "restore-step-delay";
 
 /// Every point this build knows, for the start-up check of `FAILPOINTS`.
-pub const ALL: [&str; 5] = [
+pub const ALL: [&str; 6] = [
     WRITE_OUT_ABORT_AFTER,
     EARLY_WRITE_OUT_ABORT_AFTER,
+    ABORT_WITH_WRITE_OUT_IN_FLIGHT,
     REVOCATION_COMMIT_FAILS,
     ABORT_BEFORE_REPLAY,
     RESTORE_STEP_DELAY,

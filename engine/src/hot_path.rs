@@ -45,7 +45,7 @@ impl TaskHotPath {
             task,
             processor: topology.new_processor(),
             store: TaskStore::open(task, dir, &stores, &StoreMemory::new(memory))?,
-            collector: RecordCollector::new(task, &config, &stores, None)?,
+            collector: RecordCollector::new(task, &config, &stores, None, None)?,
             next_offset: 0,
         })
     }

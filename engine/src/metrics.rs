@@ -39,6 +39,7 @@ pub struct EngineMetrics {
     pub task_restarts: IntCounter,
     pub state_dirs_removed: IntCounter,
     pub state_cache_bytes: IntGauge,
+    pub state_write_out_bytes: IntGauge,
     pub state_cache_flushes: IntCounterVec,
     pub rocksdb_memory_bytes: IntGauge,
     pub build_info: IntGaugeVec,
@@ -119,7 +120,7 @@ impl EngineMetrics {
             commit_failures: register(r, IntCounter::new("kstreams_commit_failures_total", "Commits that failed")),
             commit_duration: register(r, Histogram::with_opts(seconds(
                 "kstreams_commit_duration_seconds",
-                "Flush, state write and offset commit of all tasks",
+                "From the start of a task's commit write-out (changelog and output records sent) until its state and offsets are in RocksDB",
                 latency_buckets,
             ))),
             rebalances: register(r, IntCounter::new("kstreams_rebalances_total", "Assignment changes seen")),
@@ -139,6 +140,10 @@ impl EngineMetrics {
             state_cache_bytes: register(r, IntGauge::new(
                 "kstreams_state_cache_bytes",
                 "Bytes of uncommitted state held in the tasks' write-back caches (bounded by --cache-max-bytes)",
+            )),
+            state_write_out_bytes: register(r, IntGauge::new(
+                "kstreams_state_write_out_bytes",
+                "Bytes of written-out state held (and read) until the broker acknowledges its changelog records; at most one write-out per task, so at most --cache-max-bytes",
             )),
             state_cache_flushes: register(r, IntCounterVec::new(
                 opts("kstreams_state_cache_flushes_total", "Early write-outs of a task's cache between commits, because the caches were over --cache-max-bytes"),

@@ -269,7 +269,8 @@ mod tests {
                 let names = vec!["words".to_string()];
                 let mut store = TaskStore::open(task, dir.path(), &names, &memory).unwrap();
                 let config = StreamsConfig::new("app", "127.0.0.1:9");
-                let mut collector = RecordCollector::new(task, &config, &names, None).unwrap();
+                let mut collector =
+                    RecordCollector::new(task, &config, &names, None, None).unwrap();
                 let mut process = |store: &mut TaskStore, offset: i64| {
                     let mut ctx = ProcessorContext::new(store, &mut collector, 0, offset, None);
                     count_the_twice(&mut ctx, by_hand);

@@ -56,7 +56,7 @@ pub struct RestoredStore {
 
 pub enum UpdaterCommand {
     /// Restore this task's stores; the task is told `Restored` or `RestoreFailed`.
-    Add(RestoringTask),
+    Add(Box<RestoringTask>),
     /// Stop restoring this task (it is stopping): what was read is written, the store closed,
     /// then `closed` is answered.
     Remove(TaskId, Sender<()>),
@@ -71,7 +71,7 @@ pub struct StateUpdaterHandle {
 impl StateUpdaterHandle {
     pub fn add(&self, task: RestoringTask) -> Result<()> {
         self.commands
-            .send(UpdaterCommand::Add(task))
+            .send(UpdaterCommand::Add(Box::new(task)))
             .map_err(|_| EngineError::actor("state updater", "stopped"))
     }
 
@@ -182,7 +182,7 @@ impl StateUpdater {
 
     fn apply(&mut self, command: UpdaterCommand) {
         match command {
-            UpdaterCommand::Add(task) => self.add(task),
+            UpdaterCommand::Add(task) => self.add(*task),
             UpdaterCommand::Remove(task, closed) => {
                 // A restore still being prepared is dropped (and its store closed) as soon as
                 // its preparation returns.

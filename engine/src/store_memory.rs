@@ -45,6 +45,9 @@ pub struct StoreMemory {
     settings: StoreMemorySettings,
     /// Bytes held by the write-back caches of all open task stores.
     cache_bytes: AtomicUsize,
+    /// Bytes of written-out cache generations held until the broker acknowledges their
+    /// changelog records (at most one per task, so at most the cache budget again).
+    write_out_bytes: AtomicUsize,
     /// Open task stores (each holds one write-back cache).
     caches: AtomicUsize,
     block_cache: Cache,
@@ -56,6 +59,7 @@ impl StoreMemory {
         Arc::new(Self {
             settings,
             cache_bytes: AtomicUsize::new(0),
+            write_out_bytes: AtomicUsize::new(0),
             caches: AtomicUsize::new(0),
             block_cache: Cache::new_lru_cache(settings.block_cache_bytes),
             write_buffers: WriteBufferManager::new_write_buffer_manager(
@@ -106,10 +110,28 @@ impl StoreMemory {
         self.caches.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A task store closes, releasing what its cache still held.
-    pub(crate) fn close_cache(&self, held_bytes: usize) {
+    /// A task store closes, releasing what its cache and its write-outs in flight still held.
+    pub(crate) fn close_cache(&self, held_bytes: usize, write_out_bytes: usize) {
         self.release(held_bytes);
+        self.release_write_out(write_out_bytes);
         self.caches.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A cache's contents become a write-out in flight: no longer counted against the cache
+    /// budget (the task caches anew meanwhile), held until acknowledged.
+    pub(crate) fn start_write_out(&self, bytes: usize) {
+        self.write_out_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.release(bytes);
+    }
+
+    /// A write-out reached RocksDB (or was dropped): its bytes are freed.
+    pub(crate) fn release_write_out(&self, bytes: usize) {
+        self.write_out_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes held by write-outs waiting for the broker's acknowledgement now.
+    pub fn write_out_bytes(&self) -> usize {
+        self.write_out_bytes.load(Ordering::Relaxed)
     }
 
     pub(crate) fn reserve(&self, bytes: usize) {
@@ -174,9 +196,23 @@ mod tests {
             !memory.cache_over_budget(100),
             "a small cache is left alone"
         );
-        memory.close_cache(900);
+        memory.close_cache(900, 0);
         assert_eq!(memory.cache_bytes(), 300);
         assert!(!memory.cache_over_budget(300));
+    }
+
+    #[test]
+    fn a_write_out_in_flight_leaves_the_cache_budget_and_is_freed_once_written() {
+        let memory = memory(1000);
+        memory.open_cache();
+        memory.reserve(1200);
+        assert!(memory.cache_over_budget(1200));
+        memory.start_write_out(1200);
+        assert_eq!((memory.cache_bytes(), memory.write_out_bytes()), (0, 1200));
+        assert!(!memory.cache_over_budget(0), "the task caches anew");
+        memory.reserve(100);
+        memory.close_cache(100, 1200);
+        assert_eq!((memory.cache_bytes(), memory.write_out_bytes()), (0, 0));
     }
 
     #[test]

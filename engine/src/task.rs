@@ -1,6 +1,7 @@
 //! The task actor: owns one partition's store, changelog writer and processor through its
 //! lifecycle (created, restoring with the state updater, running, closed): processes the
-//! batches the consumer loop queues for it, and commits on its own interval.
+//! batches the consumer loop queues for it, and commits on its own interval (write-outs that
+//! go on in flight while it processes, see `checkpoint`).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use crossbeam_channel::Sender;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, error, info, warn};
 
-use crate::checkpoint::{TaskCheckpoint, WriteOut};
+use crate::checkpoint::{TaskCheckpoint, WriteOut, WrittenOut};
 use crate::config::{DeserializationErrorPolicy, StreamsConfig};
 use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
@@ -47,8 +48,12 @@ pub enum TaskMsg {
     Process(Vec<InputRecord>),
     /// Commit now and answer the input offset to commit to the group (revocation, shutdown).
     Commit(RpcReplyPort<Result<Option<i64>>>),
-    /// The task's commit interval passed: commit and report the offset to the consumer loop.
+    /// The task's commit interval passed: start a write-out (its offset goes to the consumer
+    /// loop once it is in RocksDB).
     CommitTick,
+    /// From the producer's thread: a write-out's records are all answered (or one was
+    /// refused): write what is acknowledged to RocksDB.
+    WriteOutAnswered,
     /// Time to check the record cache against its share of the budget.
     CacheCheck,
 }
@@ -93,6 +98,10 @@ struct RunningTask {
     logged_skips: HashSet<&'static str>,
     /// Records sent so far, to update the write counters by difference.
     reported_sent: (u64, u64),
+    /// Where write-outs that reached RocksDB report their input offset for the group.
+    committed: Sender<TaskCommitted>,
+    /// This incarnation (its reports are void once it stopped).
+    actor: ractor::ActorId,
 }
 
 pub struct StreamTask;
@@ -152,7 +161,7 @@ impl Actor for StreamTask {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             TaskMsg::Restored(restored) => {
-                tokio::task::block_in_place(|| state.run(*restored))?;
+                tokio::task::block_in_place(|| state.run(*restored, &myself))?;
                 state.last_commit = Instant::now();
                 let interval = state.args.config.commit_interval;
                 myself.send_interval(interval, || TaskMsg::CommitTick);
@@ -190,7 +199,13 @@ impl Actor for StreamTask {
             TaskMsg::CommitTick => {
                 // Ticks that queued up behind slow work come in bursts: one commit is enough.
                 if state.last_commit.elapsed() >= state.args.config.commit_interval / 2 {
-                    state.commit_on_interval(myself.get_id())?;
+                    state.commit_on_interval()?;
+                }
+            }
+            TaskMsg::WriteOutAnswered => {
+                if let Some(running) = state.running.as_mut() {
+                    let written = tokio::task::block_in_place(|| running.write_acknowledged());
+                    state.after_commit(written)?;
                 }
             }
         }
@@ -236,10 +251,11 @@ impl TaskState {
 
     /// Starts running with the restored store: re-emits what restored keys may owe, then
     /// takes input from where the last commit left it.
-    fn run(&mut self, restored: RestoredStore) -> Result<()> {
+    fn run(&mut self, restored: RestoredStore, myself: &ActorRef<TaskMsg>) -> Result<()> {
         let RestoredStore { store, outcome } = restored;
         let args = &self.args;
         let stored = store.read_offsets()?;
+        let listener = myself.clone();
         let mut running = RunningTask {
             task: args.task,
             config: args.config.clone(),
@@ -251,6 +267,9 @@ impl TaskState {
                 &args.config,
                 args.topology.stores(),
                 Some(&args.metrics),
+                Some(Box::new(move || {
+                    let _ = listener.cast(TaskMsg::WriteOutAnswered);
+                })),
             )?,
             store,
             processor: args.topology.new_processor(),
@@ -258,6 +277,8 @@ impl TaskState {
             changelog_next: stored.changelog_next,
             logged_skips: HashSet::new(),
             reported_sent: (0, 0),
+            committed: args.committed.clone(),
+            actor: myself.get_id(),
         };
         if failpoints::fires(failpoints::ABORT_BEFORE_REPLAY) {
             failpoints::crash(failpoints::ABORT_BEFORE_REPLAY);
@@ -276,8 +297,8 @@ impl TaskState {
         Ok(())
     }
 
-    /// Commits a running task (nothing to do for one still restoring): the input offset to
-    /// commit to the group.
+    /// Commits a running task now (nothing to do for one still restoring): everything it
+    /// processed is in RocksDB; answers the input offset to commit to the group.
     fn commit(&mut self) -> Result<Option<i64>> {
         self.last_commit = Instant::now();
         match self.running.as_mut() {
@@ -286,30 +307,24 @@ impl TaskState {
         }
     }
 
-    /// The interval commit: its offset goes to the consumer loop for the group; a failure
-    /// fails the task (restarted from its last commit, see `checkpoint`).
-    fn commit_on_interval(&mut self, actor: ractor::ActorId) -> Result<()> {
-        let timer = self.args.metrics.commit_duration.start_timer();
-        let result = self.commit();
-        timer.observe_duration();
-        match result {
-            Ok(next) => {
-                self.args.metrics.commits.inc();
-                if let Some(next_offset) = next {
-                    let _ = self.args.committed.send(TaskCommitted {
-                        partition: self.args.task.partition,
-                        actor,
-                        next_offset,
-                    });
-                }
-                Ok(())
-            }
-            Err(error) => {
-                self.args.metrics.commit_failures.inc();
-                error!(task = %self.args.task, "commit failed; the task restarts from its last commit: {error}");
-                Err(error)
-            }
+    /// The interval commit: starts a write-out, whose offset goes to the consumer loop for the
+    /// group once it is in RocksDB.
+    fn commit_on_interval(&mut self) -> Result<()> {
+        self.last_commit = Instant::now();
+        if let Some(running) = self.running.as_mut() {
+            let started = tokio::task::block_in_place(|| running.start_write_out(WriteOut::Commit));
+            self.after_commit(started)?;
         }
+        Ok(())
+    }
+
+    /// A failed write-out or commit fails the task (restarted from its last commit, see
+    /// `checkpoint`).
+    fn after_commit(&self, result: Result<()>) -> Result<()> {
+        result.inspect_err(|error| {
+            self.args.metrics.commit_failures.inc();
+            error!(task = %self.args.task, "commit failed; the task restarts from its last commit: {error}");
+        })
     }
 }
 
@@ -419,6 +434,11 @@ impl RunningTask {
                 .set(lag);
         }
         self.report_sent();
+        if self.store.oldest_sealed().is_some()
+            && failpoints::fires(failpoints::ABORT_WITH_WRITE_OUT_IN_FLIGHT)
+        {
+            failpoints::crash(failpoints::ABORT_WITH_WRITE_OUT_IN_FLIGHT);
+        }
         self.write_out_if_over_budget()
     }
 
@@ -427,15 +447,19 @@ impl RunningTask {
     /// a restart resumes from the store's own offset, which is never behind it).
     fn write_out_if_over_budget(&mut self) -> Result<()> {
         if self.store.cache_over_budget() {
-            self.commit(WriteOut::CacheOverBudget)?;
+            self.start_write_out(WriteOut::CacheOverBudget)?;
             self.metrics
                 .state_cache_flushes
                 .with_label_values(&[self.labels[0].as_str(), self.labels[1].as_str()])
                 .inc();
         }
+        let memory = self.store.memory();
         self.metrics
             .state_cache_bytes
-            .set(self.store.memory().cache_bytes() as i64);
+            .set(memory.cache_bytes() as i64);
+        self.metrics
+            .state_write_out_bytes
+            .set(memory.write_out_bytes() as i64);
         Ok(())
     }
 
@@ -497,7 +521,7 @@ impl RunningTask {
         Ok(())
     }
 
-    fn commit(&mut self, trigger: WriteOut) -> Result<Option<i64>> {
+    fn checkpoint(&mut self) -> TaskCheckpoint<'_> {
         TaskCheckpoint {
             task: self.task,
             store: &mut self.store,
@@ -505,16 +529,67 @@ impl RunningTask {
             processor: self.processor.as_mut(),
             changelog_next: &mut self.changelog_next,
         }
-        .commit(self.position.next(), trigger)?;
+    }
+
+    /// Commits now: everything processed is in RocksDB when it returns; answers the input
+    /// offset to commit to the group.
+    fn commit(&mut self, trigger: WriteOut) -> Result<Option<i64>> {
+        let input_next = self.position.next();
+        let written = self.checkpoint().commit(input_next, trigger)?;
+        self.report_written(written);
+        Ok(input_next)
+    }
+
+    /// Starts a write-out of everything processed; the task processes on while it is in
+    /// flight (it waits only for an earlier one still in flight).
+    fn start_write_out(&mut self, trigger: WriteOut) -> Result<()> {
+        let input_next = self.position.next();
+        let written = self.checkpoint().start_write_out(input_next, trigger)?;
+        self.report_written(written);
+        Ok(())
+    }
+
+    /// Writes the write-outs the broker acknowledged to RocksDB.
+    fn write_acknowledged(&mut self) -> Result<()> {
+        let written = self.checkpoint().write_acknowledged()?;
+        self.report_written(written);
+        Ok(())
+    }
+
+    /// Reports write-outs that reached RocksDB: their input offsets to the consumer loop (for
+    /// the group), their counts and durations to the metrics.
+    fn report_written(&mut self, written: Vec<WrittenOut>) {
         self.report_sent();
+        if written.is_empty() {
+            return;
+        }
+        for out in written {
+            if out.trigger == WriteOut::Commit {
+                self.metrics.commits.inc();
+                self.metrics.commit_duration.observe(out.took.as_secs_f64());
+            }
+            if let Some(next_offset) = out.input_next {
+                let _ = self.committed.send(TaskCommitted {
+                    partition: self.task.partition,
+                    actor: self.actor,
+                    next_offset,
+                });
+            }
+        }
         let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
         self.metrics
             .store_size
             .with_label_values(&labels)
             .set(self.store.approximate_size_bytes() as i64);
+        let memory = self.store.memory();
         self.metrics
             .rocksdb_memory_bytes
-            .set(self.store.memory().rocksdb_bytes() as i64);
-        Ok(self.position.next())
+            .set(memory.rocksdb_bytes() as i64);
+        self.metrics
+            .state_cache_bytes
+            .set(memory.cache_bytes() as i64);
+        self.metrics
+            .state_write_out_bytes
+            .set(memory.write_out_bytes() as i64);
     }
 }

@@ -1,16 +1,19 @@
 //! A task's state: one RocksDB per task, one column family per store plus `offsets`, with a
 //! write-back cache (within the instance's [`StoreMemory`] budget) so that state and offsets
-//! reach disk together in one write batch. Every
+//! reach disk together in one write batch. A write-out seals the cache into a generation that
+//! stays readable while its changelog records are in flight, and reaches RocksDB once they are
+//! acknowledged, while the task caches anew. Every
 //! value is stored with the input offset that produced it (the changelog value format), so
 //! an update can tell whether it is already applied.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rocksdb::{ColumnFamilyDescriptor, WriteBatch, DB};
 
+use crate::checkpoint::WriteOut;
 use crate::error::{EngineError, Result};
 use crate::offsets::{
     changelog_offset_key, decode_changelog_value, decode_offset, encode_changelog_value,
@@ -106,6 +109,30 @@ struct Pending {
 /// offset and value, `None` = delete) and the input record's timestamp.
 pub type PendingWrite = (StoreId, Vec<u8>, Option<Vec<u8>>, Option<i64>);
 
+/// A write-out in flight, as [`TaskStore::oldest_sealed`] describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealedInfo {
+    /// The record collector's write-out generation that sent its records.
+    pub generation: u64,
+    /// The next input offset once its writes are in RocksDB.
+    pub input_next: Option<i64>,
+    pub trigger: WriteOut,
+    pub sealed_at: Instant,
+}
+
+/// A sealed generation of cached writes: its changelog records are sent; it stays readable
+/// until the broker acknowledges them, then reaches RocksDB with its offsets in one batch.
+struct SealedWrites {
+    info: SealedInfo,
+    /// Per store, as `dirty` held them.
+    writes: Vec<HashMap<Vec<u8>, Pending>>,
+    /// What they hold, counted as the cache budget counts it.
+    bytes: usize,
+    /// Whether writing them clears the pending-output marks (their records carry the output
+    /// re-emitted for every marked key).
+    clears_pending_output: bool,
+}
+
 /// One task's RocksDB plus the writes not yet committed.
 pub struct TaskStore {
     task: TaskId,
@@ -117,6 +144,10 @@ pub struct TaskStore {
     dirty: Vec<HashMap<Vec<u8>, Pending>>,
     /// What `dirty` holds, counted against the instance's cache budget.
     dirty_bytes: usize,
+    /// Write-outs in flight, oldest first: read after `dirty`, newest first.
+    sealed: VecDeque<SealedWrites>,
+    /// What `sealed` holds.
+    sealed_bytes: usize,
     memory: Arc<StoreMemory>,
     /// Whether `pending-output` may hold marks (cleared by the next commit).
     pending_output: bool,
@@ -124,7 +155,7 @@ pub struct TaskStore {
 
 impl Drop for TaskStore {
     fn drop(&mut self) {
-        self.memory.close_cache(self.dirty_bytes);
+        self.memory.close_cache(self.dirty_bytes, self.sealed_bytes);
     }
 }
 
@@ -164,6 +195,8 @@ impl TaskStore {
             store_names: store_names.to_vec(),
             dirty: vec![HashMap::new(); store_names.len()],
             dirty_bytes: 0,
+            sealed: VecDeque::new(),
+            sealed_bytes: 0,
             memory: {
                 memory.open_cache();
                 memory.clone()
@@ -257,6 +290,7 @@ impl TaskStore {
                 .map_err(self.store_error())?;
         }
         self.clear_dirty();
+        self.drop_sealed();
         self.pending_output = false;
         Ok(())
     }
@@ -279,10 +313,19 @@ impl TaskStore {
         &self.store_names
     }
 
-    /// A key's stored bytes (input offset and value), seeing uncommitted writes.
+    /// A key's stored bytes (input offset and value), seeing uncommitted writes: the cache,
+    /// then the write-outs in flight, newest first.
     fn get_versioned(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(pending) = self.dirty[store.0].get(key) {
-            return Ok(pending.bytes.clone());
+        let held = std::iter::once(&self.dirty[store.0]).chain(
+            self.sealed
+                .iter()
+                .rev()
+                .map(|sealed| &sealed.writes[store.0]),
+        );
+        for writes in held {
+            if let Some(pending) = writes.get(key) {
+                return Ok(pending.bytes.clone());
+            }
         }
         let cf = self.cf(&self.store_names[store.0]);
         self.db.get_cf(cf, key).map_err(self.store_error())
@@ -314,7 +357,7 @@ impl TaskStore {
             .and_then(|(version, _)| version))
     }
 
-    /// Whether the key was written since the last commit (by this task incarnation).
+    /// Whether the key was written since the last write-out (by this task incarnation).
     pub fn written_since_commit(&self, store: StoreId, key: &[u8]) -> bool {
         self.dirty[store.0].contains_key(key)
     }
@@ -401,9 +444,80 @@ impl TaskStore {
             .collect()
     }
 
-    /// Number of keys written since the last commit.
+    /// Number of keys written and not yet in RocksDB (cached or in flight).
     pub fn dirty_keys(&self) -> usize {
-        self.dirty.iter().map(HashMap::len).sum()
+        std::iter::once(&self.dirty)
+            .chain(self.sealed.iter().map(|sealed| &sealed.writes))
+            .flatten()
+            .map(HashMap::len)
+            .sum()
+    }
+
+    /// Seals the cache as write-out `generation` (its changelog records just sent), to reach
+    /// RocksDB with `input_next` once acknowledged; the task caches anew meanwhile.
+    pub fn seal(&mut self, generation: u64, input_next: Option<i64>, trigger: WriteOut) {
+        let writes = std::mem::replace(
+            &mut self.dirty,
+            vec![HashMap::new(); self.store_names.len()],
+        );
+        let bytes = std::mem::take(&mut self.dirty_bytes);
+        self.memory.start_write_out(bytes);
+        self.sealed_bytes += bytes;
+        self.sealed.push_back(SealedWrites {
+            info: SealedInfo {
+                generation,
+                input_next,
+                trigger,
+                sealed_at: Instant::now(),
+            },
+            writes,
+            bytes,
+            clears_pending_output: std::mem::take(&mut self.pending_output),
+        });
+    }
+
+    /// The oldest write-out in flight.
+    pub fn oldest_sealed(&self) -> Option<SealedInfo> {
+        self.sealed.front().map(|sealed| sealed.info)
+    }
+
+    /// Bytes held by write-outs in flight.
+    pub fn sealed_bytes(&self) -> usize {
+        self.sealed_bytes
+    }
+
+    /// Writes the oldest write-out in flight (acknowledged) to RocksDB with its input offset
+    /// and `changelog_next`, in one atomic batch.
+    pub fn write_oldest_sealed(&mut self, changelog_next: &[Option<i64>]) -> Result<()> {
+        let Some(sealed) = self.sealed.front() else {
+            return Ok(());
+        };
+        let mut batch = WriteBatch::default();
+        for (name, writes) in self.store_names.iter().zip(&sealed.writes) {
+            let updates = writes.iter().map(|(key, pending)| (key, &pending.bytes));
+            add_updates(&mut batch, self.cf(name), updates);
+        }
+        self.put_offsets(
+            &mut batch,
+            &StoredOffsets {
+                input_next: sealed.info.input_next,
+                changelog_next: changelog_next.to_vec(),
+            },
+        );
+        if sealed.clears_pending_output {
+            batch.delete_range_cf(self.cf(PENDING_OUTPUT_CF), &[][..], &PENDING_OUTPUT_END[..]);
+        }
+        self.db.write(batch).map_err(self.store_error())?;
+        let written = self.sealed.pop_front().expect("checked above");
+        self.sealed_bytes -= written.bytes;
+        self.memory.release_write_out(written.bytes);
+        Ok(())
+    }
+
+    fn drop_sealed(&mut self) {
+        self.memory.release_write_out(self.sealed_bytes);
+        self.sealed.clear();
+        self.sealed_bytes = 0;
     }
 
     /// The offsets persisted by the last commit or restore.
@@ -428,21 +542,13 @@ impl TaskStore {
         })
     }
 
-    /// Writes the buffered state and the given offsets in one atomic batch.
+    /// Writes every held write (write-outs in flight, then the cache) and the given offsets
+    /// now, as if every record sent was acknowledged (tests, and stores whose records are).
     pub fn commit(&mut self, offsets: &StoredOffsets) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        for (name, dirty) in self.store_names.iter().zip(&self.dirty) {
-            let updates = dirty.iter().map(|(key, pending)| (key, &pending.bytes));
-            add_updates(&mut batch, self.cf(name), updates);
+        self.seal(u64::MAX, offsets.input_next, WriteOut::Commit);
+        while !self.sealed.is_empty() {
+            self.write_oldest_sealed(&offsets.changelog_next)?;
         }
-        self.put_offsets(&mut batch, offsets);
-        if self.pending_output {
-            // The commit flushed the re-emitted output of every marked key.
-            batch.delete_range_cf(self.cf(PENDING_OUTPUT_CF), &[][..], &PENDING_OUTPUT_END[..]);
-        }
-        self.db.write(batch).map_err(self.store_error())?;
-        self.clear_dirty();
-        self.pending_output = false;
         Ok(())
     }
 
@@ -791,5 +897,62 @@ mod tests {
         store.put(StoreId(0), b"k", b"3", 20, None);
         drop(store);
         assert_eq!(memory.cache_bytes(), 0, "a closed store releases its share");
+    }
+
+    #[test]
+    fn a_write_out_in_flight_is_read_until_written_while_the_task_caches_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = TaskId::new(0, 0);
+        let stores = vec!["s".to_string()];
+        let memory = memory();
+        {
+            let mut store = TaskStore::open(task, dir.path(), &stores, &memory).unwrap();
+            store.put(StoreId(0), b"k", b"1", 0, None);
+            store.put(StoreId(0), b"gone", b"1", 1, None);
+            let sealed_bytes = store.dirty_bytes();
+            store.seal(7, Some(2), WriteOut::Commit);
+            assert_eq!(
+                (memory.cache_bytes(), memory.write_out_bytes()),
+                (0, sealed_bytes),
+                "the write-out leaves the cache budget"
+            );
+            assert_eq!(store.get(StoreId(0), b"k").unwrap(), Some(b"1".to_vec()));
+            assert!(!store.written_since_commit(StoreId(0), b"k"));
+            store.put(StoreId(0), b"k", b"2", 2, None);
+            assert_eq!(
+                store.get(StoreId(0), b"k").unwrap(),
+                Some(b"2".to_vec()),
+                "the cache is read before the write-out"
+            );
+            assert_eq!(store.dirty_keys(), 3);
+            let sealed = store.oldest_sealed().unwrap();
+            assert_eq!(
+                (sealed.generation, sealed.input_next, sealed.trigger),
+                (7, Some(2), WriteOut::Commit)
+            );
+            store.write_oldest_sealed(&[Some(40)]).unwrap();
+            assert_eq!(store.oldest_sealed(), None);
+            assert_eq!(memory.write_out_bytes(), 0);
+            assert_eq!(
+                store.read_offsets().unwrap(),
+                StoredOffsets {
+                    input_next: Some(2),
+                    changelog_next: vec![Some(40)]
+                }
+            );
+            assert_eq!(store.get(StoreId(0), b"k").unwrap(), Some(b"2".to_vec()));
+            store.seal(8, Some(3), WriteOut::CacheOverBudget);
+            assert_eq!(store.sealed_bytes(), memory.write_out_bytes());
+            // Closed with the second write-out unacknowledged: it never reaches RocksDB.
+        }
+        assert_eq!(
+            memory.write_out_bytes(),
+            0,
+            "a closed store frees its write-outs"
+        );
+        let store = TaskStore::open(task, dir.path(), &stores, &memory).unwrap();
+        assert_eq!(store.get(StoreId(0), b"k").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.get(StoreId(0), b"gone").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.read_offsets().unwrap().input_next, Some(2));
     }
 }
