@@ -453,6 +453,12 @@ impl RunningTask {
                 .with_label_values(&[self.labels[0].as_str(), self.labels[1].as_str()])
                 .inc();
         }
+        self.report_cache_memory();
+        Ok(())
+    }
+
+    /// Sets the gauges of the memory the instance's caches and write-outs hold.
+    fn report_cache_memory(&self) {
         let memory = self.store.memory();
         self.metrics
             .state_cache_bytes
@@ -460,7 +466,6 @@ impl RunningTask {
         self.metrics
             .state_write_out_bytes
             .set(memory.write_out_bytes() as i64);
-        Ok(())
     }
 
     /// Adds the records sent since the last report to the write counters.
@@ -581,15 +586,9 @@ impl RunningTask {
             .store_size
             .with_label_values(&labels)
             .set(self.store.approximate_size_bytes() as i64);
-        let memory = self.store.memory();
         self.metrics
             .rocksdb_memory_bytes
-            .set(memory.rocksdb_bytes() as i64);
-        self.metrics
-            .state_cache_bytes
-            .set(memory.cache_bytes() as i64);
-        self.metrics
-            .state_write_out_bytes
-            .set(memory.write_out_bytes() as i64);
+            .set(self.store.memory().rocksdb_bytes() as i64);
+        self.report_cache_memory();
     }
 }
