@@ -2,9 +2,12 @@
 //! producer (`Load`) that knows every count it got acknowledged.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::client::ClientContext;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 use crate::Broker;
 
@@ -29,17 +32,39 @@ pub fn word_count_input(
 pub struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<HashMap<String, u64>>>,
+    stored: StoredInput,
+}
+
+/// Per partition, the last offset the broker acknowledged: input stored there and readable.
+#[derive(Clone, Default)]
+struct StoredInput {
+    last_offset: Arc<Mutex<HashMap<i32, i64>>>,
+}
+
+impl ClientContext for StoredInput {}
+
+impl ProducerContext for StoredInput {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Ok(message) = result {
+            let mut last = self.last_offset.lock().unwrap();
+            let offset = last.entry(message.partition()).or_insert(-1);
+            *offset = (*offset).max(message.offset());
+        }
+    }
 }
 
 impl Load {
     /// Produces about `rate` records/s over `keys` keys to `topic`, in 20 ms batches.
     pub fn start(broker: &Broker, topic: &str, rate: u64, keys: u64) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let producer: ThreadedProducer<DefaultProducerContext> = broker
+        let stored = StoredInput::default();
+        let producer: ThreadedProducer<StoredInput> = broker
             .client()
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
-            .create()
+            .create_with_context(stored.clone())
             .unwrap();
         let (topic, flag) = (topic.to_string(), stop.clone());
         let thread = std::thread::spawn(move || {
@@ -70,7 +95,19 @@ impl Load {
         Load {
             stop,
             thread: Some(thread),
+            stored,
         }
+    }
+
+    /// The last offset of `partition` the broker acknowledged so far: from then on, a consumer
+    /// that has processed less has input waiting for it.
+    pub fn stored_up_to(&self, partition: i32) -> Option<i64> {
+        self.stored
+            .last_offset
+            .lock()
+            .unwrap()
+            .get(&partition)
+            .copied()
     }
 
     /// Stops producing; returns the exact count per key produced.

@@ -73,12 +73,15 @@ fn restore_seconds(log: &str, task: &str) -> Option<(u64, f64)> {
 }
 
 /// Per running task other than `restoring`, the longest time its processed offset was seen
-/// standing still while input kept coming, sampled from `/status` until `restoring` runs.
-/// A stand-still is measured between the first and the last sample that saw the same offset,
-/// so a pause of the sampling itself (a busy 2-core machine) does not count as one.
+/// standing still while input waited for it, sampled from `/status` until `restoring` runs.
+/// A stand-still is measured from the first sample that saw the offset unchanged with input
+/// beyond it already stored (acknowledged to the load's producer) to the last sample that saw
+/// the same offset; so neither a pause of the sampling itself (a busy 2-core machine) nor the
+/// time the broker takes to store the load's records counts as one.
 struct StallWatch {
-    /// Per task: the offset, when a sample first saw it, when one last saw it.
-    last: HashMap<String, (Option<i64>, Instant, Instant)>,
+    /// Per task: the offset, when a sample first saw input waiting beyond it, when one last
+    /// saw it.
+    last: HashMap<String, (Option<i64>, Option<Instant>, Instant)>,
     longest: HashMap<String, Duration>,
     /// Stand-stills over 1 s: task, when they ended (ms since the Unix epoch), how long.
     over_a_second: Vec<(String, u64, Duration)>,
@@ -95,27 +98,37 @@ impl StallWatch {
         }
     }
 
-    fn sample(&mut self, tasks: &[kstreams_engine::status::TaskView], restoring: &str) {
+    fn sample(
+        &mut self,
+        tasks: &[kstreams_engine::status::TaskView],
+        restoring: &str,
+        load: &Load,
+    ) {
         self.samples += 1;
         let now = Instant::now();
         for task in tasks.iter().filter(|t| t.task_id != restoring) {
             if task.state != TaskPhase::Running {
                 continue;
             }
-            let (offset, first_seen, last_seen) = self
+            let partition: i32 = task.task_id.split('_').nth(1).unwrap().parse().unwrap();
+            let waiting = load
+                .stored_up_to(partition)
+                .is_some_and(|stored| task.processed_offset.is_none_or(|p| stored > p));
+            let (offset, waiting_since, last_seen) = self
                 .last
                 .entry(task.task_id.clone())
-                .or_insert((task.processed_offset, now, now));
-            if *offset == task.processed_offset {
-                *last_seen = now;
-            } else {
+                .or_insert((task.processed_offset, None, now));
+            if *offset != task.processed_offset {
                 *offset = task.processed_offset;
-                *first_seen = now;
-                *last_seen = now;
+                *waiting_since = None;
+            }
+            *last_seen = now;
+            if waiting && waiting_since.is_none() {
+                *waiting_since = Some(now);
             }
             // Counted once it processed something: the first records may wait for the join.
-            if offset.is_some() {
-                let stood = last_seen.duration_since(*first_seen);
+            if let (Some(_), Some(since)) = (offset, waiting_since) {
+                let stood = last_seen.duration_since(*since);
                 let longest = self.longest.entry(task.task_id.clone()).or_default();
                 *longest = (*longest).max(stood);
                 if stood > Duration::from_secs(1) {
@@ -192,7 +205,7 @@ fn restore_beside_processing(
                     // waits for its producer's id from the broker (seen: up to 2 s while the
                     // broker starts serving the restore), restore or not.
                     if app.metric("kstreams_commits_total", &[]).unwrap_or(0.0) >= 3.0 {
-                        watch.sample(&view.tasks, "0_0");
+                        watch.sample(&view.tasks, "0_0", &load);
                     }
                 }
                 Some(TaskPhase::Running) if saw_restoring => break,
