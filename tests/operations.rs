@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kstreams_suite::{
-    broker_and_app, free_port, wait_until, word_count_input, App, AppOptions, Broker, Prometheus,
+    broker_and_app, free_port, metric_sum, wait_until, word_count_input, App, AppOptions, Broker,
+    Prometheus,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -317,6 +318,41 @@ fn metrics_exposition_parses_and_has_no_negative_gauges() {
         );
     }
     assert!(body.contains("kstreams_build_info{"), "{body}");
+
+    // The memory budget: every part, the producers' as 8 MiB per open task, adding up to the
+    // footprint the instance logged at start.
+    const MIB: f64 = (1 << 20) as f64;
+    let part = |part: &str| {
+        metric_sum(
+            &body,
+            "kstreams_memory_budget_bytes",
+            &[&format!("part=\"{part}\"")],
+        ) / MIB
+    };
+    let fixed = [
+        ("record_cache", 10.0),
+        ("write_outs", 10.0),
+        ("input_prefetch", 16.0),
+        ("restore_prefetch", 8.0),
+        ("rocksdb_block_cache", 64.0),
+        ("rocksdb_memtables", 64.0),
+    ];
+    for (name, mib) in fixed {
+        assert_eq!(part(name), mib, "{name}:\n{body}");
+    }
+    let tasks = metric_sum(&body, "kstreams_tasks_running", &[]);
+    assert!(tasks >= 1.0, "{body}");
+    assert_eq!(part("producer_queues"), 8.0 * tasks, "{body}");
+    assert_eq!(
+        metric_sum(&body, "kstreams_memory_budget_bytes", &[]) / MIB,
+        172.0 + 8.0 * tasks
+    );
+    let log = app.log();
+    assert!(
+        log.contains("memory budget: record_cache 10 MiB + ")
+            && log.contains("= 172 MiB + 8 MiB per task"),
+        "{log}"
+    );
     assert!(app.terminate(Duration::from_secs(30)).success());
 }
 

@@ -19,8 +19,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use client_args::ClientArgs;
 use kstreams_engine::{
-    ClientSettings, DeserializationErrorPolicy, KafkaStreams, StoreMemorySettings, StreamsBuilder,
-    StreamsConfig, StringSerde,
+    ClientMemorySettings, ClientSettings, DeserializationErrorPolicy, KafkaStreams,
+    StoreMemorySettings, StreamsBuilder, StreamsConfig, StringSerde,
 };
 use tracing::{error, info, warn};
 
@@ -159,6 +159,18 @@ struct RunArgs {
     /// RocksDB memtables, all tasks and stores together (at least 1 MiB).
     #[arg(long, env = "ROCKSDB_WRITE_BUFFER_BYTES", default_value_t = 64 << 20)]
     rocksdb_write_buffer_bytes: usize,
+    /// One task's producer queue: its write-out's changelog and output records until the broker
+    /// acknowledges them (half for record bytes, half for librdkafka's 256 bytes per record);
+    /// sending waits when it is full. At least 1 MiB.
+    #[arg(long, env = "PRODUCER_BUFFER_BYTES_PER_TASK", default_value_t = 8 << 20)]
+    producer_buffer_bytes_per_task: usize,
+    /// Input records fetched ahead of processing, all partitions together. At least 1 MiB.
+    #[arg(long, env = "INPUT_PREFETCH_BYTES", default_value_t = 16 << 20)]
+    input_prefetch_bytes: usize,
+    /// Changelog records fetched ahead while restoring, all restoring tasks together. At least
+    /// 1 MiB.
+    #[arg(long, env = "RESTORE_PREFETCH_BYTES", default_value_t = 8 << 20)]
+    restore_prefetch_bytes: usize,
 }
 
 impl RunArgs {
@@ -190,6 +202,11 @@ impl RunArgs {
             cache_max_bytes: self.cache_max_bytes,
             block_cache_bytes: self.rocksdb_block_cache_bytes,
             write_buffer_bytes: self.rocksdb_write_buffer_bytes,
+        };
+        config.client_memory = ClientMemorySettings {
+            producer_buffer_bytes_per_task: self.producer_buffer_bytes_per_task,
+            input_prefetch_bytes: self.input_prefetch_bytes,
+            restore_prefetch_bytes: self.restore_prefetch_bytes,
         };
         config.validate()?;
         Ok(config)

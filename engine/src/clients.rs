@@ -11,6 +11,7 @@ use rdkafka::error::KafkaError;
 
 use crate::config::StreamsConfig;
 use crate::error::{EngineError, Result};
+use crate::memory_budget::ClientMemorySettings;
 use crate::task_id::TaskId;
 
 /// Prefix of environment variables that carry client settings:
@@ -354,6 +355,14 @@ const OWNED_BY_ENGINE: &[OwnedKey] = &[
 /// Keys on the consumers (main and restore).
 const OWNED_ON_CONSUMERS: &[OwnedKey] = &[
     OwnedKey {
+        key: "queued.max.messages.kbytes",
+        why: "the memory budget sets it; use --input-prefetch-bytes and --restore-prefetch-bytes",
+    },
+    OwnedKey {
+        key: "queued.min.messages",
+        why: "the memory budget sets it; use --input-prefetch-bytes and --restore-prefetch-bytes",
+    },
+    OwnedKey {
         key: "group.id",
         why: "the group id is the application id; set it with --application-id",
     },
@@ -390,6 +399,14 @@ const OWNED_ON_CONSUMERS: &[OwnedKey] = &[
 /// Keys on the producers.
 const OWNED_ON_PRODUCERS: &[OwnedKey] = &[
     OwnedKey {
+        key: "queue.buffering.max.kbytes",
+        why: "the memory budget sets it; use --producer-buffer-bytes-per-task",
+    },
+    OwnedKey {
+        key: "queue.buffering.max.messages",
+        why: "the memory budget sets it; use --producer-buffer-bytes-per-task",
+    },
+    OwnedKey {
         key: "enable.idempotence",
         why: "changelog records must not be duplicated or reordered by retries",
     },
@@ -425,34 +442,45 @@ fn engine_settings(config: &StreamsConfig, role: ClientRole) -> Vec<(&'static st
                 ("max.partition.fetch.bytes", FETCH_BYTES.into()),
                 ("session.timeout.ms", session_timeout),
             ]);
+            settings.extend(ClientMemorySettings::prefetch_limits(
+                config.client_memory.input_prefetch_bytes,
+                config.source_partitions,
+            ));
             if let Some(id) = &config.group_instance_id {
                 settings.push(("group.instance.id", id.clone()));
             }
         }
-        ClientRole::Restore => settings.extend([
-            // Same group id, but never subscribed: it only reads the group's committed offsets.
-            ("group.id", config.group_id().to_string()),
-            ("enable.auto.commit", "false".into()),
-            ("enable.auto.offset.store", "false".into()),
-            ("isolation.level", "read_committed".into()),
-            ("enable.partition.eof", "true".into()),
-            ("auto.offset.reset", "earliest".into()),
-            ("fetch.wait.max.ms", "100".into()),
-            ("max.partition.fetch.bytes", RESTORE_FETCH_BYTES.into()),
-            // Never used (the consumer never joins), but librdkafka checks settings such as
-            // max.poll.interval.ms against it.
-            ("session.timeout.ms", session_timeout),
-        ]),
-        ClientRole::Producer(_) => settings.extend([
-            ("enable.idempotence", "true".into()),
-            ("acks", "all".into()),
-            ("compression.type", "lz4".into()),
-            ("linger.ms", "5".into()),
-            ("queue.buffering.max.messages", "1000000".into()),
-            // librdkafka's default (1 GiB per producer, one producer per task) would let memory
-            // grow with the broker's backlog; 32 MiB per task keeps it bounded.
-            ("queue.buffering.max.kbytes", "32768".into()),
-        ]),
+        ClientRole::Restore => {
+            settings.extend([
+                // Same group id, but never subscribed: it only reads the group's committed offsets.
+                ("group.id", config.group_id().to_string()),
+                ("enable.auto.commit", "false".into()),
+                ("enable.auto.offset.store", "false".into()),
+                ("isolation.level", "read_committed".into()),
+                ("enable.partition.eof", "true".into()),
+                ("auto.offset.reset", "earliest".into()),
+                ("fetch.wait.max.ms", "100".into()),
+                ("max.partition.fetch.bytes", RESTORE_FETCH_BYTES.into()),
+                // Never used (the consumer never joins), but librdkafka checks settings such as
+                // max.poll.interval.ms against it.
+                ("session.timeout.ms", session_timeout),
+            ]);
+            settings.extend(ClientMemorySettings::prefetch_limits(
+                config.client_memory.restore_prefetch_bytes,
+                config.source_partitions,
+            ));
+        }
+        ClientRole::Producer(_) => {
+            settings.extend([
+                ("enable.idempotence", "true".into()),
+                ("acks", "all".into()),
+                ("compression.type", "lz4".into()),
+                ("linger.ms", "5".into()),
+            ]);
+            // librdkafka's default (1 GiB and 100,000 records per producer, one producer per
+            // task) would let memory grow with the broker's backlog.
+            settings.extend(config.client_memory.producer_limits());
+        }
         ClientRole::Admin => {}
     }
     settings
@@ -704,6 +732,58 @@ mod tests {
             validate_client_settings(&config_with(&[("allow.auto.create.topics", "true")]))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_memory_budget_sets_the_queues_and_its_keys_are_refused_from_the_user() {
+        let mut config = config_with(&[]);
+        config.source_partitions = 4;
+        let value = |role, key| value_of(&client_config(&config, role), key);
+        let producer = ClientRole::Producer(TaskId::new(0, 1));
+        assert_eq!(
+            value(producer, "queue.buffering.max.kbytes").as_deref(),
+            Some("4096")
+        );
+        assert_eq!(
+            value(producer, "queue.buffering.max.messages").as_deref(),
+            Some("16384")
+        );
+        assert_eq!(
+            value(ClientRole::Consumer, "queued.max.messages.kbytes").as_deref(),
+            Some("8192")
+        );
+        assert_eq!(
+            value(ClientRole::Consumer, "queued.min.messages").as_deref(),
+            Some("8192")
+        );
+        assert_eq!(
+            value(ClientRole::Restore, "queued.max.messages.kbytes").as_deref(),
+            Some("4096")
+        );
+        assert_eq!(
+            value(ClientRole::Restore, "queued.min.messages").as_deref(),
+            Some("4096")
+        );
+        for (key, flag) in [
+            (
+                "queue.buffering.max.kbytes",
+                "--producer-buffer-bytes-per-task",
+            ),
+            ("queued.max.messages.kbytes", "--input-prefetch-bytes"),
+            ("queued.min.messages", "--restore-prefetch-bytes"),
+        ] {
+            match validate_client_settings(&config_with(&[(key, "1024")])) {
+                Err(EngineError::ClientSetting {
+                    key: refused,
+                    reason,
+                    ..
+                }) => {
+                    assert_eq!(refused, key);
+                    assert!(reason.contains(flag), "{reason}");
+                }
+                other => panic!("{key}: expected ClientSetting, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use crate::clients::{validate_client_settings, ClientSettings};
 use crate::error::{EngineError, Result};
+use crate::memory_budget::{ClientMemorySettings, MemoryBudget};
 use crate::store_memory::StoreMemorySettings;
 
 /// RocksDB needs room for at least one memtable.
 const MIN_WRITE_BUFFER_BYTES: usize = 1 << 20;
+/// A producer queue or a prefetch budget smaller than this holds too few records to keep up.
+const MIN_CLIENT_BUDGET_BYTES: usize = 1 << 20;
 
 /// What to do with a record whose key or value cannot be deserialized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -83,6 +86,11 @@ pub struct StreamsConfig {
     pub client_settings: ClientSettings,
     /// Memory the task stores share: write-back cache, RocksDB block cache and memtables.
     pub store_memory: StoreMemorySettings,
+    /// Memory the Kafka clients may hold: producer queues, input and restore prefetch.
+    pub client_memory: ClientMemorySettings,
+    /// Partitions of the source topic, which size the prefetch per partition: set by the
+    /// engine once it has looked the topic up at start (1 until then).
+    pub source_partitions: usize,
 }
 
 impl StreamsConfig {
@@ -105,6 +113,8 @@ impl StreamsConfig {
             state_cleanup_delay: Duration::from_secs(600),
             client_settings: ClientSettings::new(),
             store_memory: StoreMemorySettings::default(),
+            client_memory: ClientMemorySettings::default(),
+            source_partitions: 1,
         }
     }
 
@@ -184,7 +194,37 @@ impl StreamsConfig {
                 ),
             );
         }
+        let client_budgets = [
+            (
+                "producer-buffer-bytes-per-task",
+                self.client_memory.producer_buffer_bytes_per_task,
+            ),
+            (
+                "input-prefetch-bytes",
+                self.client_memory.input_prefetch_bytes,
+            ),
+            (
+                "restore-prefetch-bytes",
+                self.client_memory.restore_prefetch_bytes,
+            ),
+        ];
+        for (setting, bytes) in client_budgets {
+            if bytes < MIN_CLIENT_BUDGET_BYTES {
+                return invalid(
+                    setting,
+                    format!("{bytes} is below the minimum of {MIN_CLIENT_BUDGET_BYTES} (1 MiB)"),
+                );
+            }
+        }
         validate_client_settings(self)
+    }
+
+    /// Every part of the memory budget.
+    pub fn memory_budget(&self) -> MemoryBudget {
+        MemoryBudget {
+            store: self.store_memory,
+            clients: self.client_memory,
+        }
     }
 
     /// The group id: the application id, as in Kafka Streams.
@@ -293,6 +333,15 @@ mod tests {
         let mut c = valid();
         c.store_memory.write_buffer_bytes = 1000;
         assert_eq!(setting_of(&c), "rocksdb-write-buffer-bytes");
+        let mut c = valid();
+        c.client_memory.producer_buffer_bytes_per_task = 1000;
+        assert_eq!(setting_of(&c), "producer-buffer-bytes-per-task");
+        let mut c = valid();
+        c.client_memory.input_prefetch_bytes = 0;
+        assert_eq!(setting_of(&c), "input-prefetch-bytes");
+        let mut c = valid();
+        c.client_memory.restore_prefetch_bytes = 1000;
+        assert_eq!(setting_of(&c), "restore-prefetch-bytes");
     }
 
     #[test]

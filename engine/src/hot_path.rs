@@ -32,14 +32,10 @@ impl TaskHotPath {
     pub fn new(topology: &Topology, dir: &Path, memory: StoreMemorySettings) -> Result<Self> {
         let task = TaskId::new(0, 0);
         let mut config = StreamsConfig::new("hot-path", NOWHERE);
-        config.client_settings = ClientSettings::from_pairs(
-            SettingSource::Program,
-            [
-                ("queue.buffering.max.messages", "10000000"),
-                ("queue.buffering.max.kbytes", "2097151"),
-                ("message.timeout.ms", "3600000"),
-            ],
-        );
+        // Nothing is sent: the producer queue must hold every record of the measured run.
+        config.client_memory.producer_buffer_bytes_per_task = 4 << 30;
+        config.client_settings =
+            ClientSettings::from_pairs(SettingSource::Program, [("message.timeout.ms", "3600000")]);
         let stores = topology.stores().to_vec();
         Ok(Self {
             task,

@@ -42,6 +42,7 @@ pub struct EngineMetrics {
     pub state_write_out_bytes: IntGauge,
     pub state_cache_flushes: IntCounterVec,
     pub rocksdb_memory_bytes: IntGauge,
+    pub memory_budget: IntGaugeVec,
     pub build_info: IntGaugeVec,
     pub instance_ready: IntGauge,
     pub instance_state: IntGaugeVec,
@@ -140,6 +141,10 @@ impl EngineMetrics {
             state_cache_bytes: register(r, IntGauge::new(
                 "kstreams_state_cache_bytes",
                 "Bytes of uncommitted state held in the tasks' write-back caches (bounded by --cache-max-bytes)",
+            )),
+            memory_budget: register(r, IntGaugeVec::new(
+                opts("kstreams_memory_budget_bytes", "Memory budget per part (record_cache, write_outs, producer_queues: per open task producer, input_prefetch, restore_prefetch, rocksdb_block_cache, rocksdb_memtables); the parts add up to the instance's footprint beyond the program itself"),
+                &["part"],
             )),
             state_write_out_bytes: register(r, IntGauge::new(
                 "kstreams_state_write_out_bytes",

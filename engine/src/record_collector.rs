@@ -17,6 +17,7 @@ use rdkafka::ClientContext;
 use crate::clients::{client_config, setting_error, ClientRole};
 use crate::config::StreamsConfig;
 use crate::error::{EngineError, Result};
+use crate::memory_budget::ProducerBudget;
 use crate::metrics::EngineMetrics;
 use crate::offsets::encode_changelog_value;
 use crate::processor::StoreId;
@@ -138,6 +139,8 @@ pub struct RecordCollector {
     task: TaskId,
     producer: ThreadedProducer<DeliveryTracker>,
     tracker: DeliveryTracker,
+    /// This producer's part of the memory budget, shown while it lives.
+    _budget: Option<ProducerBudget>,
     changelog_records_sent: u64,
     output_records_sent: u64,
     /// The write-out generation records are sent in now.
@@ -176,6 +179,7 @@ impl RecordCollector {
         Ok(Self {
             task,
             producer,
+            _budget: metrics.map(|m| ProducerBudget::open(m, &config.client_memory)),
             tracker,
             changelog_records_sent: 0,
             output_records_sent: 0,

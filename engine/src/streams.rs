@@ -98,6 +98,14 @@ impl KafkaStreams {
             partitions,
         )
         .await?;
+        // The consumers' prefetch is set per partition.
+        let config = Arc::new(StreamsConfig {
+            source_partitions: partitions as usize,
+            ..(*config).clone()
+        });
+        let budget = config.memory_budget();
+        budget.report(&metrics);
+        info!("memory budget: {budget}");
 
         let (poller_tx, poller_rx) = crossbeam_channel::unbounded();
         let (committed_tx, committed_rx) = crossbeam_channel::unbounded();
