@@ -36,6 +36,8 @@ pub struct KafkaStreams {
     shutdown: Arc<AtomicBool>,
     poller: Option<JoinHandle<Result<()>>>,
     supervisor: ActorRef<SupervisorMsg>,
+    /// Ends once the supervisor has stopped and dropped what it holds (the state directory).
+    supervisor_exited: tokio::task::JoinHandle<()>,
     fatal: UnboundedReceiver<EngineError>,
     _state_directory: Arc<StateDirectory>,
 }
@@ -116,7 +118,7 @@ impl KafkaStreams {
             topology.source_topic().to_string(),
             metrics.clone(),
         )?;
-        let (supervisor, _) = Actor::spawn(
+        let (supervisor, supervisor_exited) = Actor::spawn(
             None,
             Supervisor,
             SupervisorArgs {
@@ -186,6 +188,7 @@ impl KafkaStreams {
             shutdown,
             poller: Some(poller),
             supervisor,
+            supervisor_exited,
             fatal,
             _state_directory: state_directory,
         })
@@ -229,6 +232,7 @@ impl KafkaStreams {
     /// Commits, closes every task and leaves the group, within `shutdown_timeout`.
     pub async fn close(mut self) -> Result<()> {
         let timeout = self.config.shutdown_timeout;
+        let started = std::time::Instant::now();
         self.shutdown.store(true, Ordering::Relaxed);
         let poller = self.poller.take();
         let finished = tokio::time::timeout(
@@ -238,7 +242,19 @@ impl KafkaStreams {
         .await
         .map_err(|_| EngineError::ShutdownTimeout(timeout))?;
         self.status.set_stopped();
+        // Tasks and the supervisor are gone before this returns, their stores and the state
+        // directory's lock released: a new instance may open them at once (a task that gave
+        // up leaves the others running until here).
+        let remaining = timeout.saturating_sub(started.elapsed());
+        self.supervisor
+            .stop_children_and_wait(None, Some(remaining))
+            .await;
         self.supervisor.stop(None);
+        let remaining = timeout.saturating_sub(started.elapsed());
+        tokio::time::timeout(remaining, &mut self.supervisor_exited)
+            .await
+            .map_err(|_| EngineError::ShutdownTimeout(timeout))?
+            .map_err(|e| EngineError::actor("supervisor", e))?;
         let (processed, output, changelog) = self.metrics.record_totals();
         let peak_rss_kib = crate::metrics::peak_rss_kib().unwrap_or(0);
         info!(
