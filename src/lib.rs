@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod chart;
 pub mod kafka;
 pub mod load;
 pub mod ownership;

@@ -2,6 +2,7 @@
 //! counts and a full restore (speed is not asserted; figures live in docs/benchmarks.md).
 
 use kstreams_suite::bench::{latency, recovery, throughput, Input, KeyDistribution, Report};
+use kstreams_suite::chart::draw_keys_chart;
 use kstreams_suite::{skip_without_private_broker, Storage};
 
 #[test]
@@ -12,18 +13,19 @@ fn benchmark_smoke_run_completes_with_exact_counts() {
     let mut report = Report::default();
     // sqlite only: the suite's broker is built without memory:// storage (scripts/bench.sh
     // builds a broker with it for the full-size throughput runs).
-    for (storage, distribution) in [
-        (Storage::Sqlite, KeyDistribution::Zipf),
-        (Storage::Sqlite, KeyDistribution::Uniform),
+    for (keys, distribution) in [
+        (500, KeyDistribution::Zipf),
+        (500, KeyDistribution::Uniform),
+        (50, KeyDistribution::Uniform),
     ] {
         let input = Input {
             records: 5_000,
-            keys: 500,
+            keys,
             distribution,
         };
         report
             .throughput
-            .push(throughput(input, 4, storage, None, None));
+            .push(throughput(input, 4, Storage::Sqlite, None, None));
     }
     report.recovery.push(recovery(2_000, 4));
     report.latency.push(latency(500, 2, 4, Storage::Sqlite));
@@ -61,4 +63,10 @@ fn benchmark_smoke_run_completes_with_exact_counts() {
     );
     assert_eq!(report.latency[0].records, 1_000);
     assert!(report.latency[0].p50_ms <= report.latency[0].p99_ms);
+    // The chart of the uniform rows (50 and 500 keys).
+    let dir = tempfile::tempdir().unwrap();
+    let chart = dir.path().join("keys.svg");
+    assert!(draw_keys_chart(&report.throughput, &chart).unwrap());
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(svg.contains("word count, uniform, 4 partitions"), "{svg}");
 }
