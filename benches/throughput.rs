@@ -161,4 +161,8 @@ fn main() {
         Ok(false) => eprintln!("chart: not drawn (no input measured at two key counts)"),
         Err(error) => eprintln!("chart: {error}"),
     }
+    assert!(
+        report.all_counts_exact(),
+        "a word count's output was not exact"
+    );
 }
