@@ -209,18 +209,28 @@ fn read_records(
     }
 }
 
-/// The ceiling: consume `input_topic` and produce every record to `output_topic`, no state.
-pub fn plain_pipe(broker: &Broker, input_topic: &str, output_topic: &str, input: &Input) -> Figure {
+/// The ceiling: consume `input_topic` and produce every record to each of `output_topics`,
+/// no state. With one output topic, the plain pipe; with two, a pipe that writes what the word
+/// count writes when no key repeats within a commit (an output and a changelog record per input
+/// record), so it prices the Kafka client work alone.
+pub fn plain_pipe(
+    broker: &Broker,
+    input_topic: &str,
+    output_topics: &[&str],
+    input: &Input,
+) -> Figure {
     let partitions = broker.partitions(input_topic).unwrap() as i32;
     Figure::timed(input.records, || {
         let producer = producer(broker);
         read_records(broker, input_topic, partitions, input.records, |m| {
-            send(
-                &producer,
-                output_topic,
-                m.key().unwrap_or_default(),
-                m.payload().unwrap_or_default(),
-            )
+            for topic in output_topics {
+                send(
+                    &producer,
+                    topic,
+                    m.key().unwrap_or_default(),
+                    m.payload().unwrap_or_default(),
+                )
+            }
         });
         producer.flush(STEP_TIMEOUT).unwrap();
     })
@@ -395,6 +405,8 @@ pub struct Throughput {
     pub cpus: Option<String>,
     pub produce: Figure,
     pub pipe: Figure,
+    /// The pipe writing two records (output and changelog) per input record.
+    pub two_output_pipe: Figure,
     pub word_count: AppRun,
     pub counts_exact: bool,
 }
@@ -402,6 +414,12 @@ pub struct Throughput {
 impl Throughput {
     pub fn ratio(&self) -> f64 {
         self.word_count.committed.rate() / self.pipe.rate()
+    }
+
+    /// The word count against the pipe writing two records per input record: what the state
+    /// costs beyond the records it sends (at most two per input record).
+    pub fn two_output_ratio(&self) -> f64 {
+        self.word_count.committed.rate() / self.two_output_pipe.rate()
     }
 }
 
@@ -417,10 +435,15 @@ pub fn throughput(
     let state = tempfile::tempdir().unwrap();
     let mut setup = AppSetup::fresh(&broker, state.path(), partitions);
     setup.options.cpus = cpus.map(str::to_string);
-    let pipe_out = unique("bench-pipe-out");
-    broker.create_topic(&pipe_out, partitions);
+    let [pipe_out, two_out, two_changelog] =
+        ["bench-pipe-out", "bench-pipe2-out", "bench-pipe2-changelog"].map(unique);
+    for topic in [&pipe_out, &two_out, &two_changelog] {
+        broker.create_topic(topic, partitions);
+    }
     let produce = produce_input(&broker, &setup.options.input_topic, &input);
-    let pipe = plain_pipe(&broker, &setup.options.input_topic, &pipe_out, &input);
+    let input_topic = setup.options.input_topic.as_str();
+    let pipe = plain_pipe(&broker, input_topic, &[&pipe_out], &input);
+    let two_output_pipe = plain_pipe(&broker, input_topic, &[&two_out, &two_changelog], &input);
     let word_count = setup.run_until_processed(&broker, input.records);
     let counts_exact = counts_match(
         &broker,
@@ -435,6 +458,7 @@ pub fn throughput(
         cpus: cpus.map(str::to_string),
         produce,
         pipe,
+        two_output_pipe,
         word_count,
         counts_exact,
     }
@@ -728,12 +752,12 @@ impl Report {
         let mut out = String::new();
         if !self.throughput.is_empty() {
             out += "### End-to-end throughput (records/s. Word count: the kstreams-count process with default settings, from its start, group join included, to its clean stop after the last record, final commit included. Records sent: output and changelog records in all; the record cache sends one per key per commit)\n\n";
-            out += "| input | partitions | broker storage | cpus | produce (broker reached) | ceiling: plain pipe | word count in | word count out | start to ready s | word count in, once ready | records sent (output / changelog) | word count / ceiling | peak RSS MiB | counts exact |\n";
-            out += "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|\n";
+            out += "| input | partitions | broker storage | cpus | produce (broker reached) | ceiling: plain pipe | word count in | word count out | start to ready s | word count in, once ready | records sent (output / changelog) | word count / ceiling | pipe writing 2 per input | word count / that pipe | peak RSS MiB | counts exact |\n";
+            out += "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|\n";
             for t in &self.throughput {
                 let wc = &t.word_count;
                 out += &format!(
-                    "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {} / {} | {:.2} | {} | {} |\n",
+                    "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {} / {} | {:.2} | {:.0} | {:.2} | {} | {} |\n",
                     t.input.describe(),
                     t.partitions,
                     t.storage.name(),
@@ -748,6 +772,8 @@ impl Report {
                     wc.output_records,
                     wc.changelog_records,
                     t.ratio(),
+                    t.two_output_pipe.rate(),
+                    t.two_output_ratio(),
                     mib(wc.peak_rss_bytes),
                     t.counts_exact,
                 );

@@ -186,6 +186,10 @@ mod tests {
                 records: 1_000_000,
                 seconds: 2.0,
             },
+            two_output_pipe: Figure {
+                records: 1_000_000,
+                seconds: 3.0,
+            },
             word_count: AppRun {
                 committed: Figure {
                     records: 1_000_000,

@@ -494,7 +494,13 @@ impl TaskStore {
         };
         let mut batch = WriteBatch::default();
         for (name, writes) in self.store_names.iter().zip(&sealed.writes) {
-            let updates = writes.iter().map(|(key, pending)| (key, &pending.bytes));
+            // In key order: each memtable insert then starts from where the previous one
+            // ended, rather than searching the skiplist from its top (hash order).
+            let mut updates: Vec<_> = writes
+                .iter()
+                .map(|(key, pending)| (key, &pending.bytes))
+                .collect();
+            updates.sort_unstable_by(|a, b| a.0.cmp(b.0));
             add_updates(&mut batch, self.cf(name), updates);
         }
         self.put_offsets(
