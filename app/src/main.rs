@@ -9,6 +9,7 @@
 mod client_args;
 mod console;
 mod local;
+mod malloc_tuning;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -171,6 +172,15 @@ struct RunArgs {
     /// 1 MiB.
     #[arg(long, env = "RESTORE_PREFETCH_BYTES", default_value_t = 8 << 20)]
     restore_prefetch_bytes: usize,
+    /// glibc malloc: blocks this large and larger get their own mapping, returned to the
+    /// system when freed (RocksDB's memtable blocks); at most 32 MiB. 0: glibc's adaptive
+    /// threshold, which lets freed memtables stay in the process (more RSS with many keys).
+    #[arg(
+        long,
+        env = "MALLOC_MMAP_THRESHOLD_BYTES",
+        default_value_t = malloc_tuning::DEFAULT_MMAP_THRESHOLD_BYTES
+    )]
+    malloc_mmap_threshold_bytes: usize,
 }
 
 impl RunArgs {
@@ -249,6 +259,7 @@ const DEFAULT_SESSION_TIMEOUT_MS: u64 = 10_000;
 const STATIC_MEMBER_SESSION_TIMEOUT_MS: u64 = 45_000;
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    malloc_tuning::fix_mmap_threshold(args.malloc_mmap_threshold_bytes)?;
     let config = args.streams_config()?;
     let builder = StreamsBuilder::new();
     builder

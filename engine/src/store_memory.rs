@@ -19,8 +19,12 @@ const METADATA_BLOCK_BYTES: usize = 4096;
 /// Share of a data block given to its hash index of keys (RocksDB's recommended 0.75).
 const DATA_BLOCK_HASH_RATIO: f64 = 0.75;
 
-/// Share of a memtable's size given to its bloom filter of whole keys.
-const MEMTABLE_BLOOM_RATIO: f64 = 0.1;
+/// Share of a memtable's size given to its bloom filter of whole keys: about 10 bits per entry
+/// for entries of ~60 bytes (a word count's key, value and skiplist node). The filter is
+/// allocated whole when the memtable is created, so it is sized for a full one: 0.1, RocksDB's
+/// usual example, gave each memtable 1.7 MiB of filter and cost a 16-task instance with few
+/// keys 70 MiB of RSS.
+const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
 
 /// The largest memtable one column family gets before RocksDB flushes it to a file.
 const MAX_MEMTABLE_BYTES: usize = 16 << 20;
@@ -90,17 +94,12 @@ impl StoreMemory {
         options
     }
 
-    /// Column family options: blocks (index and filters included) in the shared cache, a
-    /// bloom filter for point lookups, memtables within the shared budget. Index and filters
-    /// are partitioned (4 KiB partitions under a small pinned top level): with whole-file
-    /// filters, a lookup of a new key in a store of millions of keys reads and checksums
-    /// megabytes of filter evicted from the bounded cache.
-    ///
-    /// Point lookups, the word count's one read, skip work where they can: data blocks carry a
-    /// hash index of their keys (no binary search within the block), and memtables a bloom
-    /// filter of whole keys, so a key not in a memtable costs a hash probe rather than a walk
-    /// of its skiplist (at 1M keys most lookups miss the memtables).
-    pub(crate) fn column_family_options(&self) -> Options {
+    /// Table options of every column family: blocks (index and filters included) in the
+    /// shared cache, a bloom filter for point lookups. Index and filters are partitioned (4 KiB
+    /// partitions under a small pinned top level): with whole-file filters, a lookup of a new
+    /// key in a store of millions of keys reads and checksums megabytes of filter evicted from
+    /// the bounded cache.
+    fn table_options(&self) -> BlockBasedOptions {
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&self.block_cache);
         table.set_cache_index_and_filter_blocks(true);
@@ -111,12 +110,34 @@ impl StoreMemory {
         table.set_partition_filters(true);
         table.set_metadata_block_size(METADATA_BLOCK_BYTES);
         table.set_bloom_filter(10.0, false);
+        table
+    }
+
+    /// Column family options for the engine's own small column families (offsets,
+    /// pending-output marks): see [`Self::table_options`].
+    pub(crate) fn column_family_options(&self) -> Options {
+        self.options_with(self.table_options())
+    }
+
+    /// Column family options for a state store: point lookups, a store's one read, skip work
+    /// where they can. Data blocks carry a hash index of their keys (no binary search within
+    /// the block), and memtables a bloom filter of whole keys, so a key not in a memtable costs
+    /// a hash probe rather than a walk of its skiplist (at 1M keys most lookups miss the
+    /// memtables).
+    pub(crate) fn store_column_family_options(&self) -> Options {
+        let mut table = self.table_options();
         table.set_data_block_index_type(DataBlockIndexType::BinaryAndHash);
         table.set_data_block_hash_ratio(DATA_BLOCK_HASH_RATIO);
-        let mut options = Options::default();
-        options.set_block_based_table_factory(&table);
+        let mut options = self.options_with(table);
         options.set_memtable_whole_key_filtering(true);
         options.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
+        options
+    }
+
+    /// Options with `table`, and memtables within the shared budget.
+    fn options_with(&self, table: BlockBasedOptions) -> Options {
+        let mut options = Options::default();
+        options.set_block_based_table_factory(&table);
         options.set_write_buffer_size(
             (self.settings.write_buffer_bytes / 4).clamp(1 << 20, MAX_MEMTABLE_BYTES),
         );

@@ -83,6 +83,20 @@ fn is_corruption(error: &rocksdb::Error) -> bool {
     }
 }
 
+/// A task store's column families with their options: its state stores, then the engine's own.
+fn column_families<'a>(
+    store_names: &'a [String],
+    memory: &'a StoreMemory,
+) -> impl Iterator<Item = (&'a str, rocksdb::Options)> + 'a {
+    let stores = store_names
+        .iter()
+        .map(|name| (name.as_str(), memory.store_column_family_options()));
+    let internal = INTERNAL_CFS
+        .iter()
+        .map(|name| (*name, memory.column_family_options()));
+    stores.chain(internal)
+}
+
 /// Adds puts (`Some`) and deletes (`None`) for one column family to a write batch.
 fn add_updates<'a>(
     batch: &mut WriteBatch,
@@ -171,11 +185,8 @@ impl TaskStore {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_keep_log_file_num(2);
-        let families = store_names
-            .iter()
-            .map(String::as_str)
-            .chain(INTERNAL_CFS)
-            .map(|name| ColumnFamilyDescriptor::new(name, memory.column_family_options()));
+        let families = column_families(store_names, memory)
+            .map(|(name, options)| ColumnFamilyDescriptor::new(name, options));
         let db = DB::open_cf_descriptors(&options, path, families).map_err(|source| {
             EngineError::Store {
                 task,
@@ -278,15 +289,13 @@ impl TaskStore {
 
     /// Drops all state and offsets (the store stays open, empty).
     pub fn wipe(&mut self) -> Result<()> {
-        for name in self
-            .store_names
-            .iter()
-            .map(String::as_str)
-            .chain(INTERNAL_CFS)
-        {
-            self.db.drop_cf(name).map_err(self.store_error())?;
+        let families: Vec<_> = column_families(&self.store_names, &self.memory)
+            .map(|(name, options)| (name.to_string(), options))
+            .collect();
+        for (name, options) in families {
+            self.db.drop_cf(&name).map_err(self.store_error())?;
             self.db
-                .create_cf(name, &self.memory.column_family_options())
+                .create_cf(&name, &options)
                 .map_err(self.store_error())?;
         }
         self.clear_dirty();
@@ -313,9 +322,18 @@ impl TaskStore {
         &self.store_names
     }
 
-    /// A key's stored bytes (input offset and value), seeing uncommitted writes: the cache,
-    /// then the write-outs in flight, newest first.
-    fn get_versioned(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    /// Reads a key with the input offset of the update that produced it (`None` when not
+    /// known), seeing this task's own uncommitted writes: the cache, then the write-outs in
+    /// flight, newest first, then RocksDB (read in place, one copy of the value).
+    pub fn get_with_version(
+        &self,
+        store: StoreId,
+        key: &[u8],
+    ) -> Result<Option<(Option<i64>, Vec<u8>)>> {
+        let decode = |bytes: &[u8]| {
+            let (version, value) = decode_changelog_value(bytes);
+            (version, value.to_vec())
+        };
         let held = std::iter::once(&self.dirty[store.0]).chain(
             self.sealed
                 .iter()
@@ -324,24 +342,12 @@ impl TaskStore {
         );
         for writes in held {
             if let Some(pending) = writes.get(key) {
-                return Ok(pending.bytes.clone());
+                return Ok(pending.bytes.as_deref().map(decode));
             }
         }
         let cf = self.cf(&self.store_names[store.0]);
-        self.db.get_cf(cf, key).map_err(self.store_error())
-    }
-
-    /// Reads a key with the input offset of the update that produced it (`None` when not
-    /// known), seeing this task's own uncommitted writes.
-    pub fn get_with_version(
-        &self,
-        store: StoreId,
-        key: &[u8],
-    ) -> Result<Option<(Option<i64>, Vec<u8>)>> {
-        Ok(self.get_versioned(store, key)?.map(|bytes| {
-            let (version, value) = decode_changelog_value(&bytes);
-            (version, value.to_vec())
-        }))
+        let stored = self.db.get_pinned_cf(cf, key).map_err(self.store_error())?;
+        Ok(stored.as_deref().map(decode))
     }
 
     /// Reads a key, seeing this task's own uncommitted writes.
