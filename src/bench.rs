@@ -290,6 +290,9 @@ pub struct AppRun {
     pub changelog_records: u64,
     /// Peak resident set size of the process (VmHWM), bytes.
     pub peak_rss_bytes: u64,
+    /// The most RocksDB held (block cache and memtables, `kstreams_rocksdb_memory_bytes`) at
+    /// any scrape of the run, bytes.
+    pub peak_rocksdb_bytes: u64,
     /// Changelog records restored before it ran.
     pub restored_records: u64,
     /// From the process's start until every task ran (restore included).
@@ -344,6 +347,9 @@ impl AppSetup {
             let metrics = http_get(app.metrics_port, "/metrics").map(|(_, body)| body);
             let metrics = metrics.as_deref().unwrap_or("");
             let value = |name| metric_sum(metrics, name, &[]);
+            run.peak_rocksdb_bytes = run
+                .peak_rocksdb_bytes
+                .max(value("kstreams_rocksdb_memory_bytes") as u64);
             if run.ready_seconds == 0.0 && value("kstreams_tasks_running") >= self.partitions as f64
             {
                 run.ready_seconds = started.elapsed().as_secs_f64();
@@ -752,12 +758,12 @@ impl Report {
         let mut out = String::new();
         if !self.throughput.is_empty() {
             out += "### End-to-end throughput (records/s. Word count: the kstreams-count process with default settings, from its start, group join included, to its clean stop after the last record, final commit included. Records sent: output and changelog records in all; the record cache sends one per key per commit)\n\n";
-            out += "| input | partitions | broker storage | cpus | produce (broker reached) | ceiling: plain pipe | word count in | word count out | start to ready s | word count in, once ready | records sent (output / changelog) | word count / ceiling | pipe writing 2 per input | word count / that pipe | peak RSS MiB | counts exact |\n";
-            out += "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|\n";
+            out += "| input | partitions | broker storage | cpus | produce (broker reached) | ceiling: plain pipe | word count in | word count out | start to ready s | word count in, once ready | records sent (output / changelog) | word count / ceiling | pipe writing 2 per input | word count / that pipe | peak RSS MiB | of which RocksDB at most (blocks + memtables) MiB | counts exact |\n";
+            out += "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|\n";
             for t in &self.throughput {
                 let wc = &t.word_count;
                 out += &format!(
-                    "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {} / {} | {:.2} | {:.0} | {:.2} | {} | {} |\n",
+                    "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {} / {} | {:.2} | {:.0} | {:.2} | {} | {} | {} |\n",
                     t.input.describe(),
                     t.partitions,
                     t.storage.name(),
@@ -775,6 +781,7 @@ impl Report {
                     t.two_output_pipe.rate(),
                     t.two_output_ratio(),
                     mib(wc.peak_rss_bytes),
+                    mib(wc.peak_rocksdb_bytes),
                     t.counts_exact,
                 );
             }
