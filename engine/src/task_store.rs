@@ -289,13 +289,10 @@ impl TaskStore {
 
     /// Drops all state and offsets (the store stays open, empty).
     pub fn wipe(&mut self) -> Result<()> {
-        let families: Vec<_> = column_families(&self.store_names, &self.memory)
-            .map(|(name, options)| (name.to_string(), options))
-            .collect();
-        for (name, options) in families {
-            self.db.drop_cf(&name).map_err(self.store_error())?;
+        for (name, options) in column_families(&self.store_names, &self.memory) {
+            self.db.drop_cf(name).map_err(self.store_error())?;
             self.db
-                .create_cf(&name, &options)
+                .create_cf(name, &options)
                 .map_err(self.store_error())?;
         }
         self.clear_dirty();
