@@ -28,7 +28,7 @@ fi
 if [ -x "$TANSU_BIN" ]; then
   echo "==> tansu $TANSU_VERSION (patches $TANSU_PATCHES_KEY) present at $TANSU_BIN"
 else
-  echo "==> building tansu $TANSU_VERSION (a Kafka-protocol broker) with third_party/tansu/*/*.patch into $KSTREAMS_CACHE (about 12 minutes on 2 cores, once per patch set and feature set)"
+  echo "==> building tansu $TANSU_VERSION (a Kafka-protocol broker) with third_party/tansu/*/*.patch into $KSTREAMS_CACHE (about 11 minutes on 2 cores, once per patch set and feature set)"
   src="$KSTREAMS_CACHE/tansu-src-$TANSU_PATCHES_KEY"
   rm -rf "$src" && mkdir -p "$src"
   # The crates we patch (one folder of patches each), plus tansu itself, whose binary we build.

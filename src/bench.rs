@@ -16,6 +16,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use kstreams_engine::status::TaskView;
 use kstreams_engine::{StreamsBuilder, StringSerde, Topology};
 
 use crate::{free_port, http_get, metric_sum, unique, App, AppOptions, Broker, Storage};
@@ -337,7 +338,9 @@ impl AppSetup {
         format!("{}-count-store-changelog", self.options.application_id)
     }
 
-    /// Starts the process and waits until it has processed `records` input records in all.
+    /// Starts the process and waits until it has processed `records` input records in all: its
+    /// tasks' processed offsets (`/status`) reach that many records, so records read again after
+    /// a rejoin, which `kstreams_records_processed_total` counts twice, cannot end it early.
     pub fn run_until_processed(&self, broker: &Broker, records: u64) -> AppRun {
         let started = Instant::now();
         let mut app = App::spawn_with_metrics_port(&broker.address(), &self.options, free_port());
@@ -357,6 +360,7 @@ impl AppSetup {
             }
             if run.ready_seconds > 0.0
                 && value("kstreams_records_processed_total") >= records as f64
+                && records_through_processed_offsets(&app) >= records
             {
                 run.processed = Figure {
                     records,
@@ -390,6 +394,20 @@ impl AppSetup {
             std::thread::sleep(Duration::from_millis(25));
         }
     }
+}
+
+/// How many input records the given tasks have processed, by their positions: the sum of their
+/// processed offsets plus one (input topics start at offset 0).
+fn records_through<'a>(tasks: impl Iterator<Item = &'a TaskView>) -> i64 {
+    tasks
+        .filter_map(|task| task.processed_offset.map(|offset| offset + 1))
+        .sum()
+}
+
+/// [`records_through`] over every task of a running instance (0 while `/status` is silent).
+fn records_through_processed_offsets(app: &App) -> u64 {
+    app.view()
+        .map_or(0, |view| records_through(view.tasks.iter()) as u64)
 }
 
 /// A field (`output=123`) of the engine's last log line, "stopped: ... processed=.. output=..
@@ -587,11 +605,7 @@ pub fn restore_beside(changelog_records: u64, input: Input, partitions: i32) -> 
     produce_input(&broker, &setup.options.input_topic, &input);
     let mut app = App::spawn_with_metrics_port(&broker.address(), &setup.options, free_port());
     let others_processed = |view: &crate::InstanceView| -> i64 {
-        view.tasks
-            .iter()
-            .filter(|t| t.task_id != "0_0")
-            .filter_map(|t| t.processed_offset.map(|o| o + 1))
-            .sum()
+        records_through(view.tasks.iter().filter(|t| t.task_id != "0_0"))
     };
     let deadline = Instant::now() + STEP_TIMEOUT;
     let mut began: Option<(Instant, i64)> = None;
