@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use kstreams_engine::hot_path::TaskHotPath;
+use kstreams_engine::testing::TaskHotPath;
 use kstreams_engine::{InputRecord, StoreMemorySettings};
 use kstreams_suite::bench::word_count_topology;
 

@@ -59,6 +59,11 @@ pub struct AppOptions {
 }
 
 impl AppOptions {
+    /// The changelog topic of the word count's store (`count-store`, the app's default).
+    pub fn changelog_topic(&self) -> String {
+        kstreams_engine::changelog_topic_name(&self.application_id, "count-store")
+    }
+
     /// A fresh application: random application id and topic names, state in `state_root/state`.
     pub fn fresh(state_root: &Path) -> Self {
         AppOptions {

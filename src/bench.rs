@@ -17,7 +17,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{Offset, TopicPartitionList};
 
 use kstreams_engine::status::TaskView;
-use kstreams_engine::{StreamsBuilder, StringSerde, Topology};
+use kstreams_engine::Topology;
 
 use crate::{free_port, http_get, metric_sum, unique, App, AppOptions, Broker, Storage};
 
@@ -27,15 +27,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(1800);
 /// The word count as `kstreams-count` builds it: `input` -> count per key in `count-store` ->
 /// `output` (counts as decimal strings).
 pub fn word_count_topology(input: &str, output: &str) -> Topology {
-    let builder = StreamsBuilder::new();
-    builder
-        .stream(input, StringSerde, StringSerde)
-        .group_by_key()
-        .count("count-store")
-        .to_stream()
-        .map_values(|n| n.to_string())
-        .to(output, StringSerde, StringSerde);
-    builder.build().expect("word count topology")
+    kstreams_engine::word_count(input, "count-store", output).expect("word count topology")
 }
 
 /// How input keys are drawn.
@@ -335,7 +327,7 @@ impl AppSetup {
     }
 
     pub fn changelog(&self) -> String {
-        format!("{}-count-store-changelog", self.options.application_id)
+        self.options.changelog_topic()
     }
 
     /// Starts the process and waits until it has processed `records` input records in all: its

@@ -27,7 +27,7 @@ pub fn read_store_counts(
         let cf = db.cf_handle(store).unwrap();
         for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
             let (key, value) = item.unwrap();
-            let (_, value) = kstreams_engine::offsets::decode_changelog_value(&value);
+            let (_, value) = kstreams_engine::testing::decode_changelog_value(&value);
             let count = i64::from_be_bytes(value.try_into().unwrap()) as u64;
             *counts
                 .entry(String::from_utf8(key.to_vec()).unwrap())

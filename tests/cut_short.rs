@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
-use kstreams_engine::failpoints;
+use kstreams_engine::testing::failpoints;
 use kstreams_suite::{
     ownership_from_log, ownership_overlaps, poll_until, read_store_counts, restart_after_crash,
     take_turn, wait_until, word_count_input, App, AppOptions, Broker,
@@ -107,7 +107,7 @@ fn produce(broker: &Broker, topic: &str, records: &[(String, String)]) {
 }
 
 fn changelog(options: &AppOptions) -> String {
-    format!("{}-count-store-changelog", options.application_id)
+    options.changelog_topic()
 }
 
 fn processed(app: &App) -> f64 {

@@ -22,7 +22,7 @@ fn setup(state_root: &tempfile::TempDir) -> (Broker, AppOptions) {
 /// Writes `records` counts straight into the changelog, as an earlier owner would have, so
 /// that an instance on an empty state dir has a large restore ahead of it.
 fn seed_changelog(broker: &Broker, options: &AppOptions, records: usize) {
-    let changelog = format!("{}-count-store-changelog", options.application_id);
+    let changelog = options.changelog_topic();
     broker.create_topic_with(&changelog, 4, &[("cleanup.policy", "compact")]);
     broker.produce(
         &changelog,

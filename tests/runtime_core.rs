@@ -53,7 +53,7 @@ fn topics_with_changelog(
 ) -> String {
     broker.create_topic(&options.input_topic, partitions);
     broker.create_topic(&options.output_topic, partitions);
-    let changelog = format!("{}-count-store-changelog", options.application_id);
+    let changelog = options.changelog_topic();
     broker.create_topic_with(&changelog, partitions, &[("cleanup.policy", "compact")]);
     for &(partition, count) in records {
         broker.produce(&changelog, changelog_records(partition, count));

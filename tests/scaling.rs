@@ -307,7 +307,7 @@ fn scaling_1_3_2_1_under_load_keeps_counts_exact_and_one_owner_per_partition() {
 fn a_restarted_instance_restores_only_the_changelog_tail_of_the_tasks_it_gets_back() {
     let _turn = take_turn();
     let (broker, options, root) = setup(4);
-    let changelog = format!("{}-count-store-changelog", options.application_id);
+    let changelog = options.changelog_topic();
     let mut a = Instance::new("kstreams-count-0", &options, root.path());
     let mut b = Instance::new("kstreams-count-1", &options, root.path());
     let load = Load::start(&broker, &options.input_topic, RATE, KEYS);
@@ -448,7 +448,7 @@ fn cooperative_rebalancing_keeps_unaffected_tasks_processing_while_an_instance_j
         &options.input_topic,
         backlog.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     );
-    let changelog = format!("{}-count-store-changelog", options.application_id);
+    let changelog = options.changelog_topic();
     kstreams_suite::wait_until(
         "the first instance to log the backlog to its changelog",
         COUNTS_TIMEOUT,

@@ -71,7 +71,7 @@ fn a_changelog_that_is_not_compacted_stops_start_up_naming_it() {
     let options = AppOptions::fresh(root.path());
     broker.create_topic(&options.input_topic, 4);
     broker.create_topic(&options.output_topic, 4);
-    let changelog = format!("{}-count-store-changelog", options.application_id);
+    let changelog = options.changelog_topic();
     broker.create_topic_with(&changelog, 4, &[("cleanup.policy", "delete")]);
     let mut app = App::spawn(&broker.address(), &options);
     let status = app

@@ -30,7 +30,7 @@ fn setup() -> Setup {
 }
 
 fn changelog(options: &AppOptions) -> String {
-    format!("{}-count-store-changelog", options.application_id)
+    options.changelog_topic()
 }
 
 fn produce(broker: &Broker, topic: &str, records: &[(String, String)]) {

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use kstreams_engine::clients::{setting_error, tool_client_config};
 use kstreams_engine::{normalize_bootstrap_servers, ClientSettings, SettingSource};
+use kstreams_engine::{setting_error, tool_client_config};
 use rdkafka::config::ClientConfig;
 
 /// Where the broker is when neither `--broker`, `KAFKA_BROKER` nor the properties file says.

@@ -20,8 +20,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use client_args::ClientArgs;
 use kstreams_engine::{
-    ClientMemorySettings, ClientSettings, DeserializationErrorPolicy, KafkaStreams,
-    StoreMemorySettings, StreamsBuilder, StreamsConfig, StringSerde,
+    word_count, ClientMemorySettings, ClientSettings, DeserializationErrorPolicy, KafkaStreams,
+    StoreMemorySettings, StreamsConfig,
 };
 use tracing::{error, info, warn};
 
@@ -261,15 +261,7 @@ const STATIC_MEMBER_SESSION_TIMEOUT_MS: u64 = 45_000;
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     malloc_tuning::fix_mmap_threshold(args.malloc_mmap_threshold_bytes)?;
     let config = args.streams_config()?;
-    let builder = StreamsBuilder::new();
-    builder
-        .stream(&args.input_topic, StringSerde, StringSerde)
-        .group_by_key()
-        .count(&args.store_name)
-        .to_stream()
-        .map_values(|count| count.to_string())
-        .to(&args.output_topic, StringSerde, StringSerde);
-    let topology = builder.build()?;
+    let topology = word_count(&args.input_topic, &args.store_name, &args.output_topic)?;
 
     let mut streams = tokio::select! {
         started = KafkaStreams::start(topology, config) => started?,
@@ -309,7 +301,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     // Fault injection for the crash tests (inert unless FAILPOINTS is set).
-    match kstreams_engine::failpoints::setup_from_env() {
+    match kstreams_engine::setup_failpoints_from_env() {
         Ok(set) if !set.is_empty() => warn!("failpoints set: {}", set.join(", ")),
         Ok(_) => {}
         Err(e) => {

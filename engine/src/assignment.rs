@@ -36,6 +36,7 @@ impl AssignmentChange {
         }
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.start.is_empty() && self.stop.is_empty()
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::clients::{validate_client_settings, ClientSettings};
+use crate::client_settings::ClientSettings;
 use crate::error::{EngineError, Result};
 use crate::memory_budget::{ClientMemorySettings, MemoryBudget};
 use crate::store_memory::StoreMemorySettings;
@@ -118,8 +118,9 @@ impl StreamsConfig {
         }
     }
 
-    /// Checks every setting; the error names the first one that is wrong and why.
-    pub fn validate(&self) -> Result<()> {
+    /// Checks the engine's own settings; the error names the first one that is wrong and why.
+    /// [`StreamsConfig::validate`] (in `clients`) checks these and the client settings.
+    pub(crate) fn validate_engine_settings(&self) -> Result<()> {
         let invalid = |setting, reason: String| Err(EngineError::InvalidConfig { setting, reason });
         if self.application_id.is_empty() {
             return invalid("application-id", "must not be empty".into());
@@ -216,7 +217,7 @@ impl StreamsConfig {
                 );
             }
         }
-        validate_client_settings(self)
+        Ok(())
     }
 
     /// Every part of the memory budget.
@@ -234,8 +235,14 @@ impl StreamsConfig {
 
     /// `<application_id>-<store>-changelog`.
     pub fn changelog_topic(&self, store: &str) -> String {
-        format!("{}-{}-changelog", self.application_id, store)
+        changelog_topic_name(&self.application_id, store)
     }
+}
+
+/// The changelog topic of an application's store, `<application_id>-<store>-changelog` as in
+/// Kafka Streams: the one place the name is built.
+pub fn changelog_topic_name(application_id: &str, store: &str) -> String {
+    format!("{application_id}-{store}-changelog")
 }
 
 /// Turns `KAFKA_BROKER`-style input (`host` or `host:port`, comma separated) into bootstrap

@@ -45,7 +45,7 @@ impl Topology {
             ));
         }
         for (i, store) in self.stores.iter().enumerate() {
-            if store.is_empty() || store == crate::task_store::OFFSETS_CF || store == "default" {
+            if crate::store::is_reserved(store) {
                 return Err(EngineError::Topology(format!(
                     "`{store}` cannot name a store"
                 )));

@@ -128,6 +128,14 @@ pub enum EngineError {
     #[error("task {task} failed: {reason}")]
     TaskFailed { task: TaskId, reason: String },
 
+    /// A task was asked to move where its lifecycle does not allow (a bug, never ignored).
+    #[error("task {task}: its lifecycle cannot go from {from} to {to}")]
+    TaskLifecycle {
+        task: TaskId,
+        from: crate::status::TaskPhase,
+        to: crate::status::TaskPhase,
+    },
+
     /// Talking to an actor failed (it stopped, or did not answer).
     #[error("actor {actor}: {reason}")]
     Actor { actor: &'static str, reason: String },

@@ -24,6 +24,7 @@ pub const ABORT_BEFORE_REPLAY: &str = "abort-before-replay";
 pub const RESTORE_STEP_DELAY: &str = "restore-step-delay";
 
 /// Every point this build knows, for the start-up check of `FAILPOINTS`.
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
 pub const ALL: [&str; 6] = [
     WRITE_OUT_ABORT_AFTER,
     EARLY_WRITE_OUT_ABORT_AFTER,

@@ -4,16 +4,16 @@
 
 use std::path::Path;
 
-use crate::checkpoint::{emit_cached_writes, WriteOut};
-use crate::clients::{ClientSettings, SettingSource};
+use crate::client_settings::{ClientSettings, SettingSource};
 use crate::config::StreamsConfig;
 use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::processor::{InputRecord, Processor, ProcessorContext};
 use crate::record_collector::RecordCollector;
+use crate::runtime::checkpoint::{emit_cached_writes, WriteOut};
+use crate::store::{StoredOffsets, TaskStore};
 use crate::store_memory::{StoreMemory, StoreMemorySettings};
 use crate::task_id::TaskId;
-use crate::task_store::{StoredOffsets, TaskStore};
 
 /// Nothing listens here: the producer queues and never delivers.
 const NOWHERE: &str = "127.0.0.1:9";

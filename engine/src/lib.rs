@@ -17,44 +17,63 @@
 //! # }
 //! ```
 
-pub mod assignment;
-mod checkpoint;
-pub mod clients;
-pub mod config;
-pub mod dsl;
-pub mod error;
-pub mod failpoints;
-pub mod hot_path;
-pub mod http;
-pub mod internal_topics;
-pub mod memory_budget;
-pub mod metrics;
-pub mod offsets;
+mod assignment;
+mod client_settings;
+mod clients;
+mod config;
+mod dsl;
+mod error;
+mod failpoints;
+#[cfg(feature = "testing")]
+mod hot_path;
+mod http;
+mod internal_topics;
+mod memory_budget;
+mod metrics;
 pub mod ownership;
-mod poller;
-pub mod processor;
-mod rebalance;
-pub mod record_collector;
-mod restore;
-pub mod serde;
-pub mod state_directory;
-mod state_updater;
+mod processor;
+mod record_collector;
+mod runtime;
+mod serde;
+mod state_directory;
 pub mod status;
-pub mod store_memory;
-pub mod streams;
-mod supervisor;
-mod task;
-pub mod task_id;
-pub mod task_store;
+mod store;
+mod store_memory;
+mod streams;
+mod task_id;
+mod word_count;
 
-pub use clients::{ClientSetting, ClientSettings, SettingSource};
-pub use config::{normalize_bootstrap_servers, DeserializationErrorPolicy, StreamsConfig};
+pub use client_settings::{ClientSetting, ClientSettings, SettingSource};
+pub use clients::{setting_error, tool_client_config};
+pub use config::{
+    changelog_topic_name, normalize_bootstrap_servers, DeserializationErrorPolicy, StreamsConfig,
+};
 pub use dsl::{KGroupedStream, KStream, KTable, StreamsBuilder, Topology};
 pub use error::{EngineError, Result};
+pub use failpoints::{setup_from_env as setup_failpoints_from_env, FailpointsError};
 pub use memory_budget::{ClientMemorySettings, MemoryBudget};
-pub use processor::{InputRecord, KeyState, Processor, ProcessorContext, RecordError, StoreId};
+pub use metrics::EngineMetrics;
+pub use processor::{InputRecord, KeyState, Processor, ProcessorContext, RecordError};
 pub use serde::{I64Serde, Serde, SerdeError, StringSerde};
 pub use status::TaskPhase;
+pub use store::StoreId;
 pub use store_memory::StoreMemorySettings;
 pub use streams::KafkaStreams;
 pub use task_id::TaskId;
+pub use word_count::word_count;
+
+/// What the test harness and the benchmarks reach into beyond the product's API: the
+/// failpoints' names, the engine alone on one task, the changelog value format.
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::hot_path::TaskHotPath;
+    pub use crate::store::changelog_format::decode_changelog_value;
+
+    /// The named failpoints (set through `FAILPOINTS`; see the engine's `failpoints` feature).
+    pub mod failpoints {
+        pub use crate::failpoints::{
+            ABORT_BEFORE_REPLAY, ABORT_WITH_WRITE_OUT_IN_FLIGHT, EARLY_WRITE_OUT_ABORT_AFTER,
+            RESTORE_STEP_DELAY, REVOCATION_COMMIT_FAILS, WRITE_OUT_ABORT_AFTER,
+        };
+    }
+}

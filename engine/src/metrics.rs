@@ -14,44 +14,44 @@ use crate::task_id::TaskId;
 #[derive(Clone)]
 pub struct EngineMetrics {
     registry: Registry,
-    pub records_processed: IntCounterVec,
-    pub records_skipped: IntCounterVec,
-    pub output_records: IntCounterVec,
-    pub changelog_records: IntCounterVec,
-    pub end_to_end_latency: HistogramVec,
-    pub consumer_lag: IntGaugeVec,
-    pub restore_records: IntCounterVec,
-    pub restore_remaining: IntGaugeVec,
-    pub restore_duration: Histogram,
-    pub tasks_restoring: IntGauge,
-    pub tasks_running: IntGauge,
-    pub restore_stalls: IntCounter,
-    pub store_size: IntGaugeVec,
-    pub commits: IntCounter,
-    pub commit_failures: IntCounter,
-    pub commit_duration: Histogram,
-    pub rebalances: IntCounter,
-    pub tasks_assigned: IntCounter,
-    pub tasks_revoked: IntCounter,
-    pub tasks_lost: IntCounter,
-    pub rebalance_paused: prometheus::Counter,
-    pub state_wipes: IntCounterVec,
-    pub task_restarts: IntCounter,
-    pub state_dirs_removed: IntCounter,
-    pub state_cache_bytes: IntGauge,
-    pub state_write_out_bytes: IntGauge,
-    pub state_cache_flushes: IntCounterVec,
-    pub rocksdb_memory_bytes: IntGauge,
-    pub memory_budget: IntGaugeVec,
-    pub build_info: IntGaugeVec,
-    pub instance_ready: IntGauge,
-    pub instance_state: IntGaugeVec,
-    pub rebalance_duration: Histogram,
-    pub process_batch_duration: Histogram,
-    pub produce_ack_latency: Histogram,
-    pub produce_errors: IntCounter,
-    pub broker_rtt: prometheus::GaugeVec,
-    pub broker_errors: IntCounterVec,
+    pub(crate) records_processed: IntCounterVec,
+    pub(crate) records_skipped: IntCounterVec,
+    pub(crate) output_records: IntCounterVec,
+    pub(crate) changelog_records: IntCounterVec,
+    pub(crate) end_to_end_latency: HistogramVec,
+    pub(crate) consumer_lag: IntGaugeVec,
+    pub(crate) restore_records: IntCounterVec,
+    pub(crate) restore_remaining: IntGaugeVec,
+    pub(crate) restore_duration: Histogram,
+    pub(crate) tasks_restoring: IntGauge,
+    pub(crate) tasks_running: IntGauge,
+    pub(crate) restore_stalls: IntCounter,
+    pub(crate) store_size: IntGaugeVec,
+    pub(crate) commits: IntCounter,
+    pub(crate) commit_failures: IntCounter,
+    pub(crate) commit_duration: Histogram,
+    pub(crate) rebalances: IntCounter,
+    pub(crate) tasks_assigned: IntCounter,
+    pub(crate) tasks_revoked: IntCounter,
+    pub(crate) tasks_lost: IntCounter,
+    pub(crate) rebalance_paused: prometheus::Counter,
+    pub(crate) state_wipes: IntCounterVec,
+    pub(crate) task_restarts: IntCounter,
+    pub(crate) state_dirs_removed: IntCounter,
+    pub(crate) state_cache_bytes: IntGauge,
+    pub(crate) state_write_out_bytes: IntGauge,
+    pub(crate) state_cache_flushes: IntCounterVec,
+    pub(crate) rocksdb_memory_bytes: IntGauge,
+    pub(crate) memory_budget: IntGaugeVec,
+    pub(crate) build_info: IntGaugeVec,
+    pub(crate) instance_ready: IntGauge,
+    pub(crate) instance_state: IntGaugeVec,
+    pub(crate) rebalance_duration: Histogram,
+    pub(crate) process_batch_duration: Histogram,
+    pub(crate) produce_ack_latency: Histogram,
+    pub(crate) produce_errors: IntCounter,
+    pub(crate) broker_rtt: prometheus::GaugeVec,
+    pub(crate) broker_errors: IntCounterVec,
 }
 
 fn register<M: Collector + Clone + 'static>(
@@ -75,7 +75,7 @@ pub fn peak_rss_kib() -> Option<u64> {
 }
 
 impl EngineMetrics {
-    pub fn new(application_id: &str) -> Self {
+    pub(crate) fn new(application_id: &str) -> Self {
         let labels = [("application_id".to_string(), application_id.to_string())].into();
         let registry = Registry::new_custom(None, Some(labels)).expect("valid registry labels");
         #[cfg(target_os = "linux")]
@@ -210,7 +210,7 @@ impl EngineMetrics {
     }
 
     /// Sets the instance-level gauges from its status (at every scrape).
-    pub fn observe_instance(&self, status: &InstanceStatus) {
+    pub(crate) fn observe_instance(&self, status: &InstanceStatus) {
         let (restoring, running) = status.phase_counts();
         self.tasks_restoring.set(restoring as i64);
         self.tasks_running.set(running as i64);
@@ -224,12 +224,12 @@ impl EngineMetrics {
     }
 
     /// The label values of a task's series.
-    pub fn task_labels(task: TaskId) -> [String; 2] {
+    pub(crate) fn task_labels(task: TaskId) -> [String; 2] {
         [task.to_string(), task.partition.to_string()]
     }
 
     /// Drops a task's per-task series (when it leaves this instance).
-    pub fn forget_task(&self, task: TaskId) {
+    pub(crate) fn forget_task(&self, task: TaskId) {
         let [id, partition] = Self::task_labels(task);
         let labels = [id.as_str(), partition.as_str()];
         let _ = self.consumer_lag.remove_label_values(&labels);
@@ -239,7 +239,7 @@ impl EngineMetrics {
 
     /// Totals over all tasks this instance ran: (records processed, output records, changelog
     /// records).
-    pub fn record_totals(&self) -> (u64, u64, u64) {
+    pub(crate) fn record_totals(&self) -> (u64, u64, u64) {
         let total = |counter: &IntCounterVec| -> u64 {
             counter
                 .collect()

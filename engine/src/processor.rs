@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use crate::record_collector::RecordCollector;
-use crate::task_store::TaskStore;
+pub use crate::store::StoreId;
+use crate::store::TaskStore;
 
 /// A record read from the source topic, as raw bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,10 +43,6 @@ impl RecordError {
         }
     }
 }
-
-/// Index of a state store within its topology (the order stores were added).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct StoreId(pub usize);
 
 /// A key's value as the record being processed sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,9 +225,9 @@ impl<'a> ProcessorContext<'a> {
 mod tests {
     use super::*;
     use crate::config::StreamsConfig;
+    use crate::store::StoredOffsets;
     use crate::store_memory::{StoreMemory, StoreMemorySettings};
     use crate::task_id::TaskId;
-    use crate::task_store::StoredOffsets;
 
     const STORE: StoreId = StoreId(0);
 

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use prometheus::{Histogram, IntCounter};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
-};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
 use crate::clients::{client_config, setting_error, ClientRole};
@@ -19,8 +17,8 @@ use crate::config::StreamsConfig;
 use crate::error::{EngineError, Result};
 use crate::memory_budget::ProducerBudget;
 use crate::metrics::EngineMetrics;
-use crate::offsets::encode_changelog_value;
-use crate::processor::StoreId;
+use crate::store::changelog_format::encode_changelog_value;
+use crate::store::StoreId;
 use crate::task_id::TaskId;
 
 /// What the broker answered for the records of one write-out generation.
@@ -189,8 +187,10 @@ impl RecordCollector {
     }
 
     /// Drops every queued, undelivered record (benchmarks only: nothing is sent).
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn purge_queued(&self) {
-        self.producer.purge(PurgeConfig::default().queue());
+        self.producer
+            .purge(rdkafka::producer::PurgeConfig::default().queue());
     }
 
     fn send(&mut self, topic: &str, record: BaseRecord<'_, [u8], [u8], usize>) -> Result<()> {
@@ -349,7 +349,7 @@ impl RecordCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clients::{ClientSettings, SettingSource};
+    use crate::client_settings::{ClientSettings, SettingSource};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A collector whose producer points at a port nobody listens on, refusing records after

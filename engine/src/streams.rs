@@ -19,13 +19,15 @@ use crate::error::{EngineError, Result};
 use crate::http;
 use crate::internal_topics::{ensure_changelog_topics, wait_for_topic};
 use crate::metrics::EngineMetrics;
-use crate::poller::Poller;
-use crate::rebalance::RebalanceListener;
+use crate::runtime::consumer_loop::{ConsumerLoop, LoopWiring};
+use crate::runtime::consumer_port::TopicConsumer;
+use crate::runtime::rebalance::RebalanceListener;
+use crate::runtime::state_updater;
+use crate::runtime::supervisor::{Supervisor, SupervisorArgs};
+use crate::runtime::wiring::SupervisorMsg;
 use crate::state_directory::StateDirectory;
-use crate::state_updater;
 use crate::status::InstanceStatus;
 use crate::store_memory::StoreMemory;
-use crate::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
 
 /// A running engine instance.
 pub struct KafkaStreams {
@@ -111,12 +113,14 @@ impl KafkaStreams {
 
         let (poller_tx, poller_rx) = crossbeam_channel::unbounded();
         let (committed_tx, committed_rx) = crossbeam_channel::unbounded();
+        let (restored_tx, restored_rx) = crossbeam_channel::unbounded();
         let (fatal_tx, fatal) = unbounded_channel();
         let topology = Arc::new(topology);
         let (updater, _updater_thread) = state_updater::start(
             config.clone(),
             topology.source_topic().to_string(),
             metrics.clone(),
+            restored_tx,
         )?;
         let (supervisor, supervisor_exited) = Actor::spawn(
             None,
@@ -154,28 +158,33 @@ impl KafkaStreams {
             .subscribe(&[topology.source_topic()])
             .map_err(EngineError::kafka("subscribe"))?;
         let shutdown = Arc::new(AtomicBool::new(false));
-        let poller = Poller::new(
-            consumer,
-            supervisor.clone(),
+        let wiring = LoopWiring {
+            supervisor: supervisor.clone(),
             runtime,
-            poller_rx,
-            committed_rx,
-            shutdown.clone(),
-            config.commit_interval,
-            status.clone(),
-            topology.source_topic().to_string(),
-        );
+            commands: poller_rx,
+            committed: committed_rx,
+            restored: restored_rx,
+            shutdown: shutdown.clone(),
+            commit_interval: config.commit_interval,
+            status: status.clone(),
+            metrics: metrics.clone(),
+        };
+        let source_topic = topology.source_topic().to_string();
         let poller = std::thread::Builder::new()
-            .name("kstreams-poller".into())
+            .name("kstreams-consumer-loop".into())
             .spawn(move || {
-                let result = poller.run();
+                let input = TopicConsumer {
+                    consumer: &consumer,
+                    topic: &source_topic,
+                };
+                let result = ConsumerLoop::new(input, wiring).run();
                 if let Err(e) = &result {
                     error!("consumer loop stopped: {e}");
-                    let _ = fatal_tx.send(EngineError::actor("poller", e));
+                    let _ = fatal_tx.send(EngineError::actor("consumer loop", e));
                 }
                 result
             })
-            .map_err(|e| EngineError::actor("poller", e))?;
+            .map_err(|e| EngineError::actor("consumer loop", e))?;
         info!(
             "joined group `{}`; waiting for an assignment",
             config.group_id()
@@ -266,9 +275,9 @@ impl KafkaStreams {
         );
         match finished {
             Ok(Some(Ok(result))) => result,
-            Ok(Some(Err(_))) => Err(EngineError::actor("poller", "panicked")),
+            Ok(Some(Err(_))) => Err(EngineError::actor("consumer loop", "panicked")),
             Ok(None) => Ok(()),
-            Err(e) => Err(EngineError::actor("poller", e)),
+            Err(e) => Err(EngineError::actor("consumer loop", e)),
         }
     }
 }

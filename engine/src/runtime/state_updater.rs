@@ -22,11 +22,9 @@ use crate::config::StreamsConfig;
 use crate::error::{EngineError, Result};
 use crate::failpoints;
 use crate::metrics::EngineMetrics;
-use crate::restore::{RestoreOutcome, TaskRestore};
-use crate::status::TaskProgress;
-use crate::task::TaskMsg;
+use crate::runtime::restore::TaskRestore;
+use crate::runtime::wiring::{RestoreEvent, RestoredStore, RestoringTask, TaskMsg};
 use crate::task_id::TaskId;
-use crate::task_store::TaskStore;
 
 /// Most records one step takes from the restore consumer before looking at its commands.
 const STEP_RECORDS: usize = 5_000;
@@ -40,22 +38,9 @@ const PREPARING_WAIT: Duration = Duration::from_millis(20);
 /// A restore that reads nothing this long is reported and its changelogs fetched afresh.
 pub(crate) const RESTORE_STALL: Duration = Duration::from_secs(30);
 
-/// A task's store to restore, and where to send it back.
-pub struct RestoringTask {
-    pub task: TaskId,
-    pub store: TaskStore,
-    pub progress: Arc<TaskProgress>,
-    pub owner: ActorRef<TaskMsg>,
-}
-
-/// A restored store, handed back to its task.
-pub struct RestoredStore {
-    pub store: TaskStore,
-    pub outcome: RestoreOutcome,
-}
-
 pub enum UpdaterCommand {
-    /// Restore this task's stores; the task is told `Restored` or `RestoreFailed`.
+    /// Restore this task's stores; it is handed back (restored or failed) through the channel
+    /// the consumer loop drains.
     Add(Box<RestoringTask>),
     /// Stop restoring this task (it is stopping): what was read is written, the store closed,
     /// then `closed` is answered.
@@ -92,6 +77,7 @@ pub fn start(
     config: Arc<StreamsConfig>,
     source_topic: String,
     metrics: EngineMetrics,
+    handed_back: Sender<RestoreEvent>,
 ) -> Result<(StateUpdaterHandle, JoinHandle<()>)> {
     let consumer = Arc::new(restore_consumer(&config)?);
     let (commands, inbox) = crossbeam_channel::unbounded();
@@ -101,6 +87,7 @@ pub fn start(
         config,
         source_topic,
         metrics,
+        handed_back,
         inbox,
         prepared_tx,
         prepared,
@@ -140,6 +127,8 @@ struct StateUpdater {
     config: Arc<StreamsConfig>,
     source_topic: String,
     metrics: EngineMetrics,
+    /// Where restored (or failed) tasks go back, for the consumer loop to pass on.
+    handed_back: Sender<RestoreEvent>,
     inbox: Receiver<UpdaterCommand>,
     prepared_tx: Sender<Prepared>,
     prepared: Receiver<Prepared>,
@@ -261,7 +250,7 @@ impl StateUpdater {
         let restore = match restore {
             Ok(restore) if wanted => restore,
             Ok(_) => return debug!(%task, "dropping the restore of a task that stopped"),
-            Err(error) if wanted => return fail(&owner, task, error),
+            Err(error) if wanted => return self.fail(owner, task, error),
             Err(_) => return,
         };
         if let Some(reason) = restore.outcome_wiped() {
@@ -389,7 +378,7 @@ impl StateUpdater {
     fn drop_failed(&mut self, partition: i32, error: EngineError) {
         if let Some(restoring) = self.tasks.remove(&partition) {
             self.unassign(&restoring.restore);
-            fail(&restoring.owner, restoring.restore.task, error);
+            self.fail(restoring.owner, restoring.restore.task, error);
         }
     }
 
@@ -408,11 +397,19 @@ impl StateUpdater {
             let task = restore.task;
             let (store, outcome) = restore.finish();
             let restored = Box::new(RestoredStore { store, outcome });
-            // A task that stopped meanwhile drops the message, and the store with it.
-            if owner.cast(TaskMsg::Restored(restored)).is_err() {
-                debug!(%task, "restored a task that has stopped");
+            if self
+                .handed_back
+                .send(RestoreEvent::Restored(owner, restored))
+                .is_err()
+            {
+                debug!(%task, "restored a task while the instance stops");
             }
         }
+    }
+
+    fn fail(&self, owner: ActorRef<TaskMsg>, task: TaskId, error: EngineError) {
+        error!(%task, "restore failed: {error}");
+        let _ = self.handed_back.send(RestoreEvent::Failed(owner, error));
     }
 
     /// Restores that read nothing for [`RESTORE_STALL`] are reported and fetched afresh.
@@ -447,9 +444,4 @@ impl StateUpdater {
             }
         }
     }
-}
-
-fn fail(owner: &ActorRef<TaskMsg>, task: TaskId, error: EngineError) {
-    error!(%task, "restore failed: {error}");
-    let _ = owner.cast(TaskMsg::RestoreFailed(error));
 }

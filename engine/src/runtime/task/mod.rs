@@ -3,6 +3,8 @@
 //! batches the consumer loop queues for it, and commits on its own interval (write-outs that
 //! go on in flight while it processes, see `checkpoint`).
 
+mod lifecycle;
+
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,25 +12,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tracing::{debug, error, info, warn};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::{debug, info, warn};
 
-use crate::checkpoint::{TaskCheckpoint, WriteOut, WrittenOut};
 use crate::config::{DeserializationErrorPolicy, StreamsConfig};
 use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::failpoints;
 use crate::metrics::EngineMetrics;
-use crate::offsets::InputPosition;
-use crate::poller::TaskCommitted;
 use crate::processor::{InputRecord, Processor, ProcessorContext, RecordError};
 use crate::record_collector::RecordCollector;
-use crate::state_updater::{RestoredStore, RestoringTask, StateUpdaterHandle};
+use crate::runtime::checkpoint::policy::{on_failure, CommitTrigger};
+use crate::runtime::checkpoint::{count_commits, TaskCheckpoint, WriteOut, WrittenOut};
+use crate::runtime::state_updater::StateUpdaterHandle;
+use crate::runtime::wiring::{
+    RestoredStore, RestoringTask, SupervisorMsg, TaskCommitted, TaskMsg, STORE_RELEASE_WAIT,
+};
 use crate::status::{TaskPhase, TaskProgress};
+use crate::store::offsets::InputPosition;
+use crate::store::TaskStore;
 use crate::store_memory::StoreMemory;
-use crate::supervisor::SupervisorMsg;
 use crate::task_id::TaskId;
-use crate::task_store::TaskStore;
+use lifecycle::TaskLifecycle;
 
 /// Keys read per step while re-emitting the output of restored keys.
 const REPLAY_STEP: usize = 1_000;
@@ -36,28 +41,6 @@ const REPLAY_STEP: usize = 1_000;
 /// though it processed nothing (the instance's caches share one budget: another task's
 /// write-out can leave this one holding more than its share).
 const CACHE_CHECK_EVERY: Duration = Duration::from_millis(250);
-/// How long a stopping task waits for the state updater to close its store.
-const RELEASE_WAIT: Duration = Duration::from_secs(30);
-
-pub enum TaskMsg {
-    /// From the state updater: the stores are restored; run.
-    Restored(Box<RestoredStore>),
-    /// From the state updater: the restore failed (the task fails and is restarted).
-    RestoreFailed(EngineError),
-    /// Process these records (in offset order); queued by the consumer loop, not answered.
-    Process(Vec<InputRecord>),
-    /// Commit now and answer the input offset to commit to the group (revocation, shutdown).
-    Commit(RpcReplyPort<Result<Option<i64>>>),
-    /// The task's commit interval passed: start a write-out (its offset goes to the consumer
-    /// loop once it is in RocksDB).
-    CommitTick,
-    /// From the producer's thread: a write-out's records are all answered (or one was
-    /// refused): write what is acknowledged to RocksDB.
-    WriteOutAnswered,
-    /// Time to check the record cache against its share of the budget.
-    CacheCheck,
-}
-
 pub struct TaskArgs {
     pub task: TaskId,
     pub topology: Arc<Topology>,
@@ -77,8 +60,8 @@ pub struct TaskArgs {
 
 pub struct TaskState {
     args: TaskArgs,
-    /// Present once the task runs.
-    running: Option<RunningTask>,
+    /// Opening, restoring, running (with what it runs with), closed.
+    lifecycle: TaskLifecycle<RunningTask>,
     last_commit: Instant,
 }
 
@@ -117,8 +100,8 @@ impl Actor for StreamTask {
         args: TaskArgs,
     ) -> Result<TaskState, ActorProcessingErr> {
         Ok(TaskState {
+            lifecycle: TaskLifecycle::new(args.task, args.progress.clone()),
             args,
-            running: None,
             last_commit: Instant::now(),
         })
     }
@@ -137,13 +120,14 @@ impl Actor for StreamTask {
                 &args.task_dir,
                 args.topology.stores(),
                 &args.store_memory,
-                crate::task_store::LOCK_WAIT,
+                crate::store::LOCK_WAIT,
             )
         })?;
         if let Some(reason) = wiped {
             args.metrics.state_wipes.with_label_values(&[reason]).inc();
         }
-        state.set_phase(TaskPhase::Restoring);
+        state.lifecycle.start_restoring()?;
+        let args = &state.args;
         args.updater.add(RestoringTask {
             task: args.task,
             store,
@@ -166,7 +150,7 @@ impl Actor for StreamTask {
                 let interval = state.args.config.commit_interval;
                 myself.send_interval(interval, || TaskMsg::CommitTick);
                 myself.send_interval(CACHE_CHECK_EVERY, || TaskMsg::CacheCheck);
-                let next = state.running.as_ref().and_then(|r| r.position.next());
+                let next = state.lifecycle.running().and_then(|r| r.position.next());
                 state.args.supervisor.cast(SupervisorMsg::TaskRunning(
                     state.args.task,
                     myself.get_id(),
@@ -176,7 +160,7 @@ impl Actor for StreamTask {
             TaskMsg::RestoreFailed(error) => return Err(error.into()),
             TaskMsg::Process(records) => {
                 let count = records.len();
-                let result = match state.running.as_mut() {
+                let result = match state.lifecycle.running_mut() {
                     Some(running) => tokio::task::block_in_place(|| running.process(&records)),
                     None => {
                         debug!(task = %state.args.task, "dropping {count} records queued before the task runs");
@@ -192,7 +176,7 @@ impl Actor for StreamTask {
                 let _ = reply.send(state.commit());
             }
             TaskMsg::CacheCheck => {
-                if let Some(running) = state.running.as_mut() {
+                if let Some(running) = state.lifecycle.running_mut() {
                     tokio::task::block_in_place(|| running.write_out_if_over_budget())?;
                 }
             }
@@ -203,7 +187,7 @@ impl Actor for StreamTask {
                 }
             }
             TaskMsg::WriteOutAnswered => {
-                if let Some(running) = state.running.as_mut() {
+                if let Some(running) = state.lifecycle.running_mut() {
                     let written = tokio::task::block_in_place(|| running.write_acknowledged());
                     state.after_commit(written)?;
                 }
@@ -218,16 +202,17 @@ impl Actor for StreamTask {
         state: &mut TaskState,
     ) -> Result<(), ActorProcessingErr> {
         let task = state.args.task;
-        let was = state.set_phase(TaskPhase::Closed);
-        if matches!(was, Some(TaskPhase::Restoring)) {
+        let left = state.lifecycle.close()?;
+        if left.phase() == TaskPhase::Restoring {
             // The state updater holds the store: take it out (its progress is written) and
             // wait until it is closed, so the next owner on this instance can open it.
             let updater = state.args.updater.clone();
-            if let Err(e) = tokio::task::block_in_place(|| updater.remove(task, RELEASE_WAIT)) {
+            if let Err(e) = tokio::task::block_in_place(|| updater.remove(task, STORE_RELEASE_WAIT))
+            {
                 warn!(%task, "{e}");
             }
         }
-        if let Some(running) = &state.running {
+        if let Some(running) = left.running() {
             if running.store.dirty_keys() > 0 {
                 info!(%task, "closing with {} uncommitted keys dropped", running.store.dirty_keys());
             }
@@ -237,18 +222,6 @@ impl Actor for StreamTask {
 }
 
 impl TaskState {
-    /// Moves the task's phase, answering the one it left; a move the lifecycle refuses is a
-    /// bug, logged and ignored.
-    fn set_phase(&self, next: TaskPhase) -> Option<TaskPhase> {
-        match self.args.progress.set_phase(next) {
-            Ok(was) => Some(was),
-            Err(current) => {
-                error!(task = %self.args.task, "task lifecycle: {current} cannot become {next}");
-                None
-            }
-        }
-    }
-
     /// Starts running with the restored store: re-emits what restored keys may owe, then
     /// takes input from where the last commit left it.
     fn run(&mut self, restored: RestoredStore, myself: &ActorRef<TaskMsg>) -> Result<()> {
@@ -292,16 +265,14 @@ impl TaskState {
             outcome.replay_marked,
             running.position.next().map_or("(beginning)".to_string(), |o| o.to_string())
         );
-        self.running = Some(running);
-        self.set_phase(TaskPhase::Running);
-        Ok(())
+        self.lifecycle.run(running)
     }
 
     /// Commits a running task now (nothing to do for one still restoring): everything it
     /// processed is in RocksDB; answers the input offset to commit to the group.
     fn commit(&mut self) -> Result<Option<i64>> {
         self.last_commit = Instant::now();
-        match self.running.as_mut() {
+        match self.lifecycle.running_mut() {
             Some(running) => tokio::task::block_in_place(|| running.commit(WriteOut::Commit)),
             None => Ok(None),
         }
@@ -311,7 +282,7 @@ impl TaskState {
     /// group once it is in RocksDB.
     fn commit_on_interval(&mut self) -> Result<()> {
         self.last_commit = Instant::now();
-        if let Some(running) = self.running.as_mut() {
+        if let Some(running) = self.lifecycle.running_mut() {
             let started = tokio::task::block_in_place(|| running.start_write_out(WriteOut::Commit));
             self.after_commit(started)?;
         }
@@ -322,8 +293,8 @@ impl TaskState {
     /// `checkpoint`).
     fn after_commit(&self, result: Result<()>) -> Result<()> {
         result.inspect_err(|error| {
-            self.args.metrics.commit_failures.inc();
-            error!(task = %self.args.task, "commit failed; the task restarts from its last commit: {error}");
+            let metrics = &self.args.metrics;
+            on_failure(metrics, CommitTrigger::Task, Some(self.args.task), error);
         })
     }
 }
@@ -490,7 +461,9 @@ impl RunningTask {
                 if self.config.deserialization_error_policy == DeserializationErrorPolicy::Fail =>
             {
                 // Everything before the bad record is kept: sent, flushed and written.
-                self.commit(WriteOut::Commit)?;
+                self.commit(WriteOut::Commit).inspect_err(|error| {
+                    on_failure(&self.metrics, CommitTrigger::BadRecord, Some(task), error);
+                })?;
                 return Err(EngineError::Deserialization {
                     task,
                     partition,
@@ -568,11 +541,8 @@ impl RunningTask {
         if written.is_empty() {
             return;
         }
+        count_commits(&self.metrics, &written);
         for out in written {
-            if out.trigger == WriteOut::Commit {
-                self.metrics.commits.inc();
-                self.metrics.commit_duration.observe(out.took.as_secs_f64());
-            }
             if let Some(next_offset) = out.input_next {
                 let _ = self.committed.send(TaskCommitted {
                     partition: self.task.partition,

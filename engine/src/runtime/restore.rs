@@ -14,11 +14,11 @@ use tracing::{info, warn};
 use crate::config::StreamsConfig;
 use crate::error::{EngineError, Result};
 use crate::metrics::EngineMetrics;
-use crate::offsets::decode_changelog_value;
-use crate::processor::StoreId;
 use crate::status::TaskProgress;
+use crate::store::changelog_format::decode_changelog_value;
+use crate::store::StoreId;
+use crate::store::{ChangelogUpdate, StoredOffsets, TaskStore};
 use crate::task_id::TaskId;
-use crate::task_store::{ChangelogUpdate, StoredOffsets, TaskStore};
 
 /// Changelog records applied to RocksDB per write batch.
 const BATCH: usize = 10_000;

@@ -1,30 +1,18 @@
-//! The commit sequence of a task, in one place for every trigger (the task's commit interval,
-//! its record cache over budget, a revocation, shutdown, a bad record under the `fail`
-//! policy). A write-out sends the cached updates (changelog and output records) and seals
-//! them; processing goes on into a fresh cache while they are in flight. Once the broker
-//! acknowledges every record of a write-out, its state and offsets reach RocksDB in one batch,
-//! and the input offset it commits goes to the group (by the consumer loop). A task has at
-//! most one write-out in flight: the next waits for it. A revocation or shutdown commits at
-//! once: it starts a write-out and waits until everything is in RocksDB.
-//!
-//! Exactness: state reaches RocksDB only after its changelog records are acknowledged, and
-//! input resumes only from an offset committed with that state, whatever the trigger.
-//!
-//! Failure policy, the same for every trigger: a task whose commit fails is closed without
-//! writing anything more and restarted from its last commit (its uncommitted input is read
-//! again), and the instance stops once a task fails `--task-failure-limit` times within the
-//! window; a revoked task stops whatever its commit did. A failed group commit is only logged:
-//! state and offsets are durable in the task's store, so it means re-reading some input.
+//! A task's write-outs: cached updates sent (changelog and output records) and sealed as a
+//! generation, written to RocksDB with their offsets once the broker acknowledged them; at
+//! most one in flight, pipelined with processing. The commit is a write-out waited for.
 
 use std::time::{Duration, Instant};
 
 use crate::error::{EngineError, Result};
 use crate::failpoints;
-use crate::offsets::decode_changelog_value;
+use crate::metrics::EngineMetrics;
 use crate::processor::{Processor, ProcessorContext};
 use crate::record_collector::RecordCollector;
+use crate::store::changelog_format::decode_changelog_value;
+use crate::store::TaskStore;
+pub(crate) use crate::store::WriteOut;
 use crate::task_id::TaskId;
-use crate::task_store::TaskStore;
 
 /// How long a commit waits for the broker to acknowledge the task's records.
 pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -33,13 +21,13 @@ pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 /// (the producer's thread serves them).
 const ANSWERS_COUNTED_WAIT: Duration = Duration::from_secs(5);
 
-/// What made a task write its cached updates out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteOut {
-    /// A commit (interval, revocation, shutdown, or before stopping on a bad record).
-    Commit,
-    /// The task's record cache went over its share of the budget.
-    CacheOverBudget,
+/// Counts the commits among write-outs that reached RocksDB (the one place commits are
+/// counted: a commit is a write-out of trigger [`WriteOut::Commit`], whoever asked for it).
+pub(crate) fn count_commits(metrics: &EngineMetrics, written: &[WrittenOut]) {
+    for out in written.iter().filter(|out| out.trigger == WriteOut::Commit) {
+        metrics.commits.inc();
+        metrics.commit_duration.observe(out.took.as_secs_f64());
+    }
 }
 
 /// A write-out acknowledged by the broker and written to RocksDB.

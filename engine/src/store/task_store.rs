@@ -13,13 +13,10 @@ use std::time::{Duration, Instant};
 
 use rocksdb::{ColumnFamilyDescriptor, WriteBatch, DB};
 
-use crate::checkpoint::WriteOut;
+use super::changelog_format::{decode_changelog_value, encode_changelog_value};
+use super::layout::{StoreId, INTERNAL_COLUMN_FAMILIES, OFFSETS_CF, PENDING_OUTPUT_CF};
+use super::offsets::{changelog_offset_key, decode_offset, encode_offset, INPUT_OFFSET_KEY};
 use crate::error::{EngineError, Result};
-use crate::offsets::{
-    changelog_offset_key, decode_changelog_value, decode_offset, encode_changelog_value,
-    encode_offset, INPUT_OFFSET_KEY,
-};
-use crate::processor::StoreId;
 use crate::store_memory::{StoreMemory, CACHE_ENTRY_OVERHEAD};
 use crate::task_id::TaskId;
 use tracing::warn;
@@ -29,18 +26,14 @@ use tracing::warn;
 /// being prepared. The wait is in the starting task's own actor and delays only that task.
 pub const LOCK_WAIT: Duration = Duration::from_secs(90);
 
-/// Column family holding the task's offsets.
-pub const OFFSETS_CF: &str = "offsets";
-
-/// Column family marking restored keys whose output may not have reached the output topic
-/// (key: the store's index, 4 bytes big-endian, then the key). A restore marks them in the
-/// same write as the restored values; the first commit after they are re-emitted (which
-/// flushes that output) clears them in its own write. A crash in between leaves them marked,
-/// so the next start re-emits them again.
-pub const PENDING_OUTPUT_CF: &str = "pending-output";
-
-/// Internal column families, beside one per store.
-const INTERNAL_CFS: [&str; 2] = [OFFSETS_CF, PENDING_OUTPUT_CF];
+/// What made a task write its cached updates out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOut {
+    /// A commit (interval, revocation, shutdown, or before stopping on a bad record).
+    Commit,
+    /// The task's record cache went over its share of the budget.
+    CacheOverBudget,
+}
 
 fn pending_output_key(store: StoreId, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + key.len());
@@ -91,7 +84,7 @@ fn column_families<'a>(
     let stores = store_names
         .iter()
         .map(|name| (name.as_str(), memory.store_column_family_options()));
-    let internal = INTERNAL_CFS
+    let internal = INTERNAL_COLUMN_FAMILIES
         .iter()
         .map(|name| (*name, memory.column_family_options()));
     stores.chain(internal)
@@ -428,6 +421,7 @@ impl TaskStore {
     }
 
     /// Bytes of uncommitted writes held (counted as the cache budget counts them).
+    #[cfg(test)]
     pub fn dirty_bytes(&self) -> usize {
         self.dirty_bytes
     }
@@ -485,6 +479,7 @@ impl TaskStore {
     }
 
     /// Bytes held by write-outs in flight.
+    #[cfg(test)]
     pub fn sealed_bytes(&self) -> usize {
         self.sealed_bytes
     }
@@ -553,6 +548,7 @@ impl TaskStore {
 
     /// Writes every held write (write-outs in flight, then the cache) and the given offsets
     /// now, as if every record sent was acknowledged (tests, and stores whose records are).
+    #[cfg(any(test, feature = "testing"))]
     pub fn commit(&mut self, offsets: &StoredOffsets) -> Result<()> {
         self.seal(u64::MAX, offsets.input_next, WriteOut::Commit);
         while !self.sealed.is_empty() {

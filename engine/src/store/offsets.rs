@@ -1,5 +1,5 @@
-//! Offset bookkeeping for one task: which input records are already applied, what to commit,
-//! and how offsets are encoded in the task's `offsets` column family.
+//! Offset bookkeeping for one task: which input records are already applied, and how offsets
+//! are keyed and encoded in the task's `offsets` column family.
 
 /// Key under which the next input offset to process is stored.
 pub const INPUT_OFFSET_KEY: &[u8] = b"input";
@@ -7,30 +7,6 @@ pub const INPUT_OFFSET_KEY: &[u8] = b"input";
 /// Key under which the next changelog offset to restore from is stored, per store.
 pub fn changelog_offset_key(store: &str) -> Vec<u8> {
     format!("changelog:{store}").into_bytes()
-}
-
-/// First bytes of every changelog value the engine writes: magic and format version.
-const CHANGELOG_VALUE_PREFIX: [u8; 2] = [b'K', 1];
-
-/// A changelog value: the prefix, the input offset that produced the update (8 bytes,
-/// big-endian), then the store's value. The offset travels in the value rather than in a
-/// record header because some brokers (tansu) store headers unindexed, which makes every
-/// fetch slower as headers accumulate.
-pub fn encode_changelog_value(input_offset: i64, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(10 + value.len());
-    out.extend_from_slice(&CHANGELOG_VALUE_PREFIX);
-    out.extend_from_slice(&input_offset.to_be_bytes());
-    out.extend_from_slice(value);
-    out
-}
-
-/// Splits a changelog value into its input offset and the store's value; a value without the
-/// engine's prefix is taken as a plain store value with no known input offset.
-pub fn decode_changelog_value(bytes: &[u8]) -> (Option<i64>, &[u8]) {
-    match bytes.strip_prefix(&CHANGELOG_VALUE_PREFIX[..]) {
-        Some(rest) if rest.len() >= 8 => (decode_offset(&rest[..8]), &rest[8..]),
-        _ => (None, bytes),
-    }
 }
 
 pub fn encode_offset(offset: i64) -> [u8; 8] {
@@ -88,23 +64,6 @@ mod tests {
         assert_eq!(decode_offset(&encode_offset(-1)), None);
         assert_eq!(decode_offset(b"1234567"), None);
         assert_eq!(decode_offset(b""), None);
-    }
-
-    #[test]
-    fn changelog_values_carry_their_input_offset() {
-        let encoded = encode_changelog_value(42, b"value");
-        assert_eq!(decode_changelog_value(&encoded), (Some(42), &b"value"[..]));
-        assert_eq!(
-            decode_changelog_value(&encode_changelog_value(7, b"")),
-            (Some(7), &b""[..])
-        );
-        let plain = 5i64.to_be_bytes();
-        assert_eq!(
-            decode_changelog_value(&plain),
-            (None, &plain[..]),
-            "values from elsewhere pass through"
-        );
-        assert_eq!(decode_changelog_value(b"K"), (None, &b"K"[..]));
     }
 
     #[test]

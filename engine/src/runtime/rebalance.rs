@@ -15,7 +15,9 @@ use crate::status::InstanceStatus;
 use crate::task_id::TaskId;
 
 use crate::assignment::AssignmentEvent;
-use crate::supervisor::{ask, CommitOffsets, SupervisorMsg, SUPERVISOR_ASK_TIMEOUT};
+use crate::runtime::checkpoint::group;
+use crate::runtime::consumer_port::TopicConsumer;
+use crate::runtime::wiring::{ask, CommitOffsets, SupervisorMsg, SUPERVISOR_ASK_TIMEOUT};
 
 /// Context of the instance's group consumer.
 pub struct RebalanceListener {
@@ -173,12 +175,11 @@ impl ConsumerContext for RebalanceListener {
             let offsets = self
                 .tell_supervisor(AssignmentEvent::Revoked(partitions))
                 .unwrap_or_default();
-            if !offsets.is_empty() {
-                let tpl = self.partition_list(offsets.into_iter().map(|(p, o)| (p, Some(o))));
-                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                    warn!("committing offsets of revoked partitions failed: {e}");
-                }
-            }
+            let consumer = TopicConsumer {
+                consumer,
+                topic: &self.source_topic,
+            };
+            group::commit_offsets(&consumer, &self.metrics, &offsets, CommitMode::Sync);
         }
     }
 

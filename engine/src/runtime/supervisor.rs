@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use futures::future::join_all;
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, info, warn};
 
@@ -20,45 +20,21 @@ use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::failpoints;
 use crate::metrics::EngineMetrics;
-use crate::poller::{PollerCommand, TaskCommitted, TaskInbox};
+use crate::runtime::checkpoint::policy::{on_failure, CommitTrigger, FailureVerdict};
+use crate::runtime::state_updater::StateUpdaterHandle;
+use crate::runtime::task::{StreamTask, TaskArgs};
+use crate::runtime::wiring::{
+    ask, CommitOffsets, LoopCommand, SupervisorMsg, TaskCommitted, TaskInbox, TaskMsg,
+    STORE_RELEASE_WAIT, TASK_COMMIT_TIMEOUT, TASK_STOP_TIMEOUT,
+};
 use crate::state_directory::StateDirectory;
-use crate::state_updater::StateUpdaterHandle;
 use crate::status::{unix_millis, AssignmentRecord, InstanceStatus, TaskPhase, TaskProgress};
 use crate::store_memory::StoreMemory;
-use crate::task::{StreamTask, TaskArgs, TaskMsg};
 use crate::task_id::TaskId;
 
-/// How long a task may take to stop once asked.
-const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a task's commit may take when asked (its flush waits up to a minute).
-const TASK_COMMIT_TIMEOUT: Duration = Duration::from_secs(75);
-/// How long the consumer loop and the rebalance callback wait for the supervisor (a
-/// revocation commits and then stops tasks).
-pub(crate) const SUPERVISOR_ASK_TIMEOUT: Duration = Duration::from_secs(150);
-/// How long a failed task's store may take to leave the state updater.
-const RELEASE_WAIT: Duration = Duration::from_secs(30);
 /// How long an assigned partition whose task could not start waits before the next try
 /// (e.g. for a stopping task of the same partition to release the RocksDB lock).
 const START_RETRY_DELAY: Duration = Duration::from_secs(2);
-
-/// Input offsets to commit to the group, per partition.
-pub type CommitOffsets = Vec<(i32, i64)>;
-
-pub enum SupervisorMsg {
-    /// An assignment change from the rebalance callback; answered once tasks are started/stopped.
-    Rebalance(AssignmentEvent, RpcReplyPort<Result<CommitOffsets>>),
-    /// Commit every running task now (at shutdown); answered with the offsets to commit to
-    /// the group.
-    CommitAll(RpcReplyPort<Result<CommitOffsets>>),
-    /// A task (this actor) finished restoring; its input resumes at this offset.
-    TaskRunning(TaskId, ActorId, Option<i64>),
-    /// Try again to start the task of an assigned partition whose start failed.
-    RetryStart(i32),
-    /// Time to delete task directories not owned for longer than the cleanup delay.
-    CleanStateDirs,
-    /// Stop every task without committing (after a final CommitAll on shutdown).
-    StopAll(RpcReplyPort<()>),
-}
 
 pub struct SupervisorArgs {
     pub topology: Arc<Topology>,
@@ -66,7 +42,7 @@ pub struct SupervisorArgs {
     pub metrics: EngineMetrics,
     pub state_directory: Arc<StateDirectory>,
     pub store_memory: Arc<StoreMemory>,
-    pub poller: Sender<PollerCommand>,
+    pub poller: Sender<LoopCommand>,
     /// Where tasks report their interval commits (read by the consumer loop).
     pub committed: Sender<TaskCommitted>,
     pub updater: StateUpdaterHandle,
@@ -106,28 +82,6 @@ pub struct SupervisorState {
 }
 
 pub struct Supervisor;
-
-/// Asks an actor and waits, at most `timeout`, for its answer, turning messaging failures
-/// into engine errors.
-pub(crate) async fn ask<M, T>(
-    actor: &ActorRef<M>,
-    name: &'static str,
-    timeout: Duration,
-    build: impl FnOnce(RpcReplyPort<T>) -> M,
-) -> Result<T>
-where
-    M: ractor::Message,
-    T: Send + 'static,
-{
-    match actor.call(build, Some(timeout)).await {
-        Ok(ractor::rpc::CallResult::Success(value)) => Ok(value),
-        Ok(ractor::rpc::CallResult::Timeout) => Err(EngineError::actor(name, "timed out")),
-        Ok(ractor::rpc::CallResult::SenderError) => {
-            Err(EngineError::actor(name, "stopped without answering"))
-        }
-        Err(error) => Err(EngineError::actor(name, error)),
-    }
-}
 
 fn task_names(partitions: &[i32]) -> Vec<String> {
     partitions
@@ -173,12 +127,20 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::CommitAll(reply) => {
                 let partitions: Vec<i32> = state.tasks.keys().copied().collect();
-                let (offsets, mut failed) = state.commit(&partitions).await;
-                // At shutdown a failed commit is the instance's error: a restart resumes
-                // from the last commits.
-                let result = match failed.is_empty() {
-                    true => Ok(offsets),
-                    false => Err(failed.swap_remove(0).1),
+                let (offsets, failed) = state.commit(&partitions).await;
+                // At shutdown a failed commit is the instance's error (see `policy`).
+                let mut stop_with = None;
+                for (partition, error) in failed {
+                    let task = Some(TaskId::new(0, partition));
+                    let verdict =
+                        on_failure(&state.args.metrics, CommitTrigger::Shutdown, task, &error);
+                    if verdict == FailureVerdict::StopInstance && stop_with.is_none() {
+                        stop_with = Some(error);
+                    }
+                }
+                let result = match stop_with {
+                    None => Ok(offsets),
+                    Some(error) => Err(error),
                 };
                 let _ = reply.send(result);
             }
@@ -205,7 +167,7 @@ impl Actor for Supervisor {
                         actor: entry.actor.clone(),
                         queued: entry.queued.clone(),
                     };
-                    let _ = state.args.poller.send(PollerCommand::Resume(
+                    let _ = state.args.poller.send(LoopCommand::Resume(
                         task.partition,
                         next_offset,
                         inbox,
@@ -241,12 +203,14 @@ impl Actor for Supervisor {
                 state.tasks.remove(&partition);
                 // A task that failed while restoring may have left its store with the updater.
                 let updater = state.args.updater.clone();
-                if let Err(e) = tokio::task::block_in_place(|| updater.remove(task, RELEASE_WAIT)) {
+                if let Err(e) =
+                    tokio::task::block_in_place(|| updater.remove(task, STORE_RELEASE_WAIT))
+                {
                     warn!(%task, "{e}");
                 }
                 state.args.status.remove_task(task);
                 state.args.metrics.forget_task(task);
-                let _ = state.args.poller.send(PollerCommand::Pause(partition));
+                let _ = state.args.poller.send(LoopCommand::Pause(partition));
                 state
                     .restart_or_give_up(&myself, task, reason.to_string())
                     .await;
@@ -298,11 +262,10 @@ impl SupervisorState {
                 } else {
                     self.commit(&change.stop).await
                 };
+                // The verdict for a revocation is to stop the task anyway (see `policy`).
                 for (partition, error) in &failed {
-                    error!(
-                        task = %TaskId::new(0, *partition),
-                        "commit of a revoked task failed; stopping it anyway, its uncommitted input will be processed again by the next owner: {error}"
-                    );
+                    let task = Some(TaskId::new(0, *partition));
+                    on_failure(&metrics, CommitTrigger::Revocation, task, error);
                 }
                 offsets = committed;
                 self.stop(&change.stop, StopWait::UntilStopped).await;
@@ -404,7 +367,6 @@ impl SupervisorState {
     /// Commits each task of `partitions`: the input offsets to commit to the group, and the
     /// tasks whose commit failed.
     async fn commit(&mut self, partitions: &[i32]) -> (CommitOffsets, Vec<(i32, EngineError)>) {
-        let timer = self.args.metrics.commit_duration.start_timer();
         // Only running tasks have anything to commit (a restoring one's store is with the
         // state updater, which writes its progress as it goes).
         let asks = partitions.iter().filter_map(|p| {
@@ -429,11 +391,7 @@ impl SupervisorState {
                 Err(error) => warn!(partition, "task did not answer the commit: {error}"),
             }
         }
-        timer.observe_duration();
-        match failed.is_empty() {
-            true => self.args.metrics.commits.inc(),
-            false => self.args.metrics.commit_failures.inc(),
-        }
+        // Commits and their failures are counted by the checkpoint, once each.
         (offsets, failed)
     }
 
@@ -444,7 +402,7 @@ impl SupervisorState {
             self.args.status.remove_task(task);
             self.args.metrics.forget_task(task);
             self.unowned_since.insert(task, Instant::now());
-            let _ = self.args.poller.send(PollerCommand::Pause(partition));
+            let _ = self.args.poller.send(LoopCommand::Pause(partition));
         }
         let stopping: Vec<TaskEntry> = partitions
             .iter()

@@ -1,0 +1,14 @@
+//! A task's local state: its RocksDB (one column family per state store beside the engine's
+//! own), the write-back cache and write-outs in flight, the offsets kept with the state, the
+//! keys that owe output after a restore, and the changelog record format. It owns the store
+//! ids and the names a user's store may not take; it knows nothing of the commit or the
+//! processor above it.
+
+pub(crate) mod changelog_format;
+mod layout;
+pub(crate) mod offsets;
+mod task_store;
+
+pub(crate) use layout::is_reserved;
+pub use layout::StoreId;
+pub use task_store::{ChangelogUpdate, StoredOffsets, TaskStore, WriteOut, LOCK_WAIT};
