@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -331,4 +331,30 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())?;
     Some((status, body))
+}
+
+/// Runs `kstreams-count <args>` (a console tool) with `env` added and `stdin` as its input, and
+/// waits for it to end.
+pub fn run_cli(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+    let mut child = Command::new(app_bin())
+        .env_remove("KAFKA_BROKER")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kstreams-count");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `key:value` lines, as `kstreams-count produce` reads them.
+pub fn key_value_lines(records: &[(String, String)]) -> String {
+    records.iter().map(|(k, v)| format!("{k}:{v}\n")).collect()
 }

@@ -17,7 +17,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{Offset, TopicPartitionList};
 
 use kstreams_engine::status::TaskView;
-use kstreams_engine::Topology;
+use kstreams_engine::{default_key_partitioner, Topology};
 
 use crate::{free_port, http_get, metric_sum, unique, App, AppOptions, Broker, Storage};
 
@@ -114,7 +114,7 @@ impl Figure {
 }
 
 fn producer(broker: &Broker) -> ThreadedProducer<DefaultProducerContext> {
-    ClientConfig::new()
+    default_key_partitioner(&mut ClientConfig::new())
         .set("bootstrap.servers", broker.address())
         .set("enable.idempotence", "true")
         .set("compression.type", "lz4")

@@ -13,7 +13,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::{poll_every, unique, Broker, RawRecord, ReadRecord};
+use crate::{poll_every, unique, Broker, LocatedRecord, RawRecord, ReadRecord};
+use kstreams_engine::default_key_partitioner;
 
 impl Broker {
     pub(crate) fn client(&self) -> ClientConfig {
@@ -84,13 +85,13 @@ impl Broker {
 
     /// Produces records (idempotent, lz4) and waits until all are acknowledged.
     pub fn produce(&self, topic: &str, records: impl IntoIterator<Item = RawRecord>) {
-        let producer: ThreadedProducer<DefaultProducerContext> = self
-            .client()
-            .set("enable.idempotence", "true")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "10")
-            .create()
-            .unwrap();
+        let producer: ThreadedProducer<DefaultProducerContext> =
+            default_key_partitioner(&mut self.client())
+                .set("enable.idempotence", "true")
+                .set("compression.type", "lz4")
+                .set("linger.ms", "10")
+                .create()
+                .unwrap();
         for (key, value, partition) in records {
             let mut record = BaseRecord::<[u8], [u8]>::to(topic);
             record.key = key.as_deref();
@@ -176,6 +177,14 @@ impl Broker {
 
     /// Every record of a topic as it is now: (key, value) pairs in partition order.
     pub fn read_all(&self, topic: &str) -> Vec<ReadRecord> {
+        self.read_all_located(topic)
+            .into_iter()
+            .map(|(_, key, value)| (key, value))
+            .collect()
+    }
+
+    /// Every record of a topic as it is now, with its partition, in partition order.
+    pub fn read_all_located(&self, topic: &str) -> Vec<LocatedRecord> {
         let consumer: BaseConsumer = self
             .client()
             .set("group.id", unique("reader"))
@@ -215,7 +224,11 @@ impl Broker {
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     last.insert(m.partition(), m.offset());
-                    records.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
+                    records.push((
+                        m.partition(),
+                        m.key().map(<[u8]>::to_vec),
+                        m.payload().map(<[u8]>::to_vec),
+                    ));
                     if remaining
                         .get(&m.partition())
                         .is_some_and(|high| m.offset() + 1 >= *high)

@@ -8,6 +8,7 @@ pub mod chart;
 pub mod kafka;
 pub mod load;
 pub mod ownership;
+pub mod partitioning;
 pub mod prometheus;
 pub mod secured;
 pub mod store;
@@ -16,9 +17,13 @@ pub mod wait;
 
 use std::net::TcpListener;
 
-pub use app::{app_bin, broker_and_app, http_get, restart_after_crash, App, AppOptions};
+pub use app::{
+    app_bin, broker_and_app, http_get, key_value_lines, restart_after_crash, run_cli, App,
+    AppOptions,
+};
 pub use load::{word_count_input, Load};
 pub use ownership::{ownership_from_log, ownership_overlaps, Ownership};
+pub use partitioning::java_partition;
 pub use prometheus::{metric_sum, Prometheus};
 pub use secured::{make_certificates, ScramUser, Security, TlsFront};
 pub use store::read_store_counts;
@@ -32,6 +37,8 @@ pub use kstreams_engine::status::InstanceView;
 
 /// A record as read back: key and value bytes.
 pub type ReadRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
+/// A record read back with its partition: (partition, key, value).
+pub type LocatedRecord = (i32, Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// A raw record to produce: key, value, and an explicit partition if wanted.
 pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>, Option<i32>);

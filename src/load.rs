@@ -10,6 +10,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 use crate::Broker;
+use kstreams_engine::default_key_partitioner;
 
 /// `count` records over `keys` keys (`key-<n>`), with the expected count per key.
 pub fn word_count_input(
@@ -60,8 +61,7 @@ impl Load {
     pub fn start(broker: &Broker, topic: &str, rate: u64, keys: u64) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stored = StoredInput::default();
-        let producer: ThreadedProducer<StoredInput> = broker
-            .client()
+        let producer: ThreadedProducer<StoredInput> = default_key_partitioner(&mut broker.client())
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .create_with_context(stored.clone())

@@ -8,14 +8,12 @@
 //! "not authorized" answers (tansu enforces no ACLs; the engine tells them apart from a missing
 //! topic by error code).
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use kstreams_suite::{
-    app_bin, poll_until, skip_without_private_broker, word_count_input, App, AppOptions, Broker,
-    ScramUser, Security,
+    key_value_lines, poll_until, run_cli, skip_without_private_broker, word_count_input, App,
+    AppOptions, Broker, ScramUser, Security,
 };
 
 const COUNTS_TIMEOUT: Duration = Duration::from_secs(120);
@@ -39,30 +37,6 @@ fn write_properties(dir: &Path, lines: &[String]) -> std::path::PathBuf {
     let path = dir.join("client.properties");
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     path
-}
-
-/// Runs `kstreams-count <args>` with `env`, `stdin` as its input.
-fn kstreams_count(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
-    let mut child = Command::new(app_bin())
-        .env_remove("KAFKA_BROKER")
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kstreams-count");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn lines_of(records: &[(String, String)]) -> String {
-    records.iter().map(|(k, v)| format!("{k}:{v}\n")).collect()
 }
 
 #[test]
@@ -97,7 +71,7 @@ fn counts_exactly_over_sasl_scram_with_the_password_from_the_environment_and_hol
     // The console producer takes the same settings; zstd, as Java producers often send.
     let (records, mut expected) = word_count_input(10_000, 300);
     let produce = |records: &[(String, String)]| {
-        let output = kstreams_count(
+        let output = run_cli(
             &[
                 "produce",
                 "--topic",
@@ -110,7 +84,7 @@ fn counts_exactly_over_sasl_scram_with_the_password_from_the_environment_and_hol
                 "compression.type=zstd",
             ],
             &password_env,
-            &lines_of(records),
+            &key_value_lines(records),
         );
         assert!(
             output.status.success(),

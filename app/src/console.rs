@@ -16,6 +16,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::client_args::ClientArgs;
+use kstreams_engine::default_key_partitioner;
 
 #[derive(Args, Debug)]
 pub struct ProduceArgs {
@@ -94,7 +95,7 @@ impl ProducerContext for DeliveryCounter {
 /// acknowledged every record, saying how many failed and why.
 pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     let (_, mut config) = args.client.tool_config()?;
-    config
+    default_key_partitioner(&mut config)
         .set("enable.idempotence", "true")
         .set("compression.type", "lz4")
         .set("linger.ms", "20");

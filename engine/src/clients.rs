@@ -212,6 +212,9 @@ fn engine_settings(config: &StreamsConfig, role: ClientRole) -> Vec<(&'static st
                 ("acks", "all".into()),
                 ("compression.type", "lz4".into()),
                 ("linger.ms", "5".into()),
+                // Output records are partitioned by key as Java producers do (the user's
+                // settings may choose another partitioner).
+                ("partitioner", KEY_PARTITIONER.into()),
             ]);
             // librdkafka's default (1 GiB and 100,000 records per producer, one producer per
             // task) would let memory grow with the broker's backlog.
@@ -320,6 +323,21 @@ const CONSUMER_ONLY_PREFIXES: &[&str] = &[
     "check.crcs",
 ];
 
+/// The partitioner of Kafka's Java clients (murmur2 of the key; keyless records spread at
+/// random), which Kafka Streams, the console producer and every Java producer use: a key then
+/// lands on the same partition whichever of them wrote it. librdkafka's own default
+/// (`consistent_random`, CRC32) would put it elsewhere. Every producer of the engine and its
+/// tools uses it unless the user's client settings choose another (`-X partitioner=...`).
+pub const KEY_PARTITIONER: &str = "murmur2_random";
+
+/// Sets [`KEY_PARTITIONER`] on a producer's configuration unless it names a partitioner.
+pub fn default_key_partitioner(config: &mut ClientConfig) -> &mut ClientConfig {
+    if config.get("partitioner").is_none() {
+        config.set("partitioner", KEY_PARTITIONER);
+    }
+    config
+}
+
 /// A console tool's client (producer, consumer, admin): the broker, then the user's settings;
 /// a lookup never creates a topic.
 pub fn tool_client_config(bootstrap_servers: &str, settings: &ClientSettings) -> ClientConfig {
@@ -415,6 +433,39 @@ mod tests {
 
     fn value_of(client: &ClientConfig, key: &str) -> Option<String> {
         client.get(key).map(str::to_string)
+    }
+
+    #[test]
+    fn producers_partition_keys_as_java_clients_do_unless_the_user_chooses_otherwise() {
+        let producer = ClientRole::Producer(TaskId::new(0, 1));
+        let default = client_config(&config_with(&[]), producer);
+        assert_eq!(
+            value_of(&default, "partitioner").as_deref(),
+            Some("murmur2_random")
+        );
+        assert_eq!(
+            value_of(
+                &client_config(&config_with(&[]), ClientRole::Consumer),
+                "partitioner"
+            ),
+            None
+        );
+        let chosen = config_with(&[("partitioner", "consistent_random")]);
+        assert_eq!(
+            value_of(&client_config(&chosen, producer), "partitioner").as_deref(),
+            Some("consistent_random")
+        );
+        chosen.validate().unwrap();
+        let mut tool = tool_client_config("localhost:9092", &ClientSettings::new());
+        assert_eq!(
+            value_of(default_key_partitioner(&mut tool), "partitioner").as_deref(),
+            Some("murmur2_random")
+        );
+        let mut tool = tool_client_config("localhost:9092", &chosen.client_settings);
+        assert_eq!(
+            value_of(default_key_partitioner(&mut tool), "partitioner").as_deref(),
+            Some("consistent_random")
+        );
     }
 
     #[test]

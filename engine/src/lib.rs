@@ -44,7 +44,7 @@ mod task_id;
 mod word_count;
 
 pub use client_settings::{ClientSetting, ClientSettings, SettingSource};
-pub use clients::{setting_error, tool_client_config};
+pub use clients::{default_key_partitioner, setting_error, tool_client_config, KEY_PARTITIONER};
 pub use config::{
     changelog_topic_name, normalize_bootstrap_servers, DeserializationErrorPolicy, StreamsConfig,
 };

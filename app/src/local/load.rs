@@ -12,6 +12,8 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::ClientContext;
 use tokio::task::JoinHandle;
 
+use kstreams_engine::default_key_partitioner;
+
 const TICK: Duration = Duration::from_millis(10);
 
 /// Counts what the broker acknowledged and what it refused.
@@ -53,7 +55,7 @@ impl LoadGenerator {
         keys: u64,
     ) -> anyhow::Result<Self> {
         let counts = Arc::new(DeliveryCounts::default());
-        let producer: ThreadedProducer<CountingContext> = client
+        let producer: ThreadedProducer<CountingContext> = default_key_partitioner(&mut client)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .create_with_context(CountingContext(counts.clone()))
