@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use crate::error::{EngineError, Result};
 use crate::processor::{
-    InputRecord, KeyState, Processor, ProcessorContext, ProcessorFactory, RecordError, StoreId,
+    EmitContext, InputRecord, KeyState, Processor, ProcessorContext, ProcessorFactory, RecordError,
+    StoreId,
 };
 use crate::serde::{I64Serde, Serde};
 
@@ -82,11 +83,12 @@ impl Topology {
     }
 }
 
-/// What flows between DSL stages: a typed record, or a store entry to re-emit downstream of
-/// the stage that owns the store (see [`Processor::replay`]).
+/// What flows between DSL stages: a typed record, or a store entry the engine flushes (or
+/// re-emits after a restore), which the stage that owns the store turns into its output (see
+/// [`Processor::on_flush`]).
 enum Item<K, V> {
     Record(K, V),
-    Replay {
+    Flush {
         store: StoreId,
         key: Vec<u8>,
         value: Vec<u8>,
@@ -94,14 +96,30 @@ enum Item<K, V> {
 }
 
 impl<K, V> Item<K, V> {
-    /// A replay passing through a stage that does not own its store.
-    fn pass_replay<V2>(store: StoreId, key: Vec<u8>, value: Vec<u8>) -> Item<K, V2> {
-        Item::Replay { store, key, value }
+    /// A flushed entry passing through a stage that does not own its store.
+    fn pass_flush<V2>(store: StoreId, key: Vec<u8>, value: Vec<u8>) -> Item<K, V2> {
+        Item::Flush { store, key, value }
+    }
+}
+
+/// Where a DSL stage works: a record being processed (the stores writable), or a store entry
+/// being flushed or re-emitted (the stores read-only).
+enum StageContext<'c, 'a> {
+    Record(&'c mut ProcessorContext<'a>),
+    Flush(&'c mut EmitContext<'a>),
+}
+
+impl StageContext<'_, '_> {
+    fn forward(&mut self, topic: &str, key: &[u8], value: &[u8]) -> Result<(), RecordError> {
+        match self {
+            StageContext::Record(ctx) => ctx.forward(topic, key, value),
+            StageContext::Flush(ctx) => ctx.forward(topic, key, value),
+        }
     }
 }
 
 type Emit<K, V> =
-    Box<dyn FnMut(Item<K, V>, &mut ProcessorContext<'_>) -> Result<(), RecordError> + Send>;
+    Box<dyn FnMut(Item<K, V>, &mut StageContext<'_, '_>) -> Result<(), RecordError> + Send>;
 type Wire<K, V> = Arc<dyn Fn(Emit<K, V>) -> Box<dyn Processor> + Send + Sync>;
 
 #[derive(Default)]
@@ -203,18 +221,19 @@ impl<K: 'static, V: 'static> Processor for SourceProcessor<K, V> {
                 reason: e.0,
             }
         })?;
-        (self.downstream)(Item::Record(key, value), ctx)
+        (self.downstream)(Item::Record(key, value), &mut StageContext::Record(ctx))
     }
 
-    fn replay(
+    fn on_flush(
         &mut self,
         store: StoreId,
         key: &[u8],
         value: &[u8],
-        ctx: &mut ProcessorContext<'_>,
+        ctx: &mut EmitContext<'_>,
     ) -> Result<(), RecordError> {
         let (key, value) = (key.to_vec(), value.to_vec());
-        (self.downstream)(Item::Replay { store, key, value }, ctx)
+        let flushed = Item::Flush { store, key, value };
+        (self.downstream)(flushed, &mut StageContext::Flush(ctx))
     }
 }
 
@@ -236,11 +255,11 @@ impl<K: 'static, V: 'static> KStream<K, V> {
         let wire: Wire<K, V2> = Arc::new(move |mut downstream: Emit<K, V2>| {
             let f = f.clone();
             upstream(Box::new(
-                move |item: Item<K, V>, ctx: &mut ProcessorContext<'_>| {
+                move |item: Item<K, V>, ctx: &mut StageContext<'_, '_>| {
                     let mapped = match item {
                         Item::Record(k, v) => Item::Record(k, f(v)),
-                        Item::Replay { store, key, value } => {
-                            Item::<K, V>::pass_replay(store, key, value)
+                        Item::Flush { store, key, value } => {
+                            Item::<K, V>::pass_flush(store, key, value)
                         }
                     };
                     downstream(mapped, ctx)
@@ -270,15 +289,15 @@ impl<K: 'static, V: 'static> KStream<K, V> {
             let (topic, key_serde, value_serde) =
                 (topic.clone(), key_serde.clone(), value_serde.clone());
             wire(Box::new(
-                move |item: Item<K, V>, ctx: &mut ProcessorContext<'_>| {
+                move |item: Item<K, V>, ctx: &mut StageContext<'_, '_>| {
                     match item {
                         Item::Record(k, v) => ctx.forward(
                             &topic,
                             &key_serde.serialize(&k),
                             &value_serde.serialize(&v),
                         ),
-                        // A sink owns no store: a replay that reaches it has nothing to re-emit.
-                        Item::Replay { .. } => Ok(()),
+                        // A sink owns no store: a flushed entry that reaches it forwards nothing.
+                        Item::Flush { .. } => Ok(()),
                     }
                 },
             ))
@@ -315,9 +334,14 @@ impl<K: 'static, V: 'static> KGroupedStream<K, V> {
                     .map_err(|e| RecordError::Failed(format!("corrupt count in store: {e}")))
             };
             upstream(Box::new(
-                move |item: Item<K, V>, ctx: &mut ProcessorContext<'_>| {
+                move |item: Item<K, V>, ctx: &mut StageContext<'_, '_>| {
                     match item {
                         Item::Record(key, _value) => {
+                            let StageContext::Record(ctx) = ctx else {
+                                return Err(RecordError::Failed(
+                                    "an aggregation's input came from a store flush (chained aggregations are not supported)".into(),
+                                ));
+                            };
                             let key_bytes = key_serde.serialize(&key);
                             let previous = match ctx.read_for_update(store, &key_bytes)? {
                                 // Counted before (input processed again).
@@ -326,15 +350,11 @@ impl<K: 'static, V: 'static> KGroupedStream<K, V> {
                                 KeyState::Current(None) => 0,
                             };
                             let count = previous + 1;
-                            ctx.put(store, &key_bytes, &I64Serde.serialize(&count))?;
-                            if ctx.caching() {
-                                // Forwarded once per key at the commit, through replay.
-                                return Ok(());
-                            }
-                            downstream(Item::Record(key, count), ctx)
+                            // Forwarded when the store flushes it (see `on_flush`).
+                            ctx.put(store, &key_bytes, &I64Serde.serialize(&count))
                         }
-                        // Our own store's entry: re-emit the count as the update it was.
-                        Item::Replay {
+                        // Our own store's entry: forward the count as the update it was.
+                        Item::Flush {
                             store: s,
                             key,
                             value,
@@ -344,8 +364,8 @@ impl<K: 'static, V: 'static> KGroupedStream<K, V> {
                             })?;
                             downstream(Item::Record(typed_key, decode_count(&value)?), ctx)
                         }
-                        Item::Replay { store, key, value } => {
-                            downstream(Item::<K, V>::pass_replay(store, key, value), ctx)
+                        Item::Flush { store, key, value } => {
+                            downstream(Item::<K, V>::pass_flush(store, key, value), ctx)
                         }
                     }
                 },

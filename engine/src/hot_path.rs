@@ -66,7 +66,7 @@ impl TaskHotPath {
                     offset: record.offset,
                     reason: e.to_string(),
                 })?;
-            ctx.send_changelog()?;
+            ctx.flush_uncached(self.processor.as_mut())?;
             self.next_offset = record.offset + 1;
         }
         if self.store.cache_over_budget() {

@@ -53,7 +53,7 @@ pub use error::{EngineError, Result};
 pub use failpoints::{setup_from_env as setup_failpoints_from_env, FailpointsError};
 pub use memory_budget::{ClientMemorySettings, MemoryBudget};
 pub use metrics::EngineMetrics;
-pub use processor::{InputRecord, KeyState, Processor, ProcessorContext, RecordError};
+pub use processor::{EmitContext, InputRecord, KeyState, Processor, ProcessorContext, RecordError};
 pub use serde::{I64Serde, Serde, SerdeError, StringSerde};
 pub use status::TaskPhase;
 pub use store::StoreId;

@@ -61,18 +61,35 @@ pub trait Processor: Send + 'static {
         ctx: &mut ProcessorContext<'_>,
     ) -> Result<(), RecordError>;
 
-    /// Re-emits what depends on one store entry. After a crash, a task restores changelog
-    /// records whose input it will not process again, but whose output may never have
-    /// reached the broker; the engine calls this for each such key with its restored value.
-    /// The default does nothing (for processors without output derived from stores).
-    fn replay(
+    /// Forwards what derives from one store entry as the engine flushes it: its changelog
+    /// record is sent, and so is the output derived from it. The store decides when (as Kafka
+    /// Streams' caching store forwards what it flushes): with the record cache
+    /// (`--cache-max-bytes` > 0), once per key written since the last write-out, with the
+    /// timestamp of the key's last record; without it, after each record, for each key it
+    /// wrote. So a processor is the same code with the cache on or off. The store is read-only
+    /// here. The default forwards nothing (for processors without output derived from stores).
+    fn on_flush(
         &mut self,
         _store: StoreId,
         _key: &[u8],
         _value: &[u8],
-        _ctx: &mut ProcessorContext<'_>,
+        _ctx: &mut EmitContext<'_>,
     ) -> Result<(), RecordError> {
         Ok(())
+    }
+
+    /// Re-emits what derives from one store entry after a restore: a task restores changelog
+    /// records whose input it will not process again, but whose output may never have
+    /// reached the broker, and the engine calls this for each such key with its restored
+    /// value. The store is read-only here. The default forwards what [`Self::on_flush`] does.
+    fn reemit(
+        &mut self,
+        store: StoreId,
+        key: &[u8],
+        value: &[u8],
+        ctx: &mut EmitContext<'_>,
+    ) -> Result<(), RecordError> {
+        self.on_flush(store, key, value, ctx)
     }
 }
 
@@ -81,9 +98,10 @@ pub type ProcessorFactory = Arc<dyn Fn() -> Box<dyn Processor> + Send + Sync>;
 
 /// A processor's view of its task while it handles one record: the task's stores (reads see
 /// the task's own uncommitted writes) and its output. Every store write is also sent to the
-/// store's changelog, tagged with the input offset it came from: at the commit with the record
-/// cache, else once the record is processed (one changelog record per key per input record, so
-/// a record's updates to a key reach the changelog together or not at all).
+/// store's changelog, tagged with the input offset it came from, and flushed to
+/// [`Processor::on_flush`]: at the write-out with the record cache, else once the record is
+/// processed (one changelog record per key per input record, so a record's updates to a key
+/// reach the changelog together or not at all).
 pub struct ProcessorContext<'a> {
     store: &'a mut TaskStore,
     collector: &'a mut RecordCollector,
@@ -114,14 +132,31 @@ impl<'a> ProcessorContext<'a> {
         }
     }
 
-    /// Without the record cache, sends the changelog record of each key the record wrote (its
-    /// value after the record). The engine calls this once the processor returns.
-    pub(crate) fn send_changelog(&mut self) -> crate::Result<()> {
+    /// Without the record cache, flushes each key the record wrote (its value after the
+    /// record): its changelog record, then [`Processor::on_flush`]. The engine calls this once
+    /// the processor returns.
+    pub(crate) fn flush_uncached(&mut self, processor: &mut dyn Processor) -> crate::Result<()> {
         for (store, key) in std::mem::take(&mut self.written) {
-            if let Some(value) = self.store.get(store, &key)? {
-                self.collector
-                    .send_changelog(store, self.partition, &key, &value, self.offset)?;
-            }
+            let Some(value) = self.store.get(store, &key)? else {
+                continue;
+            };
+            self.collector
+                .send_changelog(store, self.partition, &key, &value, self.offset)?;
+            let mut emit = EmitContext::new(
+                self.store,
+                self.collector,
+                self.partition,
+                self.offset,
+                self.timestamp,
+            );
+            processor
+                .on_flush(store, &key, &value, &mut emit)
+                .map_err(|e| crate::EngineError::Processing {
+                    task: crate::TaskId::new(0, self.partition),
+                    partition: self.partition,
+                    offset: self.offset,
+                    reason: format!("forwarding a store update: {e}"),
+                })?;
         }
         Ok(())
     }
@@ -136,21 +171,9 @@ impl<'a> ProcessorContext<'a> {
         self.offset
     }
 
-    /// Whether store writes are cached (`--cache-max-bytes` > 0), like Kafka Streams' record
-    /// cache: the updates of a key between two commits collapse into one, whose changelog
-    /// record is sent at the commit, when the engine also calls [`Processor::replay`] for
-    /// every written key. A processor whose output derives from a store then forwards it from
-    /// `replay` only (one record per key per commit), as the built-in count does; without
-    /// caching it forwards every update as it happens.
-    pub fn caching(&self) -> bool {
-        self.store.caching()
-    }
-
     /// Reads a key from a store.
     pub fn get(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>, RecordError> {
-        self.store
-            .get(store, key)
-            .map_err(|e| RecordError::Failed(e.to_string()))
+        read(self.store, store, key)
     }
 
     /// Whether the record being processed is already reflected in a key's value: the value
@@ -215,9 +238,75 @@ impl<'a> ProcessorContext<'a> {
     /// Sends a record to an output topic (partitioned by key), with the input record's
     /// timestamp, as Kafka Streams does.
     pub fn forward(&mut self, topic: &str, key: &[u8], value: &[u8]) -> Result<(), RecordError> {
-        self.collector
-            .send_output(topic, key, value, self.timestamp)
-            .map_err(|e| RecordError::Failed(e.to_string()))
+        forward(self.collector, topic, key, value, self.timestamp)
+    }
+}
+
+/// A store read as a processor sees it (the task's own uncommitted writes included).
+fn read(from: &TaskStore, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>, RecordError> {
+    from.get(store, key)
+        .map_err(|e| RecordError::Failed(e.to_string()))
+}
+
+/// An output record, as a processor sends it.
+fn forward(
+    collector: &mut RecordCollector,
+    topic: &str,
+    key: &[u8],
+    value: &[u8],
+    timestamp: Option<i64>,
+) -> Result<(), RecordError> {
+    collector
+        .send_output(topic, key, value, timestamp)
+        .map_err(|e| RecordError::Failed(e.to_string()))
+}
+
+/// A processor's view of its task while a store entry is flushed or re-emitted
+/// ([`Processor::on_flush`], [`Processor::reemit`]): the stores, read-only, and its output.
+pub struct EmitContext<'a> {
+    store: &'a TaskStore,
+    collector: &'a mut RecordCollector,
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+}
+
+impl<'a> EmitContext<'a> {
+    pub(crate) fn new(
+        store: &'a TaskStore,
+        collector: &'a mut RecordCollector,
+        partition: i32,
+        offset: i64,
+        timestamp: Option<i64>,
+    ) -> Self {
+        Self {
+            store,
+            collector,
+            partition,
+            offset,
+            timestamp,
+        }
+    }
+
+    /// The task's partition.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// The input offset of the update being flushed.
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+
+    /// Reads a key from a store.
+    pub fn get(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>, RecordError> {
+        read(self.store, store, key)
+    }
+
+    /// Sends a record to an output topic (partitioned by key), with the timestamp of the
+    /// input record that made the update.
+    pub fn forward(&mut self, topic: &str, key: &[u8], value: &[u8]) -> Result<(), RecordError> {
+        forward(self.collector, topic, key, value, self.timestamp)
     }
 }
 
@@ -230,6 +319,37 @@ mod tests {
     use crate::task_id::TaskId;
 
     const STORE: StoreId = StoreId(0);
+
+    /// Records what the engine flushes to it: (key, count).
+    #[derive(Default)]
+    struct Flushed(Vec<(Vec<u8>, i64)>);
+
+    impl Processor for Flushed {
+        fn process(
+            &mut self,
+            _: &InputRecord,
+            _: &mut ProcessorContext<'_>,
+        ) -> Result<(), RecordError> {
+            Ok(())
+        }
+
+        fn on_flush(
+            &mut self,
+            store: StoreId,
+            key: &[u8],
+            value: &[u8],
+            ctx: &mut EmitContext<'_>,
+        ) -> Result<(), RecordError> {
+            assert_eq!(store, STORE);
+            assert_eq!(
+                ctx.get(store, key)?.as_deref(),
+                Some(value),
+                "reads see the update"
+            );
+            self.0.push((key.to_vec(), count(Some(value))));
+            Ok(())
+        }
+    }
 
     fn count(bytes: Option<&[u8]>) -> i64 {
         bytes.map_or(0, |b| i64::from_be_bytes(b.try_into().unwrap()))
@@ -268,10 +388,11 @@ mod tests {
                 let config = StreamsConfig::new("app", "127.0.0.1:9");
                 let mut collector =
                     RecordCollector::new(task, &config, &names, None, None).unwrap();
+                let mut flushed = Flushed::default();
                 let mut process = |store: &mut TaskStore, offset: i64| {
                     let mut ctx = ProcessorContext::new(store, &mut collector, 0, offset, None);
                     count_the_twice(&mut ctx, by_hand);
-                    ctx.send_changelog().unwrap();
+                    ctx.flush_uncached(&mut flushed).unwrap();
                     count(store.get(STORE, b"the").unwrap().as_deref())
                 };
                 assert_eq!(
@@ -291,6 +412,14 @@ mod tests {
                     "record 5 again (after a crash) is skipped"
                 );
                 assert_eq!(process(&mut store, 6), 4, "the next record counts twice");
+                let the = |n: i64| (b"the".to_vec(), n);
+                let expected_flushes = match cache_max_bytes {
+                    // Without the cache each record's update is flushed after it, once per key.
+                    0 => vec![the(2), the(4)],
+                    // With it, nothing until the write-out.
+                    _ => vec![],
+                };
+                assert_eq!(flushed.0, expected_flushes, "cache {cache_max_bytes}");
                 collector.purge_queued();
             }
         }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::error::{EngineError, Result};
 use crate::failpoints;
 use crate::metrics::EngineMetrics;
-use crate::processor::{Processor, ProcessorContext};
+use crate::processor::{EmitContext, Processor};
 use crate::record_collector::RecordCollector;
 use crate::store::changelog_format::decode_changelog_value;
 use crate::store::TaskStore;
@@ -140,10 +140,10 @@ impl TaskCheckpoint<'_> {
     }
 }
 
-/// With the record cache on, sends what the writes since the last commit produce: one
-/// changelog record per written key and, through [`Processor::replay`], the output derived
-/// from it (with the timestamp of the key's last input record). Without it they went out
-/// with each update: nothing to do. The records leave in no input order, in several produce
+/// With the record cache on, flushes the writes since the last write-out: one changelog
+/// record per written key and, through [`Processor::on_flush`], the output derived from it
+/// (with the timestamp of the key's last input record). Without it each record's writes were
+/// flushed after it: nothing to do. The records leave in no input order, in several produce
 /// requests: a crash can land any subset of them (see `restore` for why that is safe).
 pub(crate) fn emit_cached_writes(
     task: TaskId,
@@ -173,9 +173,9 @@ pub(crate) fn emit_cached_writes(
         };
         let (offset, value) = decode_changelog_value(&stored);
         let offset = offset.unwrap_or_default();
-        let mut ctx = ProcessorContext::new(store, collector, task.partition, offset, timestamp);
+        let mut ctx = EmitContext::new(store, collector, task.partition, offset, timestamp);
         processor
-            .replay(store_id, &key, value, &mut ctx)
+            .on_flush(store_id, &key, value, &mut ctx)
             .map_err(|e| EngineError::Processing {
                 task,
                 partition: task.partition,
@@ -184,4 +184,69 @@ pub(crate) fn emit_cached_writes(
             })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StreamsConfig;
+    use crate::processor::{InputRecord, ProcessorContext};
+    use crate::store_memory::{StoreMemory, StoreMemorySettings};
+    use crate::word_count::word_count;
+
+    /// The word count over records of keys a, a, b, then a write-out: (changelog, output)
+    /// records sent before the write-out and after it.
+    fn count_then_write_out(cache_max_bytes: usize) -> ((u64, u64), (u64, u64)) {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = StoreMemory::new(StoreMemorySettings {
+            cache_max_bytes,
+            ..StoreMemorySettings::default()
+        });
+        let topology = word_count("in", "counts", "out").unwrap();
+        let mut processor = topology.new_processor();
+        let task = TaskId::new(0, 0);
+        let mut store = TaskStore::open(task, dir.path(), topology.stores(), &memory).unwrap();
+        let config = StreamsConfig::new("app", "127.0.0.1:9");
+        let mut collector =
+            RecordCollector::new(task, &config, topology.stores(), None, None).unwrap();
+        for (offset, key) in ["a", "a", "b"].into_iter().enumerate() {
+            let record = InputRecord {
+                partition: 0,
+                offset: offset as i64,
+                timestamp: None,
+                key: Some(key.as_bytes().to_vec()),
+                value: Some(b"x".to_vec()),
+            };
+            let mut ctx = ProcessorContext::new(&mut store, &mut collector, 0, record.offset, None);
+            processor.process(&record, &mut ctx).unwrap();
+            ctx.flush_uncached(processor.as_mut()).unwrap();
+        }
+        let before = collector.sent();
+        let trigger = WriteOut::Commit;
+        emit_cached_writes(
+            task,
+            &mut store,
+            &mut collector,
+            processor.as_mut(),
+            trigger,
+        )
+        .unwrap();
+        let after = collector.sent();
+        collector.purge_queued();
+        (before, after)
+    }
+
+    #[test]
+    fn the_count_forwards_what_the_store_flushes_whether_the_cache_is_on_or_off() {
+        assert_eq!(
+            count_then_write_out(0),
+            ((3, 3), (3, 3)),
+            "without the cache: a changelog and an output record per record, nothing left"
+        );
+        assert_eq!(
+            count_then_write_out(10 << 20),
+            ((0, 0), (2, 2)),
+            "with it: nothing until the write-out, then one of each per key"
+        );
+    }
 }

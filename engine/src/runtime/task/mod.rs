@@ -20,7 +20,7 @@ use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::failpoints;
 use crate::metrics::EngineMetrics;
-use crate::processor::{InputRecord, Processor, ProcessorContext, RecordError};
+use crate::processor::{EmitContext, InputRecord, Processor, ProcessorContext, RecordError};
 use crate::record_collector::RecordCollector;
 use crate::runtime::checkpoint::policy::{on_failure, CommitTrigger};
 use crate::runtime::checkpoint::{count_commits, TaskCheckpoint, WriteOut, WrittenOut};
@@ -256,7 +256,7 @@ impl TaskState {
         if failpoints::fires(failpoints::ABORT_BEFORE_REPLAY) {
             failpoints::crash(failpoints::ABORT_BEFORE_REPLAY);
         }
-        let replayed = running.replay()?;
+        let replayed = running.reemit_restored()?;
         running.progress.set_next_offset(running.position.next());
         info!(
             task = %args.task,
@@ -303,7 +303,7 @@ impl RunningTask {
     /// Re-emits the output of every key marked as owing it (restored from changelog records
     /// past the last commit, now or by an earlier start that did not get to commit). The marks
     /// go with the next commit, which flushes this output. Answers the number of keys.
-    fn replay(&mut self) -> Result<u64> {
+    fn reemit_restored(&mut self) -> Result<u64> {
         let offset = self.position.next().unwrap_or(0);
         let mut replayed = 0;
         let mut after = None;
@@ -315,15 +315,15 @@ impl RunningTask {
                 let Some(value) = self.store.get(*store, key)? else {
                     continue;
                 };
-                let mut ctx = ProcessorContext::new(
-                    &mut self.store,
+                let mut ctx = EmitContext::new(
+                    &self.store,
                     &mut self.collector,
                     self.task.partition,
                     offset,
                     None,
                 );
                 self.processor
-                    .replay(*store, key, &value, &mut ctx)
+                    .reemit(*store, key, &value, &mut ctx)
                     .map_err(|e| EngineError::Processing {
                         task: self.task,
                         partition: self.task.partition,
@@ -375,8 +375,8 @@ impl RunningTask {
                     "processor panicked: {message}"
                 )))
             });
-            // What the record wrote goes to the changelog whatever it answered.
-            ctx.send_changelog()?;
+            // What the record wrote is flushed (changelog, output) whatever it answered.
+            ctx.flush_uncached(processor.as_mut())?;
             match result {
                 Ok(()) => {
                     processed += 1;
