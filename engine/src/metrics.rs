@@ -215,6 +215,14 @@ impl EngineMetrics {
         self.tasks_restoring.set(restoring as i64);
         self.tasks_running.set(running as i64);
         self.instance_ready.set(i64::from(status.is_ready()));
+        // The one writer of the lag gauge: the high watermark comes from the consumer's
+        // statistics, the next offset from the task, both kept in the task's progress.
+        for (task, lag) in status.task_lags() {
+            let [id, partition] = Self::task_labels(task);
+            self.consumer_lag
+                .with_label_values(&[id.as_str(), partition.as_str()])
+                .set(lag);
+        }
         let current = status.lifecycle();
         for state in InstanceLifecycle::ALL {
             self.instance_state

@@ -255,6 +255,14 @@ impl InstanceStatus {
         self.tasks.lock().expect("status lock poisoned")
     }
 
+    /// Each task's lag (high watermark minus its next offset), where both are known.
+    pub fn task_lags(&self) -> Vec<(TaskId, i64)> {
+        self.tasks()
+            .iter()
+            .filter_map(|(task, progress)| Some((*task, progress.lag()?)))
+            .collect()
+    }
+
     /// Registers a new task and returns its progress handle.
     pub fn add_task(&self, task: TaskId) -> Arc<TaskProgress> {
         let progress = Arc::new(TaskProgress::default());

@@ -39,15 +39,9 @@ impl ClientContext for RebalanceListener {
         };
         for partition in topic.partitions.values().filter(|p| p.hi_offset >= 0) {
             let task = TaskId::new(0, partition.partition);
+            // The lag gauge is set from it at each scrape (`EngineMetrics::observe_instance`).
             if let Some(progress) = self.status.task(task) {
                 progress.set_high_watermark(partition.hi_offset);
-                if let Some(lag) = progress.lag() {
-                    let [id, p] = EngineMetrics::task_labels(task);
-                    self.metrics
-                        .consumer_lag
-                        .with_label_values(&[id.as_str(), p.as_str()])
-                        .set(lag);
-                }
             }
         }
     }

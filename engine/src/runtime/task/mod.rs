@@ -397,13 +397,8 @@ impl RunningTask {
         self.metrics
             .process_batch_duration
             .observe(batch_started.elapsed().as_secs_f64());
+        // The lag gauge is set from it at each scrape (`EngineMetrics::observe_instance`).
         self.progress.set_next_offset(self.position.next());
-        if let Some(lag) = self.progress.lag() {
-            self.metrics
-                .consumer_lag
-                .with_label_values(&labels)
-                .set(lag);
-        }
         self.report_sent();
         if self.store.oldest_sealed().is_some()
             && failpoints::fires(failpoints::ABORT_WITH_WRITE_OUT_IN_FLIGHT)
