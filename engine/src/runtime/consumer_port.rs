@@ -41,6 +41,12 @@ pub(crate) struct TopicConsumer<'a, C: ConsumerContext> {
 }
 
 impl<C: ConsumerContext> TopicConsumer<'_, C> {
+    /// Stops fetching these partitions, in one call (a whole new assignment at once).
+    pub(crate) fn pause_all(&self, partitions: &[i32]) -> Result<(), KafkaError> {
+        self.consumer
+            .pause(&self.list(partitions.iter().map(|p| (*p, None))))
+    }
+
     fn list(&self, partitions: impl IntoIterator<Item = (i32, Option<i64>)>) -> TopicPartitionList {
         let mut list = TopicPartitionList::new();
         for (partition, offset) in partitions {
@@ -76,7 +82,7 @@ impl<C: ConsumerContext> InputConsumer for TopicConsumer<'_, C> {
     }
 
     fn pause(&self, partition: i32) -> Result<(), KafkaError> {
-        self.consumer.pause(&self.list([(partition, None)]))
+        self.pause_all(&[partition])
     }
 
     fn resume(&self, partition: i32) -> Result<(), KafkaError> {

@@ -4,7 +4,7 @@
 use ractor::ActorRef;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::statistics::Statistics;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::runtime::Handle;
 use tracing::{error, warn};
 
@@ -131,29 +131,6 @@ impl RebalanceListener {
             }
         }
     }
-
-    /// A list of `(source_topic, partition)` entries, optionally at offsets.
-    pub(crate) fn partition_list(
-        &self,
-        partitions: impl IntoIterator<Item = (i32, Option<i64>)>,
-    ) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        for (partition, offset) in partitions {
-            match offset {
-                Some(offset) => {
-                    let _ = tpl.add_partition_offset(
-                        &self.source_topic,
-                        partition,
-                        Offset::Offset(offset),
-                    );
-                }
-                None => {
-                    tpl.add_partition(&self.source_topic, partition);
-                }
-            }
-        }
-        tpl
-    }
 }
 
 impl ConsumerContext for RebalanceListener {
@@ -187,8 +164,11 @@ impl ConsumerContext for RebalanceListener {
                     return;
                 }
                 // Input waits until each task has restored; the supervisor resumes it.
-                let paused = self.partition_list(partitions.iter().map(|p| (*p, None)));
-                if let Err(e) = consumer.pause(&paused) {
+                let input = TopicConsumer {
+                    consumer,
+                    topic: &self.source_topic,
+                };
+                if let Err(e) = input.pause_all(&partitions) {
                     warn!("pausing newly assigned partitions failed: {e}");
                 }
                 self.tell_supervisor(AssignmentEvent::Assigned(partitions));
