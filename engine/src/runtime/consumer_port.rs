@@ -1,11 +1,13 @@
-//! The seam between the runtime and the group consumer of the source topic: what the consumer
-//! loop and the group commit ask of it, as a trait with the real librdkafka consumer behind it
-//! here and a fake in the unit tests (no broker, no sleeps).
+//! The seams between the runtime and its two Kafka consumers: what the consumer loop and the
+//! group commit ask of the source topic's group consumer ([`InputConsumer`]), and what the
+//! state updater asks of the restore consumer ([`RestoreConsumer`]); each a trait with the real
+//! librdkafka consumer behind it here and a fake in the unit tests (no broker, no sleeps).
 
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -117,5 +119,97 @@ impl<C: ConsumerContext> InputConsumer for TopicConsumer<'_, C> {
 
     fn unsubscribe(&self) {
         self.consumer.unsubscribe();
+    }
+}
+
+/// The changelog reader of the state updater: assigned changelog partitions by hand (no
+/// group), read from given offsets, told apart by topic and partition.
+pub(crate) trait RestoreConsumer: Send + Sync + 'static {
+    /// One record read, borrowed from the consumer until dropped.
+    type Record<'a>: Message
+    where
+        Self: 'a;
+    /// The partition's (low, high) watermarks, asked of the broker.
+    fn watermarks(
+        &self,
+        topic: &str,
+        partition: i32,
+        timeout: Duration,
+    ) -> Result<(i64, i64), KafkaError>;
+    /// The application's group's committed offset for the partition, if it has one.
+    fn group_committed(
+        &self,
+        topic: &str,
+        partition: i32,
+        timeout: Duration,
+    ) -> Result<Option<i64>, KafkaError>;
+    /// Starts reading these (topic, partition) at these offsets, beside what it reads already.
+    fn assign(&self, partitions: &[(&str, i32, i64)]) -> Result<(), KafkaError>;
+    /// Stops reading these (topic, partition).
+    fn unassign(&self, partitions: &[(&str, i32)]) -> Result<(), KafkaError>;
+    /// The next record, or `PartitionEOF(partition)` when a partition has nothing more now,
+    /// waiting at most `timeout` (`None`: nothing came).
+    fn poll(&self, timeout: Duration) -> Option<Result<Self::Record<'_>, KafkaError>>;
+    /// The next offset the consumer will fetch for the partition, if it knows it.
+    fn position(&self, topic: &str, partition: i32) -> Result<Option<i64>, KafkaError>;
+}
+
+impl RestoreConsumer for BaseConsumer {
+    type Record<'a> = BorrowedMessage<'a>;
+
+    fn watermarks(
+        &self,
+        topic: &str,
+        partition: i32,
+        timeout: Duration,
+    ) -> Result<(i64, i64), KafkaError> {
+        self.fetch_watermarks(topic, partition, timeout)
+    }
+
+    fn group_committed(
+        &self,
+        topic: &str,
+        partition: i32,
+        timeout: Duration,
+    ) -> Result<Option<i64>, KafkaError> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(topic, partition);
+        let committed = self.committed_offsets(list, timeout)?;
+        Ok(committed
+            .find_partition(topic, partition)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) if o >= 0 => Some(o),
+                _ => None,
+            }))
+    }
+
+    fn assign(&self, partitions: &[(&str, i32, i64)]) -> Result<(), KafkaError> {
+        let mut list = TopicPartitionList::new();
+        for (topic, partition, offset) in partitions {
+            list.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        }
+        self.incremental_assign(&list)
+    }
+
+    fn unassign(&self, partitions: &[(&str, i32)]) -> Result<(), KafkaError> {
+        let mut list = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            list.add_partition(topic, *partition);
+        }
+        self.incremental_unassign(&list)
+    }
+
+    fn poll(&self, timeout: Duration) -> Option<Result<BorrowedMessage<'_>, KafkaError>> {
+        BaseConsumer::poll(self, timeout)
+    }
+
+    fn position(&self, topic: &str, partition: i32) -> Result<Option<i64>, KafkaError> {
+        let positions = Consumer::position(self)?;
+        Ok(positions
+            .find_partition(topic, partition)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            }))
     }
 }

@@ -7,13 +7,12 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::config::StreamsConfig;
 use crate::error::{EngineError, Result};
 use crate::metrics::EngineMetrics;
+use crate::runtime::consumer_port::RestoreConsumer;
 use crate::status::TaskProgress;
 use crate::store::changelog_format::decode_changelog_value;
 use crate::store::StoreId;
@@ -41,25 +40,6 @@ pub struct RestoreOutcome {
     pub replay_marked: u64,
     /// Why the local state was wiped before restoring, if it was.
     pub wiped: Option<&'static str>,
-}
-
-/// The group's committed input offset for the task's partition, if any.
-fn group_committed(
-    consumer: &BaseConsumer,
-    source_topic: &str,
-    partition: i32,
-) -> Result<Option<i64>> {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(source_topic, partition);
-    let committed = consumer
-        .committed_offsets(tpl, METADATA_TIMEOUT)
-        .map_err(EngineError::kafka("read committed offset"))?;
-    Ok(committed
-        .find_partition(source_topic, partition)
-        .and_then(|e| match e.offset() {
-            Offset::Offset(o) if o >= 0 => Some(o),
-            _ => None,
-        }))
 }
 
 /// One store's changelog partition being restored.
@@ -115,7 +95,7 @@ impl TaskRestore {
         task: TaskId,
         mut store: TaskStore,
         progress: std::sync::Arc<TaskProgress>,
-        consumer: &BaseConsumer,
+        consumer: &impl RestoreConsumer,
         config: &StreamsConfig,
         source_topic: &str,
         metrics: &EngineMetrics,
@@ -126,7 +106,7 @@ impl TaskRestore {
         for name in &store_names {
             let topic = config.changelog_topic(name);
             let (low, high) = consumer
-                .fetch_watermarks(&topic, task.partition, METADATA_TIMEOUT)
+                .watermarks(&topic, task.partition, METADATA_TIMEOUT)
                 .map_err(EngineError::kafka("read changelog watermarks"))?;
             watermarks.push((topic, low, high));
         }
@@ -149,10 +129,10 @@ impl TaskRestore {
         // or a previous owner's last window), but only some of them: a write-out sends one
         // record per key, in no input order, so the keys whose records did not land must see
         // their input again. Re-processing skips what a key's restored version reflects.
-        outcome.input_next =
-            offsets
-                .input_next
-                .max(group_committed(consumer, source_topic, task.partition)?);
+        let group_committed = consumer
+            .group_committed(source_topic, task.partition, METADATA_TIMEOUT)
+            .map_err(EngineError::kafka("read committed offset"))?;
+        outcome.input_next = offsets.input_next.max(group_committed);
         offsets.input_next = outcome.input_next;
         let labels = EngineMetrics::task_labels(task);
         let mut changelogs = Vec::new();

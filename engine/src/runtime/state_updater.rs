@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use ractor::ActorRef;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
 use crate::clients::{client_config, setting_error, ClientRole};
@@ -22,6 +21,7 @@ use crate::config::StreamsConfig;
 use crate::error::{EngineError, Result};
 use crate::failpoints;
 use crate::metrics::EngineMetrics;
+use crate::runtime::consumer_port::RestoreConsumer;
 use crate::runtime::restore::TaskRestore;
 use crate::runtime::wiring::{RestoreEvent, RestoredStore, RestoringTask, TaskMsg};
 use crate::task_id::TaskId;
@@ -80,26 +80,12 @@ pub fn start(
     handed_back: Sender<RestoreEvent>,
 ) -> Result<(StateUpdaterHandle, JoinHandle<()>)> {
     let consumer = Arc::new(restore_consumer(&config)?);
-    let (commands, inbox) = crossbeam_channel::unbounded();
-    let (prepared_tx, prepared) = crossbeam_channel::unbounded();
-    let updater = StateUpdater {
-        consumer,
-        config,
-        source_topic,
-        metrics,
-        handed_back,
-        inbox,
-        prepared_tx,
-        prepared,
-        preparing: HashMap::new(),
-        next_preparation: 0,
-        tasks: BTreeMap::new(),
-    };
+    let (updater, handle) = StateUpdater::new(consumer, config, source_topic, metrics, handed_back);
     let thread = std::thread::Builder::new()
         .name("kstreams-restore".into())
         .spawn(move || updater.run())
         .map_err(|e| EngineError::actor("state updater", e))?;
-    Ok((StateUpdaterHandle { commands }, thread))
+    Ok((handle, thread))
 }
 
 fn restore_consumer(config: &StreamsConfig) -> Result<BaseConsumer> {
@@ -122,8 +108,8 @@ struct Prepared {
     restore: Result<TaskRestore>,
 }
 
-struct StateUpdater {
-    consumer: Arc<BaseConsumer>,
+struct StateUpdater<R: RestoreConsumer> {
+    consumer: Arc<R>,
     config: Arc<StreamsConfig>,
     source_topic: String,
     metrics: EngineMetrics,
@@ -137,36 +123,69 @@ struct StateUpdater {
     next_preparation: u64,
     /// Restoring tasks by partition.
     tasks: BTreeMap<i32, Restoring>,
+    /// A restore that reads nothing this long is reported and fetched afresh.
+    stall_after: Duration,
 }
 
-impl StateUpdater {
+impl<R: RestoreConsumer> StateUpdater<R> {
+    fn new(
+        consumer: Arc<R>,
+        config: Arc<StreamsConfig>,
+        source_topic: String,
+        metrics: EngineMetrics,
+        handed_back: Sender<RestoreEvent>,
+    ) -> (Self, StateUpdaterHandle) {
+        let (commands, inbox) = crossbeam_channel::unbounded();
+        let (prepared_tx, prepared) = crossbeam_channel::unbounded();
+        let updater = StateUpdater {
+            consumer,
+            config,
+            source_topic,
+            metrics,
+            handed_back,
+            inbox,
+            prepared_tx,
+            prepared,
+            preparing: HashMap::new(),
+            next_preparation: 0,
+            tasks: BTreeMap::new(),
+            stall_after: RESTORE_STALL,
+        };
+        (updater, StateUpdaterHandle { commands })
+    }
+
     fn run(mut self) {
-        loop {
-            let wait = if !self.tasks.is_empty() {
-                Duration::ZERO
-            } else if !self.preparing.is_empty() {
-                PREPARING_WAIT
-            } else {
-                IDLE_WAIT
-            };
-            match self.inbox.recv_timeout(wait) {
-                Ok(command) => self.apply(command),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            while let Ok(command) = self.inbox.try_recv() {
-                self.apply(command);
-            }
-            while let Ok(prepared) = self.prepared.try_recv() {
-                self.start(prepared);
-            }
-            if !self.tasks.is_empty() {
-                self.step();
-                self.hand_back_restored();
-                self.refetch_stalled();
-            }
-        }
+        while self.turn() {}
         debug!("state updater stopped");
+    }
+
+    /// One turn: waits for a command (not at all while restoring), applies the commands and
+    /// the prepared restores, then reads one step. Answers false once every handle is gone.
+    fn turn(&mut self) -> bool {
+        let wait = if !self.tasks.is_empty() {
+            Duration::ZERO
+        } else if !self.preparing.is_empty() {
+            PREPARING_WAIT
+        } else {
+            IDLE_WAIT
+        };
+        match self.inbox.recv_timeout(wait) {
+            Ok(command) => self.apply(command),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return false,
+        }
+        while let Ok(command) = self.inbox.try_recv() {
+            self.apply(command);
+        }
+        while let Ok(prepared) = self.prepared.try_recv() {
+            self.start(prepared);
+        }
+        if !self.tasks.is_empty() {
+            self.step();
+            self.hand_back_restored();
+            self.refetch_stalled();
+        }
+        true
     }
 
     fn apply(&mut self, command: UpdaterCommand) {
@@ -220,7 +239,7 @@ impl StateUpdater {
                     task,
                     store,
                     progress,
-                    &consumer,
+                    &*consumer,
                     &config,
                     &source_topic,
                     &metrics,
@@ -261,44 +280,31 @@ impl StateUpdater {
         self.tasks.insert(task.partition, restoring);
     }
 
-    fn changelog_list(restore: &TaskRestore, with_offsets: bool) -> Result<TopicPartitionList> {
-        let mut tpl = TopicPartitionList::new();
-        for (_, changelog) in restore.unfinished() {
-            match with_offsets {
-                true => tpl
-                    .add_partition_offset(
-                        &changelog.topic,
-                        restore.task.partition,
-                        Offset::Offset(changelog.position),
-                    )
-                    .map_err(EngineError::kafka("assign changelog"))?,
-                false => {
-                    tpl.add_partition(&changelog.topic, restore.task.partition);
-                }
-            }
-        }
-        Ok(tpl)
+    /// The restore's unfinished changelog partitions, with the offsets to read them from.
+    fn changelog_positions(restore: &TaskRestore) -> Vec<(&str, i32, i64)> {
+        restore
+            .unfinished()
+            .map(|(_, c)| (c.topic.as_str(), restore.task.partition, c.position))
+            .collect()
     }
 
     fn assign(&self, restore: &TaskRestore) {
-        let assigned = Self::changelog_list(restore, true).and_then(|tpl| {
-            self.consumer
-                .incremental_assign(&tpl)
-                .map_err(EngineError::kafka("assign changelog"))
-        });
-        if let Err(e) = assigned {
-            warn!(task = %restore.task, "{e}; retried when the restore is seen stalled");
+        if let Err(e) = self.consumer.assign(&Self::changelog_positions(restore)) {
+            warn!(task = %restore.task, "assigning its changelogs: {e}; retried when the restore is seen stalled");
         }
     }
 
+    /// Stops reading every changelog of the restore, the finished ones too (a finished
+    /// changelog left assigned would be fetched for as long as the instance runs).
     fn unassign(&self, restore: &TaskRestore) {
-        let unassigned = Self::changelog_list(restore, false).and_then(|tpl| {
-            self.consumer
-                .incremental_unassign(&tpl)
-                .map_err(EngineError::kafka("unassign changelog"))
-        });
-        if let Err(e) = unassigned {
-            debug!(task = %restore.task, "{e}");
+        let partition = restore.task.partition;
+        let partitions: Vec<(&str, i32)> = restore
+            .changelogs
+            .iter()
+            .map(|c| (c.topic.as_str(), partition))
+            .collect();
+        if let Err(e) = self.consumer.unassign(&partitions) {
+            debug!(task = %restore.task, "unassigning its changelogs: {e}");
         }
     }
 
@@ -309,8 +315,9 @@ impl StateUpdater {
             std::thread::sleep(Duration::from_millis(delay as u64));
         }
         let deadline = Instant::now() + STEP_TIME;
+        let consumer = self.consumer.clone();
         for _ in 0..STEP_RECORDS {
-            match self.consumer.poll(POLL_WAIT) {
+            match consumer.poll(POLL_WAIT) {
                 Some(Ok(message)) => {
                     let partition = message.partition();
                     let Some(restoring) = self.tasks.get_mut(&partition) else {
@@ -353,20 +360,20 @@ impl StateUpdater {
         let Some(restoring) = self.tasks.get_mut(&partition) else {
             return;
         };
-        let positions = match self.consumer.position() {
-            Ok(positions) => positions,
-            Err(e) => return debug!(partition, "reading restore positions: {e}"),
-        };
+        let consumer = &self.consumer;
         let ends: Vec<(usize, i64)> = restoring
             .restore
             .unfinished()
-            .filter_map(|(index, changelog)| {
-                let element = positions.find_partition(&changelog.topic, partition)?;
-                match element.offset() {
-                    Offset::Offset(end) if end >= changelog.high => Some((index, end)),
-                    _ => None,
-                }
-            })
+            .filter_map(
+                |(index, changelog)| match consumer.position(&changelog.topic, partition) {
+                    Ok(Some(end)) if end >= changelog.high => Some((index, end)),
+                    Ok(_) => None,
+                    Err(e) => {
+                        debug!(partition, "reading restore positions: {e}");
+                        None
+                    }
+                },
+            )
             .collect();
         for (index, end) in ends {
             if let Err(error) = restoring.restore.reached_end(index, end) {
@@ -394,6 +401,7 @@ impl StateUpdater {
             let Some(Restoring { restore, owner }) = self.tasks.remove(&partition) else {
                 continue;
             };
+            self.unassign(&restore);
             let task = restore.task;
             let (store, outcome) = restore.finish();
             let restored = Box::new(RestoredStore { store, outcome });
@@ -412,36 +420,539 @@ impl StateUpdater {
         let _ = self.handed_back.send(RestoreEvent::Failed(owner, error));
     }
 
-    /// Restores that read nothing for [`RESTORE_STALL`] are reported and fetched afresh.
+    /// Restores that read nothing for [`RESTORE_STALL`] are reported and fetched afresh from
+    /// where they stood.
     fn refetch_stalled(&mut self) {
-        for restoring in self.tasks.values_mut() {
-            let restore = &mut restoring.restore;
-            if restore.last_progress.elapsed() < RESTORE_STALL {
+        let stalled: Vec<i32> = self
+            .tasks
+            .iter()
+            .filter(|(_, r)| r.restore.last_progress.elapsed() >= self.stall_after)
+            .map(|(partition, _)| *partition)
+            .collect();
+        for partition in stalled {
+            let Some(restoring) = self.tasks.get_mut(&partition) else {
                 continue;
-            }
+            };
+            restoring.restore.last_progress = Instant::now();
+            let restore = &self.tasks[&partition].restore;
             let at: Vec<String> = restore
                 .unfinished()
-                .map(|(_, c)| {
-                    format!(
-                        "{}[{}] at {} of {}",
-                        c.topic, restore.task.partition, c.position, c.high
-                    )
-                })
+                .map(|(_, c)| format!("{}[{partition}] at {} of {}", c.topic, c.position, c.high))
                 .collect();
-            warn!(task = %restore.task, "restore made no progress for {RESTORE_STALL:?} ({}); fetching its changelogs again", at.join(", "));
+            warn!(task = %restore.task, "restore made no progress for {:?} ({}); fetching its changelogs again", self.stall_after, at.join(", "));
             self.metrics.restore_stalls.inc();
-            restore.last_progress = Instant::now();
-            let task_restore: &TaskRestore = restore;
-            let refetched = Self::changelog_list(task_restore, true).and_then(|tpl| {
-                let plain = Self::changelog_list(task_restore, false)?;
-                let _ = self.consumer.incremental_unassign(&plain);
-                self.consumer
-                    .incremental_assign(&tpl)
-                    .map_err(EngineError::kafka("assign changelog"))
-            });
-            if let Err(e) = refetched {
-                warn!(task = %task_restore.task, "{e}");
+            self.unassign(restore);
+            self.assign(restore);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The updater on a fake restore consumer and real RocksDB stores in a temporary
+    //! directory: its steps, Add and Remove, the hand-back, a stall. No broker, no sleeps.
+
+    use std::collections::BTreeSet;
+    use std::sync::{Mutex, MutexGuard};
+
+    use ractor::{Actor, ActorProcessingErr};
+    use rdkafka::message::{OwnedMessage, Timestamp};
+
+    use super::*;
+    use crate::store::changelog_format::encode_changelog_value;
+    use crate::store::{StoreId, StoredOffsets, TaskStore};
+    use crate::store_memory::{StoreMemory, StoreMemorySettings};
+
+    const SOURCE: &str = "input";
+    const STORE: &str = "count-store";
+
+    /// A changelog partition: its records (offset = index) and where the fake reads it.
+    #[derive(Default)]
+    struct FakePartition {
+        records: Vec<OwnedMessage>,
+        /// Next offset to read, while assigned.
+        position: Option<i64>,
+        /// The end was reported since the last record read.
+        end_reported: bool,
+    }
+
+    #[derive(Default)]
+    struct FakeState {
+        partitions: BTreeMap<(String, i32), FakePartition>,
+        committed: HashMap<i32, i64>,
+        /// Every assignment asked for, in order.
+        assigns: Vec<Vec<(String, i32, i64)>>,
+        unassigns: usize,
+        /// Reads nothing (a stuck fetch).
+        frozen: bool,
+        /// The watermarks cannot be read (a broker that does not answer).
+        watermarks_fail: bool,
+        /// Where the last record came from, to read the assigned partitions in turn.
+        last_read: Option<(String, i32)>,
+    }
+
+    #[derive(Default)]
+    struct FakeChangelogs(Mutex<FakeState>);
+
+    impl FakeChangelogs {
+        fn state(&self) -> MutexGuard<'_, FakeState> {
+            self.0.lock().unwrap()
+        }
+
+        /// Appends a changelog record of `key` = `value`, produced by input offset `input`.
+        fn append(&self, partition: i32, key: &str, value: &str, input: i64) {
+            let topic = changelog_topic();
+            let mut state = self.state();
+            let records = &mut state
+                .partitions
+                .entry((topic.clone(), partition))
+                .or_default()
+                .records;
+            let offset = records.len() as i64;
+            records.push(OwnedMessage::new(
+                Some(encode_changelog_value(input, value.as_bytes())),
+                Some(key.as_bytes().to_vec()),
+                topic,
+                Timestamp::NotAvailable,
+                partition,
+                offset,
+                None,
+            ));
+        }
+
+        fn assigned(&self) -> BTreeSet<i32> {
+            let state = self.state();
+            let assigned = state
+                .partitions
+                .iter()
+                .filter(|(_, p)| p.position.is_some());
+            assigned.map(|((_, partition), _)| *partition).collect()
+        }
+    }
+
+    impl RestoreConsumer for FakeChangelogs {
+        type Record<'a> = OwnedMessage;
+
+        fn watermarks(&self, topic: &str, partition: i32, _: Duration) -> KafkaResult<(i64, i64)> {
+            let state = self.state();
+            if state.watermarks_fail {
+                return Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::BrokerTransportFailure,
+                ));
+            }
+            let key = (topic.to_string(), partition);
+            let high = state.partitions.get(&key).map_or(0, |p| p.records.len());
+            Ok((0, high as i64))
+        }
+
+        fn group_committed(
+            &self,
+            _: &str,
+            partition: i32,
+            _: Duration,
+        ) -> KafkaResult<Option<i64>> {
+            Ok(self.state().committed.get(&partition).copied())
+        }
+
+        fn assign(&self, partitions: &[(&str, i32, i64)]) -> KafkaResult<()> {
+            let mut state = self.state();
+            for (topic, partition, offset) in partitions {
+                let fake = state.partitions.entry((topic.to_string(), *partition));
+                let fake = fake.or_default();
+                fake.position = Some(*offset);
+                fake.end_reported = false;
+            }
+            let asked = partitions.iter().map(|(t, p, o)| (t.to_string(), *p, *o));
+            state.assigns.push(asked.collect());
+            Ok(())
+        }
+
+        fn unassign(&self, partitions: &[(&str, i32)]) -> KafkaResult<()> {
+            let mut state = self.state();
+            for (topic, partition) in partitions {
+                if let Some(fake) = state.partitions.get_mut(&(topic.to_string(), *partition)) {
+                    fake.position = None;
+                }
+            }
+            state.unassigns += 1;
+            Ok(())
+        }
+
+        /// The next record of the assigned partitions, taken in turn; a partition read to
+        /// its end reports it once.
+        fn poll(&self, _: Duration) -> Option<KafkaResult<OwnedMessage>> {
+            let mut state = self.state();
+            if state.frozen {
+                return None;
+            }
+            let after = state.last_read.clone();
+            let readable: Vec<(String, i32)> = state
+                .partitions
+                .iter()
+                .filter(|(_, p)| p.position.is_some_and(|at| (at as usize) < p.records.len()))
+                .map(|(key, _)| key.clone())
+                .collect();
+            let next = readable
+                .iter()
+                .find(|key| after.as_ref().is_none_or(|last| *key > last))
+                .or(readable.first())
+                .cloned();
+            if let Some(key) = next {
+                let fake = state.partitions.get_mut(&key).unwrap();
+                let at = fake.position.unwrap();
+                fake.position = Some(at + 1);
+                fake.end_reported = false;
+                let record = fake.records[at as usize].clone();
+                state.last_read = Some(key);
+                return Some(Ok(record));
+            }
+            let ended = state
+                .partitions
+                .iter_mut()
+                .find(|(_, p)| p.position.is_some() && !p.end_reported)?;
+            ended.1.end_reported = true;
+            Some(Err(KafkaError::PartitionEOF(ended.0 .1)))
+        }
+
+        fn position(&self, topic: &str, partition: i32) -> KafkaResult<Option<i64>> {
+            let state = self.state();
+            let fake = state.partitions.get(&(topic.to_string(), partition));
+            Ok(fake.and_then(|p| p.position))
+        }
+    }
+
+    use rdkafka::error::{KafkaResult, RDKafkaErrorCode};
+
+    fn changelog_topic() -> String {
+        config().changelog_topic(STORE)
+    }
+
+    fn config() -> StreamsConfig {
+        StreamsConfig::new("updater-test", "unused:9092")
+    }
+
+    /// A task actor that does nothing: the updater only hands it back by reference.
+    struct IdleTask;
+
+    impl Actor for IdleTask {
+        type Msg = TaskMsg;
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(&self, _: ActorRef<TaskMsg>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    struct Harness {
+        fake: Arc<FakeChangelogs>,
+        updater: StateUpdater<FakeChangelogs>,
+        handle: StateUpdaterHandle,
+        handed_back: Receiver<RestoreEvent>,
+        metrics: EngineMetrics,
+        dir: tempfile::TempDir,
+        memory: Arc<StoreMemory>,
+    }
+
+    fn harness() -> Harness {
+        let fake = Arc::new(FakeChangelogs::default());
+        let metrics = EngineMetrics::new("state-updater-test");
+        let (handed_back_tx, handed_back) = crossbeam_channel::unbounded();
+        let (updater, handle) = StateUpdater::new(
+            fake.clone(),
+            Arc::new(config()),
+            SOURCE.into(),
+            metrics.clone(),
+            handed_back_tx,
+        );
+        Harness {
+            fake,
+            updater,
+            handle,
+            handed_back,
+            metrics,
+            dir: tempfile::tempdir().unwrap(),
+            memory: StoreMemory::new(StoreMemorySettings::default()),
+        }
+    }
+
+    impl Harness {
+        fn open_store(&self, partition: i32) -> TaskStore {
+            let path = self.dir.path().join(TaskId::new(0, partition).to_string());
+            TaskStore::open(
+                TaskId::new(0, partition),
+                &path,
+                &[STORE.to_string()],
+                &self.memory,
+            )
+            .unwrap()
+        }
+
+        async fn add(&self, partition: i32) {
+            let (owner, _) = Actor::spawn(None, IdleTask, ()).await.unwrap();
+            let task = RestoringTask {
+                task: TaskId::new(0, partition),
+                store: self.open_store(partition),
+                progress: Arc::default(),
+                owner,
+            };
+            self.handle.add(task).unwrap();
+        }
+
+        /// Turns the updater until `done` holds (the restore's preparation runs on its own
+        /// thread: a deadline, not a count, bounds the wait for it).
+        fn turn_until(&mut self, what: &str, mut done: impl FnMut(&mut Self) -> bool) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !done(self) {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                assert!(self.updater.turn());
             }
         }
+
+        /// Turns until the updater hands something back, and answers it.
+        fn next_handed_back(&mut self) -> RestoreEvent {
+            let mut event = None;
+            self.turn_until("a task handed back", |h| {
+                event = h.handed_back.try_recv().ok();
+                event.is_some()
+            });
+            event.unwrap()
+        }
+
+        fn restoring(&self, partition: i32) -> bool {
+            self.updater.tasks.contains_key(&partition)
+        }
+
+        fn read_of(&self, partition: i32) -> i64 {
+            self.updater.tasks[&partition].restore.changelogs[0].position
+        }
+    }
+
+    fn restored(event: RestoreEvent) -> Box<RestoredStore> {
+        match event {
+            RestoreEvent::Restored(_, restored) => restored,
+            RestoreEvent::Failed(_, error) => panic!("restore failed: {error}"),
+        }
+    }
+
+    fn count_of(store: &TaskStore, key: &str) -> Option<String> {
+        let value = store.get(StoreId(0), key.as_bytes()).unwrap()?;
+        Some(String::from_utf8(value).unwrap())
+    }
+
+    #[tokio::test]
+    async fn restores_in_bounded_steps_and_hands_back_only_once_caught_up() {
+        let mut h = harness();
+        let total = 2 * STEP_RECORDS + 1_500; // more than one step, more than one batch
+        for i in 0..total {
+            h.fake
+                .append(0, &format!("k{}", i % 3_000), &i.to_string(), i as i64);
+        }
+        h.add(0).await;
+        h.turn_until("the restore to start", |h| h.restoring(0));
+        assert_eq!(
+            h.fake.state().assigns,
+            vec![vec![(changelog_topic(), 0, 0)]]
+        );
+        let mut steps = 1;
+        let mut read = h.read_of(0);
+        while h.restoring(0) {
+            assert!(
+                read <= STEP_RECORDS as i64 * steps,
+                "a step read past its bound"
+            );
+            assert!(h.handed_back.is_empty(), "handed back before caught up");
+            assert!(h.updater.turn());
+            steps += 1;
+            if h.restoring(0) {
+                read = h.read_of(0);
+            }
+        }
+        assert!(steps >= 3, "{total} records were read in {steps} steps");
+        let restored = restored(h.handed_back.try_recv().unwrap());
+        assert_eq!(restored.outcome.records, total as u64);
+        assert_eq!(restored.outcome.input_next, None);
+        let store = &restored.store;
+        assert_eq!(count_of(store, "k0").as_deref(), Some("9000"));
+        assert_eq!(count_of(store, "k2999").as_deref(), Some("8999"));
+        assert_eq!(count_of(store, "k1499").as_deref(), Some("10499"));
+        let offsets = store.read_offsets().unwrap();
+        assert_eq!(offsets.changelog_next, vec![Some(total as i64)]);
+        assert!(h.fake.assigned().is_empty(), "its changelog is still read");
+    }
+
+    #[tokio::test]
+    async fn the_newest_input_offset_wins_and_records_past_the_commit_owe_output() {
+        let mut h = harness();
+        h.fake.append(1, "a", "5", 10); // the owner's update from input offset 10
+        h.fake.append(1, "a", "4", 8); // an overlapping old owner's late write: older input
+        h.fake.append(1, "b", "1", 3);
+        h.fake.append(1, "c", "7", 20); // input past the group's commit: output may be owed
+        h.fake.state().committed.insert(1, 15);
+        h.add(1).await;
+        let restored = restored(h.next_handed_back());
+        assert_eq!(count_of(&restored.store, "a").as_deref(), Some("5"));
+        assert_eq!(count_of(&restored.store, "b").as_deref(), Some("1"));
+        assert_eq!(restored.outcome.input_next, Some(15));
+        assert_eq!(
+            restored.outcome.replay_marked, 1,
+            "only c is past the commit"
+        );
+    }
+
+    #[tokio::test]
+    async fn restores_of_two_tasks_interleave_and_are_handed_back_apart() {
+        let mut h = harness();
+        for i in 0..3 * STEP_RECORDS as i64 {
+            h.fake.append(0, "x", &i.to_string(), i);
+        }
+        h.fake.append(2, "y", "1", 0);
+        h.fake.state().frozen = true; // both restores start before either reads
+        h.add(0).await;
+        h.add(2).await;
+        h.turn_until("both restores to start", |h| {
+            h.restoring(0) && h.restoring(2)
+        });
+        h.fake.state().frozen = false;
+        let first = restored(h.next_handed_back());
+        assert_eq!(count_of(&first.store, "y").as_deref(), Some("1"));
+        assert_eq!(
+            count_of(&first.store, "x"),
+            None,
+            "the short restore was held back"
+        );
+        let second = restored(h.next_handed_back());
+        let last = (3 * STEP_RECORDS - 1).to_string();
+        assert_eq!(count_of(&second.store, "x"), Some(last));
+    }
+
+    #[tokio::test]
+    async fn remove_mid_restore_keeps_what_was_read_and_the_next_restore_reads_only_the_rest() {
+        let mut h = harness();
+        let total = 3 * STEP_RECORDS;
+        for i in 0..total {
+            h.fake.append(0, &format!("k{i}"), "1", i as i64);
+        }
+        h.add(0).await;
+        h.turn_until("a first step", |h| h.restoring(0) && h.read_of(0) > 0);
+        let read = h.read_of(0);
+        assert!(read < total as i64);
+        let (closed, answer) = crossbeam_channel::bounded(1);
+        h.updater
+            .apply(UpdaterCommand::Remove(TaskId::new(0, 0), closed));
+        assert!(
+            answer.try_recv().is_ok(),
+            "Remove answered once the store is closed"
+        );
+        assert!(!h.restoring(0));
+        assert!(
+            h.fake.assigned().is_empty(),
+            "a removed task's changelog is still read"
+        );
+        assert!(h.handed_back.is_empty(), "a removed task was handed back");
+        let kept = h.open_store(0).read_offsets().unwrap().changelog_next;
+        assert_eq!(
+            kept,
+            vec![Some(read)],
+            "the progress written is what was read"
+        );
+
+        h.add(0).await;
+        let restored = restored(h.next_handed_back());
+        assert_eq!(
+            h.fake.state().assigns.last().unwrap(),
+            &vec![(changelog_topic(), 0, read)]
+        );
+        assert_eq!(restored.outcome.records, total as u64 - read as u64);
+        assert_eq!(count_of(&restored.store, "k0").as_deref(), Some("1"));
+        let last = format!("k{}", total - 1);
+        assert_eq!(count_of(&restored.store, &last).as_deref(), Some("1"));
+    }
+
+    #[tokio::test]
+    async fn a_task_removed_while_its_restore_is_prepared_is_never_read() {
+        let mut h = harness();
+        h.fake.append(0, "k", "1", 0);
+        h.add(0).await;
+        let (closed, answer) = crossbeam_channel::bounded(1);
+        let commands = h.handle.commands.clone();
+        commands
+            .send(UpdaterCommand::Remove(TaskId::new(0, 0), closed))
+            .unwrap();
+        h.turn_until("the preparation to return", |h| {
+            answer.try_recv().is_ok() || !h.updater.preparing.is_empty()
+        });
+        h.turn_until("the preparation to be dropped", |h| {
+            h.updater.preparing.is_empty()
+        });
+        assert!(!h.restoring(0));
+        assert!(
+            h.fake.state().assigns.is_empty(),
+            "a removed task's changelog was read"
+        );
+        assert!(h.handed_back.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stalled_restore_is_counted_and_fetched_again_from_where_it_stood() {
+        let mut h = harness();
+        h.updater.stall_after = Duration::from_millis(1);
+        for i in 0..STEP_RECORDS + 10 {
+            h.fake.append(0, &format!("k{i}"), "1", i as i64);
+        }
+        h.add(0).await;
+        h.turn_until("a first step", |h| h.restoring(0) && h.read_of(0) > 0);
+        let read = h.read_of(0);
+        h.fake.state().frozen = true;
+        let stalls = h.metrics.restore_stalls.get();
+        h.turn_until("the stall to be seen", |h| {
+            h.metrics.restore_stalls.get() > stalls
+        });
+        assert_eq!(h.read_of(0), read, "a frozen fetch read something");
+        let assigns = h.fake.state().assigns.clone();
+        assert_eq!(assigns.last().unwrap(), &vec![(changelog_topic(), 0, read)]);
+        assert!(h.fake.state().unassigns >= 1);
+        h.fake.state().frozen = false;
+        let restored = restored(h.next_handed_back());
+        assert_eq!(restored.outcome.records, STEP_RECORDS as u64 + 10);
+    }
+
+    #[tokio::test]
+    async fn a_restore_that_cannot_start_is_handed_back_as_failed() {
+        let mut h = harness();
+        h.fake.state().watermarks_fail = true;
+        h.add(3).await;
+        match h.next_handed_back() {
+            RestoreEvent::Failed(_, error) => {
+                assert!(error.to_string().contains("watermarks"), "{error}")
+            }
+            RestoreEvent::Restored(..) => panic!("restored without its changelog's end"),
+        }
+        assert!(!h.restoring(3));
+    }
+
+    #[tokio::test]
+    async fn local_state_ahead_of_its_changelog_is_wiped_and_restored_fully() {
+        let mut h = harness();
+        {
+            let mut store = h.open_store(0);
+            store.put(StoreId(0), b"stale", b"99", 40, None);
+            let offsets = StoredOffsets {
+                input_next: Some(41),
+                changelog_next: vec![Some(50)],
+            };
+            store.commit(&offsets).unwrap();
+        }
+        h.fake.append(0, "fresh", "1", 0); // a recreated changelog: shorter than the store
+        h.add(0).await;
+        let restored = restored(h.next_handed_back());
+        assert_eq!(restored.outcome.wiped, Some("ahead_of_changelog"));
+        assert_eq!(count_of(&restored.store, "stale"), None);
+        assert_eq!(count_of(&restored.store, "fresh").as_deref(), Some("1"));
+        let wipes = h
+            .metrics
+            .state_wipes
+            .with_label_values(&["ahead_of_changelog"]);
+        assert_eq!(wipes.get(), 1);
     }
 }
