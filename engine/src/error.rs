@@ -93,6 +93,22 @@ pub enum EngineError {
         source: rdkafka::error::KafkaError,
     },
 
+    /// Another writer appended to the task's changelog between its own records (an
+    /// overlapping owner: a frozen or cut-off instance, or the one that took over from it).
+    /// The task restarts and restores those records before it goes on.
+    #[error(
+        "task {task}: {foreign} records of another writer lie in changelog `{topic}` between \
+         offsets {from} and {to}, among this task's own (two instances wrote the partition for \
+         a while); the task restarts to restore them"
+    )]
+    ForeignChangelogRecords {
+        task: TaskId,
+        topic: String,
+        foreign: u64,
+        from: i64,
+        to: i64,
+    },
+
     /// Records could not be delivered to the broker.
     #[error("task {task}: producing to `{topic}` failed: {reason}")]
     Produce {

@@ -1,28 +1,28 @@
 //! A task's per-record work without an actor or a broker, for benchmarks: the topology's
-//! processor, the task's RocksDB store and its record collector, whose producer only queues
-//! records (its broker address is never reached; queued records are purged on commit).
+//! processor, the task's RocksDB store and its record collector, committed through the
+//! production write-out ([`TaskCheckpoint`]); the collector's sink acknowledges each record
+//! in process as it is sent (see [`crate::delivery::InstantSink`]), so what is measured is the
+//! engine's work, not a broker's.
 
 use std::path::Path;
 
-use crate::client_settings::{ClientSettings, SettingSource};
 use crate::config::StreamsConfig;
 use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::processor::{InputRecord, Processor, ProcessorContext};
 use crate::record_collector::RecordCollector;
-use crate::runtime::checkpoint::{emit_cached_writes, WriteOut};
-use crate::store::{StoredOffsets, TaskStore};
+use crate::runtime::checkpoint::{TaskCheckpoint, WriteOut};
+use crate::store::TaskStore;
 use crate::store_memory::{StoreMemory, StoreMemorySettings};
 use crate::task_id::TaskId;
-
-/// Nothing listens here: the producer queues and never delivers.
-const NOWHERE: &str = "127.0.0.1:9";
 
 pub struct TaskHotPath {
     task: TaskId,
     processor: Box<dyn Processor>,
     store: TaskStore,
     collector: RecordCollector,
+    /// Per store, the next changelog offset known written.
+    changelog_next: Vec<Option<i64>>,
     next_offset: i64,
 }
 
@@ -31,24 +31,22 @@ impl TaskHotPath {
     /// (`cache_max_bytes` 0: no caching, every update sent at once).
     pub fn new(topology: &Topology, dir: &Path, memory: StoreMemorySettings) -> Result<Self> {
         let task = TaskId::new(0, 0);
-        let mut config = StreamsConfig::new("hot-path", NOWHERE);
-        // Nothing is sent: the producer queue must hold every record of the measured run.
-        config.client_memory.producer_buffer_bytes_per_task = 4 << 30;
-        config.client_settings =
-            ClientSettings::from_pairs(SettingSource::Program, [("message.timeout.ms", "3600000")]);
+        let config = StreamsConfig::new("hot-path", "in-process");
         let stores = topology.stores().to_vec();
+        let (collector, _) = RecordCollector::instant(task, &config, &stores, None);
         Ok(Self {
             task,
             processor: topology.new_processor(),
             store: TaskStore::open(task, dir, &stores, &StoreMemory::new(memory))?,
-            collector: RecordCollector::new(task, &config, &stores, None, None)?,
+            collector,
+            changelog_next: vec![None; stores.len()],
             next_offset: 0,
         })
     }
 
     /// Runs the processor over `records` as the task would: store update, then a changelog
-    /// and an output record per input record, or with caching per key at the commit (early
-    /// when the cache is over its budget).
+    /// and an output record per input record, or with caching per key at the commit (a
+    /// write-out started early when the cache is over its budget, as the task does).
     pub fn process(&mut self, records: &[InputRecord]) -> Result<()> {
         for record in records {
             let mut ctx = ProcessorContext::new(
@@ -70,26 +68,37 @@ impl TaskHotPath {
             self.next_offset = record.offset + 1;
         }
         if self.store.cache_over_budget() {
-            self.commit()?;
+            let input_next = Some(self.next_offset);
+            self.checkpoint()
+                .start_write_out(input_next, WriteOut::CacheOverBudget)?;
         }
         Ok(())
     }
 
-    /// Queues the cached writes' records (with caching), writes the dirty keys and offsets to
-    /// RocksDB in one batch (the commit's store half) and drops the queued records.
+    /// The production commit: the cached writes sent (changelog and output records), sealed,
+    /// acknowledged and written to RocksDB with the offsets in one batch.
     pub fn commit(&mut self) -> Result<()> {
-        emit_cached_writes(
-            self.task,
-            &mut self.store,
-            &mut self.collector,
-            self.processor.as_mut(),
-            WriteOut::Commit,
-        )?;
-        self.store.commit(&StoredOffsets {
-            input_next: Some(self.next_offset),
-            changelog_next: vec![None; self.store.store_names().len()],
-        })?;
-        self.collector.purge_queued();
+        let input_next = Some(self.next_offset);
+        self.checkpoint().commit(input_next, WriteOut::Commit)?;
         Ok(())
+    }
+
+    fn checkpoint(&mut self) -> TaskCheckpoint<'_> {
+        let Self {
+            task,
+            processor,
+            store,
+            collector,
+            changelog_next,
+            ..
+        } = self;
+        let processor = processor.as_mut();
+        TaskCheckpoint {
+            task: *task,
+            store,
+            collector,
+            processor,
+            changelog_next,
+        }
     }
 }

@@ -21,6 +21,7 @@ mod assignment;
 mod client_settings;
 mod clients;
 mod config;
+mod delivery;
 mod dsl;
 mod error;
 mod failpoints;

@@ -26,6 +26,7 @@ pub struct EngineMetrics {
     pub(crate) tasks_restoring: IntGauge,
     pub(crate) tasks_running: IntGauge,
     pub(crate) restore_stalls: IntCounter,
+    pub(crate) changelog_foreign_records: IntCounterVec,
     pub(crate) store_size: IntGaugeVec,
     pub(crate) commits: IntCounter,
     pub(crate) commit_failures: IntCounter,
@@ -116,6 +117,10 @@ impl EngineMetrics {
             tasks_restoring: register(r, IntGauge::new("kstreams_tasks_restoring", "Tasks currently restoring")),
             tasks_running: register(r, IntGauge::new("kstreams_tasks_running", "Tasks currently processing")),
             restore_stalls: register(r, IntCounter::new("kstreams_restore_stalls_total", "Restores that read nothing for 30 s and had their changelogs fetched again")),
+            changelog_foreign_records: register(r, IntCounterVec::new(
+                opts("kstreams_changelog_foreign_records_total", "Records of another writer found between a task's own acknowledged changelog records: two instances wrote one partition for a while (a zombie); the task restored them"),
+                TASK,
+            )),
             store_size: register(r, IntGaugeVec::new(opts("kstreams_state_store_size_bytes", "Estimated live data in the task's RocksDB"), TASK)),
             commits: register(r, IntCounter::new("kstreams_commits_total", "Commits of all tasks")),
             commit_failures: register(r, IntCounter::new("kstreams_commit_failures_total", "Commits that failed")),

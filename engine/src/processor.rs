@@ -386,8 +386,7 @@ mod tests {
                 let names = vec!["words".to_string()];
                 let mut store = TaskStore::open(task, dir.path(), &names, &memory).unwrap();
                 let config = StreamsConfig::new("app", "127.0.0.1:9");
-                let mut collector =
-                    RecordCollector::new(task, &config, &names, None, None).unwrap();
+                let (mut collector, _) = RecordCollector::instant(task, &config, &names, None);
                 let mut flushed = Flushed::default();
                 let mut process = |store: &mut TaskStore, offset: i64| {
                     let mut ctx = ProcessorContext::new(store, &mut collector, 0, offset, None);
@@ -420,7 +419,6 @@ mod tests {
                     _ => vec![],
                 };
                 assert_eq!(flushed.0, expected_flushes, "cache {cache_max_bytes}");
-                collector.purge_queued();
             }
         }
     }

@@ -2,18 +2,17 @@
 //! records, through the task's own idempotent producer. Records are sent in write-out
 //! generations; it tracks when each generation is acknowledged and how far each changelog got.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use prometheus::{Histogram, IntCounter};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::producer::BaseRecord;
 
 use crate::clients::{client_config, setting_error, ClientRole};
 use crate::config::StreamsConfig;
+pub use crate::delivery::WriteOutListener;
+use crate::delivery::{
+    delivery_opaque, AcknowledgedRun, DeliveryMetrics, DeliveryTracker, RecordSink, SinkRecord,
+};
 use crate::error::{EngineError, Result};
 use crate::memory_budget::ProducerBudget;
 use crate::metrics::EngineMetrics;
@@ -21,121 +20,10 @@ use crate::store::changelog_format::encode_changelog_value;
 use crate::store::StoreId;
 use crate::task_id::TaskId;
 
-/// What the broker answered for the records of one write-out generation.
-struct GenerationDeliveries {
-    /// Records acknowledged or refused.
-    answered: u64,
-    /// Records sent, known once the generation is sealed.
-    sent: Option<u64>,
-    /// Per store: one past the highest changelog offset acknowledged.
-    changelog_next: Vec<Option<i64>>,
-}
-
-impl GenerationDeliveries {
-    fn all_answered(&self) -> bool {
-        self.sent == Some(self.answered)
-    }
-}
-
-#[derive(Default)]
-struct Deliveries {
-    /// Per write-out generation (by the low 16 bits of its number: at most two are open).
-    generations: HashMap<u16, GenerationDeliveries>,
-    first_error: Option<String>,
-}
-
-impl Deliveries {
-    fn generation(&mut self, generation: u16, stores: usize) -> &mut GenerationDeliveries {
-        self.generations
-            .entry(generation)
-            .or_insert_with(|| GenerationDeliveries {
-                answered: 0,
-                sent: None,
-                changelog_next: vec![None; stores],
-            })
-    }
-}
-
-/// Called on the producer's thread when a sealed generation is fully answered or a record is
-/// refused (the task then takes the acknowledged write-outs, or fails).
-pub type WriteOutListener = Box<dyn Fn() + Send + Sync>;
-
-/// Receives delivery reports on the producer's polling thread.
-#[derive(Clone, Default)]
-struct DeliveryTracker {
-    deliveries: Arc<Mutex<Deliveries>>,
-    changelog_topics: Arc<Vec<String>>,
-    /// Acknowledgement latency and refusals (`None`: not measured, as in the benchmarks).
-    metrics: Option<DeliveryMetrics>,
-    listener: Option<Arc<WriteOutListener>>,
-}
-
-/// Bits of a record's delivery opaque that carry its write-out generation; the rest carry its
-/// send time.
-const GENERATION_BITS: u32 = 16;
-
-fn delivery_opaque(generation: u64) -> usize {
-    (send_clock_micros() << GENERATION_BITS) | (generation as usize & 0xffff)
-}
-
-#[derive(Clone)]
-struct DeliveryMetrics {
-    ack_latency: Histogram,
-    errors: IntCounter,
-}
-
-/// Microseconds since the first record was sent: each record carries its send time as its
-/// delivery opaque (a number, so nothing is allocated per record).
-fn send_clock_micros() -> usize {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_micros() as usize
-}
-
-impl ClientContext for DeliveryTracker {}
-
-impl ProducerContext for DeliveryTracker {
-    type DeliveryOpaque = usize;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
-        if let Some(metrics) = &self.metrics {
-            let sent_at_micros = opaque >> GENERATION_BITS;
-            let micros = send_clock_micros().saturating_sub(sent_at_micros);
-            metrics.ack_latency.observe(micros as f64 / 1e6);
-            if result.is_err() {
-                metrics.errors.inc();
-            }
-        }
-        let mut deliveries = self.deliveries.lock().expect("delivery lock poisoned");
-        let first_refusal = result.is_err() && deliveries.first_error.is_none();
-        if let (Err((error, message)), true) = (result, first_refusal) {
-            deliveries.first_error = Some(format!("{error} (topic {})", message.topic()));
-        }
-        let generation = deliveries.generation(opaque as u16, self.changelog_topics.len());
-        generation.answered += 1;
-        if let Ok(message) = result {
-            if let Some(store) = self
-                .changelog_topics
-                .iter()
-                .position(|t| t == message.topic())
-            {
-                let next = &mut generation.changelog_next[store];
-                *next = Some(next.unwrap_or(0).max(message.offset() + 1));
-            }
-        }
-        let sealed_and_answered = generation.all_answered();
-        drop(deliveries);
-        if sealed_and_answered || first_refusal {
-            if let Some(listener) = &self.listener {
-                listener();
-            }
-        }
-    }
-}
-
 /// Sends a task's records and reports, after a flush, where its changelogs stand.
 pub struct RecordCollector {
     task: TaskId,
-    producer: ThreadedProducer<DeliveryTracker>,
+    producer: Box<dyn RecordSink>,
     tracker: DeliveryTracker,
     /// This producer's part of the memory budget, shown while it lives.
     _budget: Option<ProducerBudget>,
@@ -157,26 +45,38 @@ impl RecordCollector {
         metrics: Option<&EngineMetrics>,
         listener: Option<WriteOutListener>,
     ) -> Result<Self> {
-        let tracker = DeliveryTracker {
-            metrics: metrics.map(|m| DeliveryMetrics {
+        Self::with_sink(task, config, store_names, metrics, listener, |tracker| {
+            let producer: rdkafka::producer::ThreadedProducer<DeliveryTracker> =
+                client_config(config, ClientRole::Producer(task))
+                    .create_with_context(tracker)
+                    .map_err(|e| setting_error(&config.client_settings, e))?;
+            Ok(Box::new(producer))
+        })
+    }
+
+    /// A collector over the sink `sink` makes from the tracker that counts its answers.
+    pub(crate) fn with_sink(
+        task: TaskId,
+        config: &StreamsConfig,
+        store_names: &[String],
+        metrics: Option<&EngineMetrics>,
+        listener: Option<WriteOutListener>,
+        sink: impl FnOnce(DeliveryTracker) -> Result<Box<dyn RecordSink>>,
+    ) -> Result<Self> {
+        let tracker = DeliveryTracker::new(
+            store_names
+                .iter()
+                .map(|s| config.changelog_topic(s))
+                .collect(),
+            metrics.map(|m| DeliveryMetrics {
                 ack_latency: m.produce_ack_latency.clone(),
                 errors: m.produce_errors.clone(),
             }),
-            deliveries: Arc::default(),
-            changelog_topics: Arc::new(
-                store_names
-                    .iter()
-                    .map(|s| config.changelog_topic(s))
-                    .collect(),
-            ),
-            listener: listener.map(Arc::new),
-        };
-        let producer = client_config(config, ClientRole::Producer(task))
-            .create_with_context(tracker.clone())
-            .map_err(|e| setting_error(&config.client_settings, e))?;
+            listener,
+        );
         Ok(Self {
             task,
-            producer,
+            producer: sink(tracker.clone())?,
             _budget: metrics.map(|m| ProducerBudget::open(m, &config.client_memory)),
             tracker,
             changelog_records_sent: 0,
@@ -186,14 +86,26 @@ impl RecordCollector {
         })
     }
 
-    /// Drops every queued, undelivered record (benchmarks only: nothing is sent).
+    /// A collector whose records are acknowledged as they are sent, in process (see
+    /// [`crate::delivery::InstantSink`]), and the sink's state to steer it.
     #[cfg(any(test, feature = "testing"))]
-    pub(crate) fn purge_queued(&self) {
-        self.producer
-            .purge(rdkafka::producer::PurgeConfig::default().queue());
+    pub(crate) fn instant(
+        task: TaskId,
+        config: &StreamsConfig,
+        store_names: &[String],
+        listener: Option<WriteOutListener>,
+    ) -> (Self, crate::delivery::InstantSinkHandle) {
+        let mut state = None;
+        let collector = Self::with_sink(task, config, store_names, None, listener, |tracker| {
+            let (sink, sink_state) = crate::delivery::InstantSink::new(tracker);
+            state = Some(sink_state);
+            Ok(Box::new(sink))
+        })
+        .expect("an in-process sink cannot fail to start");
+        (collector, state.expect("made above"))
     }
 
-    fn send(&mut self, topic: &str, record: BaseRecord<'_, [u8], [u8], usize>) -> Result<()> {
+    fn send(&mut self, topic: &str, record: SinkRecord<'_>) -> Result<()> {
         let mut record = record;
         loop {
             match self.producer.send(record) {
@@ -239,7 +151,7 @@ impl RecordCollector {
         key: &[u8],
         stored: Option<&[u8]>,
     ) -> Result<()> {
-        let topic = self.tracker.changelog_topics[store.0].clone();
+        let topic = self.tracker.changelog_topics()[store.0].clone();
         let mut record = BaseRecord::with_opaque_to(&topic, delivery_opaque(self.generation))
             .partition(partition)
             .key(key);
@@ -284,60 +196,41 @@ impl RecordCollector {
         let generation = self.generation;
         self.generation += 1;
         let sent = std::mem::take(&mut self.sent_in_generation);
-        let mut deliveries = self
-            .tracker
-            .deliveries
-            .lock()
-            .expect("delivery lock poisoned");
-        deliveries
-            .generation(generation as u16, self.tracker.changelog_topics.len())
-            .sent = Some(sent);
+        self.tracker.seal(generation, sent);
         generation
     }
 
     /// An error once the broker refused any record sent so far.
     pub fn refused(&self) -> Result<()> {
-        let deliveries = self
-            .tracker
-            .deliveries
-            .lock()
-            .expect("delivery lock poisoned");
-        self.refusal(&deliveries)
-    }
-
-    fn refusal(&self, deliveries: &Deliveries) -> Result<()> {
-        match &deliveries.first_error {
-            Some(reason) => Err(EngineError::Produce {
-                task: self.task,
-                topic: "(see reason)".into(),
-                reason: reason.clone(),
-            }),
+        match self.tracker.first_refusal() {
+            Some(reason) => Err(self.refusal(reason)),
             None => Ok(()),
         }
     }
 
-    /// For a sealed generation whose every record the broker acknowledged: per store, one
-    /// past the highest changelog offset acknowledged in it (`None`: none sent), taken (asked
-    /// once). `Ok(None)` while records are in flight; an error once any record was refused.
-    pub fn take_acknowledged(&mut self, generation: u64) -> Result<Option<Vec<Option<i64>>>> {
-        let mut deliveries = self
-            .tracker
-            .deliveries
-            .lock()
-            .expect("delivery lock poisoned");
-        self.refusal(&deliveries)?;
-        let key = generation as u16;
-        if !deliveries
-            .generations
-            .get(&key)
-            .is_some_and(GenerationDeliveries::all_answered)
-        {
-            return Ok(None);
+    fn refusal(&self, reason: String) -> EngineError {
+        EngineError::Produce {
+            task: self.task,
+            topic: "(see reason)".into(),
+            reason,
         }
-        Ok(deliveries
-            .generations
-            .remove(&key)
-            .map(|answered| answered.changelog_next))
+    }
+
+    /// For a sealed generation whose every record the broker acknowledged: per store, the
+    /// changelog offsets acknowledged in it (`None`: none sent), taken (asked once).
+    /// `Ok(None)` while records are in flight; an error once any record was refused.
+    pub(crate) fn take_acknowledged(
+        &mut self,
+        generation: u64,
+    ) -> Result<Option<Vec<Option<AcknowledgedRun>>>> {
+        self.tracker
+            .take_answered(generation)
+            .map_err(|reason| self.refusal(reason))
+    }
+
+    /// The changelog topic of `store`.
+    pub(crate) fn changelog_topic(&self, store: StoreId) -> &str {
+        &self.tracker.changelog_topics()[store.0]
     }
 
     /// Records sent so far: (changelog, output).
@@ -351,6 +244,8 @@ mod tests {
     use super::*;
     use crate::client_settings::{ClientSettings, SettingSource};
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
 
     /// A collector whose producer points at a port nobody listens on, refusing records after
     /// `message.timeout.ms`; `answered` counts the listener's calls.

@@ -23,6 +23,4 @@ pub(crate) mod group;
 pub(crate) mod policy;
 mod write_out;
 
-#[cfg(any(test, feature = "testing"))]
-pub(crate) use write_out::emit_cached_writes;
 pub(crate) use write_out::{count_commits, TaskCheckpoint, WriteOut, WrittenOut};

@@ -60,6 +60,13 @@ pub(crate) fn on_failure(
     error: &EngineError,
 ) -> FailureVerdict {
     let verdict = verdict(trigger);
+    if let EngineError::ForeignChangelogRecords { task, foreign, .. } = error {
+        let labels = EngineMetrics::task_labels(*task);
+        metrics
+            .changelog_foreign_records
+            .with_label_values(&[labels[0].as_str(), labels[1].as_str()])
+            .inc_by(*foreign);
+    }
     let task = task.map(|t| t.to_string()).unwrap_or_else(|| "-".into());
     match verdict {
         FailureVerdict::RestartTask => {

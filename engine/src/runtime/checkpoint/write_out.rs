@@ -4,14 +4,15 @@
 
 use std::time::{Duration, Instant};
 
+use crate::delivery::AcknowledgedRun;
 use crate::error::{EngineError, Result};
 use crate::failpoints;
 use crate::metrics::EngineMetrics;
 use crate::processor::{EmitContext, Processor};
 use crate::record_collector::RecordCollector;
 use crate::store::changelog_format::decode_changelog_value;
-use crate::store::TaskStore;
 pub(crate) use crate::store::WriteOut;
+use crate::store::{StoreId, TaskStore};
 use crate::task_id::TaskId;
 
 /// How long a commit waits for the broker to acknowledge the task's records.
@@ -101,8 +102,13 @@ impl TaskCheckpoint<'_> {
             let Some(acknowledged) = self.collector.take_acknowledged(sealed.generation)? else {
                 break;
             };
-            for (next, acknowledged) in self.changelog_next.iter_mut().zip(acknowledged) {
-                *next = (*next).max(acknowledged);
+            let mut foreign = None;
+            for (store, run) in acknowledged.into_iter().enumerate() {
+                let next = &mut self.changelog_next[store];
+                match advance_changelog_next(*next, run) {
+                    Ok(advanced) => *next = advanced,
+                    Err((records, from, to)) => foreign = Some((store, records, from, to)),
+                }
             }
             self.store.write_oldest_sealed(self.changelog_next)?;
             written.push(WrittenOut {
@@ -110,6 +116,17 @@ impl TaskCheckpoint<'_> {
                 trigger: sealed.trigger,
                 took: sealed.sealed_at.elapsed(),
             });
+            if let Some((store, foreign, from, to)) = foreign {
+                // Written with the changelog position kept below the other writer's records:
+                // the restart restores them (the newest input offset per key wins).
+                return Err(EngineError::ForeignChangelogRecords {
+                    task: self.task,
+                    topic: self.collector.changelog_topic(StoreId(store)).to_string(),
+                    foreign,
+                    from,
+                    to,
+                });
+            }
         }
         Ok(written)
     }
@@ -140,12 +157,38 @@ impl TaskCheckpoint<'_> {
     }
 }
 
+/// Where a store's changelog is known written through after a write-out whose records were
+/// acknowledged at `run`: past the run when it is unbroken and starts exactly where the task's
+/// changelog stood, so that every record below the new position is the task's own or already
+/// in its state; unchanged when the write-out sent none. Otherwise another writer's records
+/// lie among the task's (`Err`: how many, between which offsets) and the position stays where
+/// it was, so that the next restore reads them (a position past them would make a restore on
+/// this volume skip them for good).
+pub(crate) fn advance_changelog_next(
+    next: Option<i64>,
+    run: Option<AcknowledgedRun>,
+) -> std::result::Result<Option<i64>, (u64, i64, i64)> {
+    let Some(run) = run else {
+        return Ok(next);
+    };
+    match next {
+        Some(next) if run.first == next && run.unbroken() => Ok(Some(run.last + 1)),
+        Some(next) if run.first >= next => {
+            let span = (run.last + 1 - next) as u64;
+            Err((span - run.records, next, run.last + 1))
+        }
+        // Below where the changelog was known to stand (records the task did not restore),
+        // or no known position: unknown ground; the next restore reads it all again.
+        _ => Err((0, run.first, run.last + 1)),
+    }
+}
+
 /// With the record cache on, flushes the writes since the last write-out: one changelog
 /// record per written key and, through [`Processor::on_flush`], the output derived from it
 /// (with the timestamp of the key's last input record). Without it each record's writes were
 /// flushed after it: nothing to do. The records leave in no input order, in several produce
 /// requests: a crash can land any subset of them (see `restore` for why that is safe).
-pub(crate) fn emit_cached_writes(
+fn emit_cached_writes(
     task: TaskId,
     store: &mut TaskStore,
     collector: &mut RecordCollector,
@@ -207,8 +250,7 @@ mod tests {
         let task = TaskId::new(0, 0);
         let mut store = TaskStore::open(task, dir.path(), topology.stores(), &memory).unwrap();
         let config = StreamsConfig::new("app", "127.0.0.1:9");
-        let mut collector =
-            RecordCollector::new(task, &config, topology.stores(), None, None).unwrap();
+        let (mut collector, _) = RecordCollector::instant(task, &config, topology.stores(), None);
         for (offset, key) in ["a", "a", "b"].into_iter().enumerate() {
             let record = InputRecord {
                 partition: 0,
@@ -232,7 +274,6 @@ mod tests {
         )
         .unwrap();
         let after = collector.sent();
-        collector.purge_queued();
         (before, after)
     }
 
@@ -248,5 +289,275 @@ mod tests {
             ((0, 0), (2, 2)),
             "with it: nothing until the write-out, then one of each per key"
         );
+    }
+
+    /// A task of the word count over an in-process sink, with the record cache on.
+    struct CheckpointHarness {
+        _dir: tempfile::TempDir,
+        store: TaskStore,
+        collector: RecordCollector,
+        sink: crate::delivery::InstantSinkHandle,
+        processor: Box<dyn Processor>,
+        changelog_next: Vec<Option<i64>>,
+        next_input: i64,
+    }
+
+    const TASK: TaskId = TaskId {
+        subtopology: 0,
+        partition: 0,
+    };
+
+    impl CheckpointHarness {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let memory = StoreMemory::new(StoreMemorySettings::default());
+            let topology = word_count("in", "counts", "out").unwrap();
+            let store = TaskStore::open(TASK, dir.path(), topology.stores(), &memory).unwrap();
+            let config = StreamsConfig::new("app", "in-process");
+            let (collector, sink) =
+                RecordCollector::instant(TASK, &config, topology.stores(), None);
+            Self {
+                _dir: dir,
+                store,
+                collector,
+                sink,
+                processor: topology.new_processor(),
+                // As a restore leaves it: the changelog's end (empty here).
+                changelog_next: vec![Some(0)],
+                next_input: 0,
+            }
+        }
+
+        fn count(&mut self, keys: &[&str]) {
+            for key in keys {
+                let record = InputRecord {
+                    partition: 0,
+                    offset: self.next_input,
+                    timestamp: None,
+                    key: Some(key.as_bytes().to_vec()),
+                    value: Some(b"x".to_vec()),
+                };
+                let (store, collector) = (&mut self.store, &mut self.collector);
+                let mut ctx = ProcessorContext::new(store, collector, 0, record.offset, None);
+                self.processor.process(&record, &mut ctx).unwrap();
+                ctx.flush_uncached(self.processor.as_mut()).unwrap();
+                self.next_input += 1;
+            }
+        }
+
+        fn checkpoint(&mut self) -> TaskCheckpoint<'_> {
+            TaskCheckpoint {
+                task: TASK,
+                store: &mut self.store,
+                collector: &mut self.collector,
+                processor: self.processor.as_mut(),
+                changelog_next: &mut self.changelog_next,
+            }
+        }
+
+        fn start_write_out(&mut self) -> Result<Vec<WrittenOut>> {
+            let input_next = Some(self.next_input);
+            self.checkpoint()
+                .start_write_out(input_next, WriteOut::Commit)
+        }
+
+        /// What RocksDB holds: the offsets, and `key`'s count.
+        fn on_disk(&self, key: &str) -> (crate::store::StoredOffsets, Option<i64>) {
+            let offsets = self.store.read_offsets().unwrap();
+            let stored = self
+                .store
+                .get_on_disk(crate::store::StoreId(0), key.as_bytes());
+            let count = |v: Vec<u8>| i64::from_be_bytes(v.try_into().unwrap());
+            (offsets, stored.unwrap().map(count))
+        }
+    }
+
+    #[test]
+    fn a_write_out_reaches_rocksdb_only_once_all_its_records_are_acknowledged() {
+        let mut h = CheckpointHarness::new();
+        h.sink.lock().unwrap().hold = true;
+        h.count(&["a", "a", "b"]);
+        let written = h.start_write_out().unwrap();
+        assert!(written.is_empty(), "written before acknowledged");
+        assert!(
+            h.store.oldest_sealed().is_some(),
+            "the write-out is in flight"
+        );
+        let (offsets, a) = h.on_disk("a");
+        assert_eq!(
+            (offsets.input_next, a),
+            (None, None),
+            "on disk before acknowledged"
+        );
+
+        h.count(&["a"]); // processing goes on while it is in flight
+        h.collector.flush(FLUSH_TIMEOUT).unwrap(); // the broker answers
+        let written = h.checkpoint().write_acknowledged().unwrap();
+        assert_eq!(written.len(), 1);
+        assert_eq!(written[0].input_next, Some(3));
+        assert_eq!(written[0].trigger, WriteOut::Commit);
+        let (offsets, a) = h.on_disk("a");
+        assert_eq!(offsets.input_next, Some(3));
+        assert_eq!(
+            offsets.changelog_next,
+            vec![Some(2)],
+            "a and b, at offsets 0 and 1"
+        );
+        assert_eq!(a, Some(2), "the fourth record is not in this write-out");
+        assert_eq!(
+            h.sink.lock().unwrap().sent["out"],
+            2,
+            "one output record per key"
+        );
+    }
+
+    #[test]
+    fn the_next_write_out_waits_for_the_one_in_flight_and_both_land_in_order() {
+        let mut h = CheckpointHarness::new();
+        h.sink.lock().unwrap().hold = true;
+        h.count(&["a", "b"]);
+        assert!(h.start_write_out().unwrap().is_empty());
+        h.count(&["a"]);
+        let written = h.start_write_out().unwrap();
+        let committed: Vec<Option<i64>> = written.iter().map(|w| w.input_next).collect();
+        assert_eq!(
+            committed,
+            vec![Some(2)],
+            "the first, waited for; the second in flight"
+        );
+        let input_next = Some(h.next_input);
+        let written = h.checkpoint().commit(input_next, WriteOut::Commit).unwrap();
+        let committed: Vec<Option<i64>> = written.iter().map(|w| w.input_next).collect();
+        assert_eq!(
+            committed,
+            vec![Some(3), Some(3)],
+            "a commit waits for every write-out: the second, then its own (empty)"
+        );
+        let (offsets, a) = h.on_disk("a");
+        assert_eq!((offsets.input_next, a), (Some(3), Some(2)));
+        assert_eq!(offsets.changelog_next, vec![Some(3)]);
+        assert!(h.store.oldest_sealed().is_none());
+    }
+
+    #[test]
+    fn a_refused_record_fails_the_write_out_and_nothing_of_it_reaches_rocksdb() {
+        let mut h = CheckpointHarness::new();
+        h.count(&["a"]);
+        let input_next = Some(h.next_input);
+        h.checkpoint().commit(input_next, WriteOut::Commit).unwrap();
+        h.sink.lock().unwrap().refuse = Some("Broker: Not leader for partition".into());
+        h.count(&["a", "b"]);
+        let error = h.start_write_out().unwrap_err();
+        assert!(error.to_string().contains("Not leader"), "{error}");
+        let (offsets, a) = h.on_disk("a");
+        assert_eq!((offsets.input_next, a), (Some(1), Some(1)));
+        assert_eq!(h.on_disk("b").1, None);
+    }
+
+    #[test]
+    fn only_commits_are_counted_as_commits() {
+        let metrics = EngineMetrics::new("write-out-test");
+        let out = |trigger| WrittenOut {
+            input_next: Some(1),
+            trigger,
+            took: Duration::from_millis(3),
+        };
+        count_commits(
+            &metrics,
+            &[
+                out(WriteOut::CacheOverBudget),
+                out(WriteOut::Commit),
+                out(WriteOut::Commit),
+            ],
+        );
+        assert_eq!(metrics.commits.get(), 2);
+        assert_eq!(metrics.commit_duration.get_sample_count(), 2);
+    }
+
+    fn run(first: i64, last: i64, records: u64) -> Option<AcknowledgedRun> {
+        Some(AcknowledgedRun {
+            first,
+            last,
+            records,
+        })
+    }
+
+    #[test]
+    fn the_changelog_position_advances_only_over_an_unbroken_run_of_the_tasks_own_records() {
+        assert_eq!(
+            advance_changelog_next(Some(10), None),
+            Ok(Some(10)),
+            "none sent"
+        );
+        assert_eq!(
+            advance_changelog_next(Some(10), run(10, 15, 6)),
+            Ok(Some(16))
+        );
+        assert_eq!(
+            advance_changelog_next(Some(16), run(20, 25, 6)),
+            Err((4, 16, 26)),
+            "another writer's 4 records before ours: the position stays below them"
+        );
+        assert_eq!(
+            advance_changelog_next(Some(10), run(10, 15, 4)),
+            Err((2, 10, 16)),
+            "2 of another writer's among ours"
+        );
+        assert_eq!(
+            advance_changelog_next(Some(10), run(8, 9, 2)),
+            Err((0, 8, 10))
+        );
+        assert_eq!(advance_changelog_next(None, run(0, 1, 2)), Err((0, 0, 2)));
+    }
+
+    /// G1 of the 2026-12-04 correctness review: an old owner's late write-out lands after the
+    /// new owner's records; its position must not jump over them, or a later restore on this
+    /// volume skips them for good.
+    #[test]
+    fn a_write_out_landing_after_another_writers_records_keeps_the_position_below_them() {
+        let mut h = CheckpointHarness::new();
+        let changelog = h.collector.changelog_topic(StoreId(0)).to_string();
+        h.count(&["a", "b"]);
+        let input_next = Some(h.next_input);
+        h.checkpoint().commit(input_next, WriteOut::Commit).unwrap();
+        assert_eq!(h.on_disk("a").0.changelog_next, vec![Some(2)]);
+
+        h.sink.lock().unwrap().foreign_append(&changelog, 0, 3);
+        h.count(&["a", "c"]);
+        let input_next = Some(h.next_input);
+        let error = h
+            .checkpoint()
+            .commit(input_next, WriteOut::Commit)
+            .unwrap_err();
+        match &error {
+            EngineError::ForeignChangelogRecords {
+                foreign, from, to, ..
+            } => assert_eq!((*foreign, *from, *to), (3, 2, 7)),
+            other => panic!("not a foreign-records error: {other}"),
+        }
+        let (offsets, a) = h.on_disk("a");
+        assert_eq!(
+            offsets.changelog_next,
+            vec![Some(2)],
+            "jumped the other writer's records"
+        );
+        assert_eq!(
+            (offsets.input_next, a),
+            (Some(4), Some(2)),
+            "its own write-out is kept"
+        );
+
+        let metrics = EngineMetrics::new("foreign-records-test");
+        let verdict = super::super::policy::on_failure(
+            &metrics,
+            super::super::policy::CommitTrigger::Task,
+            Some(TASK),
+            &error,
+        );
+        assert_eq!(verdict, super::super::policy::FailureVerdict::RestartTask);
+        let counted = metrics
+            .changelog_foreign_records
+            .with_label_values(&["0_0", "0"]);
+        assert_eq!(counted.get(), 3);
     }
 }
