@@ -1,0 +1,173 @@
+//! Two owners of one partition for a while, black-box: the old owner frozen (SIGSTOP) in the
+//! middle of a write-out past its session timeout, a new owner taking over and counting more
+//! input, then the old owner resumed (its late write-out lands after the new owner's records)
+//! and later restarted on its own volume. Every stored count must be exact: the old owner's
+//! changelog position may not jump over the new owner's records (G1 of the 2026-12-04
+//! correctness review), or its tail restore skips them for good.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kstreams_suite::{read_store_counts, take_turn, wait_until, App, AppOptions, Broker};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+const PROCESS_TIMEOUT: Duration = Duration::from_secs(180);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(90);
+/// Distinct keys: the old owner's write-out (a changelog and an output record per key) spans
+/// several produce requests, so SIGSTOP lands in the middle of it; few enough that the freeze
+/// (X's 10 s session, Y's join, restore and counting) stays well inside X's 60 s wait for its
+/// write-out's acknowledgements, or X's write-out would fail rather than land late.
+const KEYS: usize = 20_000;
+
+fn signal(app: &App, signal: &str) {
+    let sent = Command::new("kill")
+        .args([signal, &app.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill {signal} failed");
+}
+
+/// The next input offset a running instance's only task will process (-1: none yet).
+fn next_input(app: &App) -> i64 {
+    let Some(status) = app.status() else {
+        return -1;
+    };
+    status["tasks"][0]["processed_offset"]
+        .as_i64()
+        .map_or(-1, |processed| processed + 1)
+}
+
+/// One record for each of the first `keys` keys.
+fn produce_round(broker: &Broker, topic: &str, round: usize, keys: usize) {
+    let records: Vec<(String, String)> = (0..keys)
+        .map(|k| (format!("key-{k}"), format!("round-{round}")))
+        .collect();
+    broker.produce_strings(topic, records.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+}
+
+/// The old owner X (at the defaults, but for a shutdown bound longer than its freeze) counts
+/// every key once; SIGTERM starts its final write-out and SIGSTOP freezes it once the
+/// changelog has grown. The new owner Y (defaults) takes the partition after X's session runs
+/// out, counts every key a second time and stops cleanly. X resumed: its late write-out lands
+/// after Y's records and X stops (another writer's records found among its own). Y runs again
+/// and counts half the keys a third time (the group's offset moves past everything X saw). X
+/// restarted on its volume: the keys Y updated only in its first run must keep Y's count,
+/// which a tail restore starting past Y's first records would miss.
+#[test]
+fn an_old_owner_frozen_mid_write_out_loses_no_update_of_the_new_owner() {
+    let _turn = take_turn();
+    let root = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let x_options = {
+        let mut options = AppOptions::fresh(&root.path().join("x"));
+        options.commit_interval_ms = 30_000; // the product's default
+        options.session_timeout_ms = None; // the product's default (10 s)
+        options.extra_args = vec!["--shutdown-timeout-ms".into(), "600000".into()];
+        options
+    };
+    let y_options = AppOptions {
+        state_dir: root.path().join("y").join("state"),
+        extra_args: vec![],
+        ..x_options.clone()
+    };
+    broker.create_topic(&x_options.input_topic, 1);
+    broker.create_topic(&x_options.output_topic, 1);
+    let changelog = x_options.changelog_topic();
+
+    produce_round(&broker, &x_options.input_topic, 1, KEYS);
+    let mut x = App::spawn(&broker.address(), &x_options);
+    wait_until("X processed the first round", PROCESS_TIMEOUT, || {
+        next_input(&x) >= KEYS as i64
+    });
+    assert_eq!(
+        broker.record_count(&changelog),
+        0,
+        "X committed before its final write-out (the interval commit came first)"
+    );
+    signal(&x, "-TERM");
+    let started = Instant::now();
+    while broker.end_offsets(&changelog)[0] == 0 {
+        assert!(
+            started.elapsed() < PROCESS_TIMEOUT,
+            "no write-out; log:\n{}",
+            x.log()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    signal(&x, "-STOP");
+    let landed = broker.record_count(&changelog);
+    assert!(
+        landed < KEYS as i64,
+        "SIGSTOP missed X's write-out: all {landed} changelog records landed"
+    );
+
+    produce_round(&broker, &x_options.input_topic, 2, KEYS);
+    let mut y = App::spawn(&broker.address(), &y_options);
+    wait_until("Y processed both rounds", PROCESS_TIMEOUT, || {
+        next_input(&y) >= 2 * KEYS as i64
+    });
+    let y_stopped = y.terminate(EXIT_TIMEOUT);
+    assert!(
+        y_stopped.success(),
+        "Y: exit {y_stopped}; log:\n{}",
+        y.log()
+    );
+    let y_logged = broker.end_offsets(&changelog)[0];
+
+    signal(&x, "-CONT");
+    let Some(x_stopped) = x.wait_exit(EXIT_TIMEOUT) else {
+        panic!("X did not stop after SIGCONT; log:\n{}", x.log());
+    };
+    let x_log = x.log();
+    assert!(
+        broker.end_offsets(&changelog)[0] > y_logged,
+        "X's late write-out never landed after Y's records (exit {x_stopped}); log:\n{x_log}"
+    );
+    assert!(
+        x_log.contains("records of another writer"),
+        "X wrote its late write-out without seeing Y's records among its own; log:\n{x_log}"
+    );
+
+    produce_round(&broker, &x_options.input_topic, 3, KEYS / 2);
+    let end = (2 * KEYS + KEYS / 2) as i64;
+    let mut y = App::spawn(&broker.address(), &y_options);
+    wait_until("Y processed the third round", READY_TIMEOUT, || {
+        next_input(&y) >= end
+    });
+    let y_stopped = y.terminate(EXIT_TIMEOUT);
+    assert!(
+        y_stopped.success(),
+        "Y again: exit {y_stopped}; log:\n{}",
+        y.log()
+    );
+
+    let mut restarted = App::spawn(&broker.address(), &x_options);
+    wait_until("X runs its task again", READY_TIMEOUT, || {
+        next_input(&restarted) >= end
+    });
+    let stopped = restarted.terminate(EXIT_TIMEOUT);
+    assert!(
+        stopped.success(),
+        "exit {stopped}; log:\n{}",
+        restarted.log()
+    );
+    let stored = read_store_counts(
+        &x_options.state_dir,
+        &x_options.application_id,
+        "count-store",
+    );
+    let expected: HashMap<String, u64> = (0..KEYS)
+        .map(|k| (format!("key-{k}"), if k < KEYS / 2 { 3 } else { 2 }))
+        .collect();
+    let wrong = expected
+        .iter()
+        .filter(|(k, n)| stored.get(*k) != Some(n))
+        .count();
+    assert_eq!(
+        wrong,
+        0,
+        "{wrong} of {KEYS} keys' stored counts wrong after X's restart on its volume; its log:\n{}",
+        restarted.log()
+    );
+}
