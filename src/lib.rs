@@ -26,7 +26,7 @@ pub use ownership::{ownership_from_log, ownership_overlaps, Ownership};
 pub use partitioning::java_partition;
 pub use prometheus::{metric_sum, Prometheus};
 pub use secured::{make_certificates, ScramUser, Security, TlsFront};
-pub use store::read_store_counts;
+pub use store::{read_store_counts, wrong_counts};
 pub use tansu::{
     shared_broker, skip_for_broker_limit, skip_without_private_broker, tansu_bin, Broker,
     GroupEvents, Storage,

@@ -36,3 +36,11 @@ pub fn read_store_counts(
     }
     counts
 }
+
+/// How many of the `expected` keys' counts `stored` does not hold exactly.
+pub fn wrong_counts(expected: &HashMap<String, u64>, stored: &HashMap<String, u64>) -> usize {
+    expected
+        .iter()
+        .filter(|(key, count)| stored.get(*key) != Some(count))
+        .count()
+}

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use kstreams_engine::testing::failpoints;
 use kstreams_suite::{
     ownership_from_log, ownership_overlaps, poll_until, read_store_counts, restart_after_crash,
-    take_turn, wait_until, word_count_input, App, AppOptions, Broker,
+    take_turn, wait_until, word_count_input, wrong_counts, App, AppOptions, Broker,
 };
 
 // Each test here runs a broker and an instance at full speed through a large single
@@ -140,10 +140,7 @@ fn assert_exact(
     let status = app.terminate(EXIT_TIMEOUT);
     assert!(status.success(), "exit {status}; log:\n{}", app.log());
     let stored = read_store_counts(&options.state_dir, &options.application_id, "count-store");
-    let wrong = expected
-        .iter()
-        .filter(|(k, n)| stored.get(*k) != Some(n))
-        .count();
+    let wrong = wrong_counts(expected, &stored);
     assert_eq!(
         wrong,
         0,

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kstreams_suite::{read_store_counts, take_turn, wait_until, App, AppOptions, Broker};
+use kstreams_suite::{
+    read_store_counts, take_turn, wait_until, wrong_counts, App, AppOptions, Broker,
+};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(180);
@@ -39,6 +41,19 @@ fn next_input(app: &App) -> i64 {
 }
 
 /// One record for each of the first `keys` keys.
+/// Runs an instance until it processed its task's input below `end`, then stops it cleanly.
+fn run_until_processed(broker: &Broker, options: &AppOptions, name: &str, end: i64) {
+    let mut app = App::spawn(&broker.address(), options);
+    let what = format!("{name} processed the input below offset {end}");
+    wait_until(&what, PROCESS_TIMEOUT, || next_input(&app) >= end);
+    let stopped = app.terminate(EXIT_TIMEOUT);
+    assert!(
+        stopped.success(),
+        "{name}: exit {stopped}; log:\n{}",
+        app.log()
+    );
+}
+
 fn produce_round(broker: &Broker, topic: &str, round: usize, keys: usize) {
     let records: Vec<(String, String)> = (0..keys)
         .map(|k| (format!("key-{k}"), format!("round-{round}")))
@@ -103,16 +118,7 @@ fn an_old_owner_frozen_mid_write_out_loses_no_update_of_the_new_owner() {
     );
 
     produce_round(&broker, &x_options.input_topic, 2, KEYS);
-    let mut y = App::spawn(&broker.address(), &y_options);
-    wait_until("Y processed both rounds", PROCESS_TIMEOUT, || {
-        next_input(&y) >= 2 * KEYS as i64
-    });
-    let y_stopped = y.terminate(EXIT_TIMEOUT);
-    assert!(
-        y_stopped.success(),
-        "Y: exit {y_stopped}; log:\n{}",
-        y.log()
-    );
+    run_until_processed(&broker, &y_options, "Y", 2 * KEYS as i64);
     let y_logged = broker.end_offsets(&changelog)[0];
 
     signal(&x, "-CONT");
@@ -131,16 +137,7 @@ fn an_old_owner_frozen_mid_write_out_loses_no_update_of_the_new_owner() {
 
     produce_round(&broker, &x_options.input_topic, 3, KEYS / 2);
     let end = (2 * KEYS + KEYS / 2) as i64;
-    let mut y = App::spawn(&broker.address(), &y_options);
-    wait_until("Y processed the third round", READY_TIMEOUT, || {
-        next_input(&y) >= end
-    });
-    let y_stopped = y.terminate(EXIT_TIMEOUT);
-    assert!(
-        y_stopped.success(),
-        "Y again: exit {y_stopped}; log:\n{}",
-        y.log()
-    );
+    run_until_processed(&broker, &y_options, "Y again", end);
 
     let mut restarted = App::spawn(&broker.address(), &x_options);
     wait_until("X runs its task again", READY_TIMEOUT, || {
@@ -160,10 +157,7 @@ fn an_old_owner_frozen_mid_write_out_loses_no_update_of_the_new_owner() {
     let expected: HashMap<String, u64> = (0..KEYS)
         .map(|k| (format!("key-{k}"), if k < KEYS / 2 { 3 } else { 2 }))
         .collect();
-    let wrong = expected
-        .iter()
-        .filter(|(k, n)| stored.get(*k) != Some(n))
-        .count();
+    let wrong = wrong_counts(&expected, &stored);
     assert_eq!(
         wrong,
         0,
