@@ -64,27 +64,32 @@ fn waits_live_but_not_ready_for_a_missing_output_topic_then_counts() {
     count(&broker, &options, &app, 2_000);
 }
 
+/// A changelog whose cleanup policy can remove records (`delete`, or `compact,delete`: retention
+/// would drop keys that a full restore then silently misses) stops start-up naming the topic
+/// and its policy.
 #[test]
-fn a_changelog_that_is_not_compacted_stops_start_up_naming_it() {
+fn a_changelog_that_is_not_compacted_alone_stops_start_up_naming_it() {
     let broker = Broker::start();
-    let root = tempfile::tempdir().unwrap();
-    let options = AppOptions::fresh(root.path());
-    broker.create_topic(&options.input_topic, 4);
-    broker.create_topic(&options.output_topic, 4);
-    let changelog = options.changelog_topic();
-    broker.create_topic_with(&changelog, 4, &[("cleanup.policy", "delete")]);
-    let mut app = App::spawn(&broker.address(), &options);
-    let status = app
-        .wait_exit(Duration::from_secs(60))
-        .unwrap_or_else(|| panic!("still running; log:\n{}", app.log()));
-    assert!(!status.success());
-    let log = app.log();
-    assert!(
-        log.contains(&format!(
-            "changelog topic `{changelog}` has cleanup.policy `delete`"
-        )),
-        "{log}"
-    );
+    for policy in ["delete", "compact,delete"] {
+        let root = tempfile::tempdir().unwrap();
+        let options = AppOptions::fresh(root.path());
+        broker.create_topic(&options.input_topic, 4);
+        broker.create_topic(&options.output_topic, 4);
+        let changelog = options.changelog_topic();
+        broker.create_topic_with(&changelog, 4, &[("cleanup.policy", policy)]);
+        let mut app = App::spawn(&broker.address(), &options);
+        let status = app
+            .wait_exit(Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("{policy}: still running; log:\n{}", app.log()));
+        assert!(!status.success(), "{policy}: exit {status}");
+        let log = app.log();
+        assert!(
+            log.contains(&format!(
+                "changelog topic `{changelog}` has cleanup.policy `{policy}`; it must be `compact` alone"
+            )),
+            "{policy}: {log}"
+        );
+    }
 }
 
 #[test]

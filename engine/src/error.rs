@@ -40,8 +40,9 @@ pub enum EngineError {
 
     /// An existing changelog topic is not compacted, so the broker would delete state.
     #[error(
-        "changelog topic `{topic}` has cleanup.policy `{policy}`; it must include `compact`, or \
-         the broker deletes state after retention (alter the topic: cleanup.policy=compact)"
+        "changelog topic `{topic}` has cleanup.policy `{policy}`; it must be `compact` alone: \
+         with `delete` the broker removes records after retention and a full restore would \
+         silently miss the keys they held (alter the topic: cleanup.policy=compact)"
     )]
     ChangelogNotCompacted { topic: String, policy: String },
 

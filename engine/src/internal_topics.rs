@@ -217,12 +217,16 @@ async fn cleanup_policy(admin: &Admin, topic: &str) -> Result<Option<String>> {
     }
 }
 
-/// Whether a `cleanup.policy` value keeps the latest record per key (`compact` or
-/// `compact,delete`).
-fn keeps_latest_per_key(policy: &str) -> bool {
+/// Whether a `cleanup.policy` value keeps the latest record of every key for good: `compact`
+/// alone (`compact,delete` also removes records past retention, which a restore cannot tell
+/// from records never written).
+fn keeps_every_key(policy: &str) -> bool {
     policy
         .split(',')
-        .any(|p| p.trim().eq_ignore_ascii_case("compact"))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .all(|p| p.eq_ignore_ascii_case("compact"))
+        && !policy.trim().is_empty()
 }
 
 /// Creates each store's changelog topic (compacted, `partitions` partitions) if missing; an
@@ -257,7 +261,7 @@ pub async fn ensure_changelog_topics(
                 })
             }
             TopicLookup::Exists { .. } => match cleanup_policy(&admin, &topic).await? {
-                Some(policy) if !keeps_latest_per_key(&policy) => {
+                Some(policy) if !keeps_every_key(&policy) => {
                     return Err(EngineError::ChangelogNotCompacted { topic, policy })
                 }
                 Some(policy) => info!(
@@ -376,11 +380,12 @@ mod tests {
     }
 
     #[test]
-    fn only_compacting_policies_keep_state() {
-        assert!(keeps_latest_per_key("compact"));
-        assert!(keeps_latest_per_key("compact,delete"));
-        assert!(keeps_latest_per_key("delete, compact"));
-        assert!(!keeps_latest_per_key("delete"));
-        assert!(!keeps_latest_per_key(""));
+    fn only_compaction_alone_keeps_state() {
+        assert!(keeps_every_key("compact"));
+        assert!(keeps_every_key(" Compact "));
+        assert!(!keeps_every_key("compact,delete"), "retention deletes keys");
+        assert!(!keeps_every_key("delete, compact"));
+        assert!(!keeps_every_key("delete"));
+        assert!(!keeps_every_key(""));
     }
 }
