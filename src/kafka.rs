@@ -35,6 +35,26 @@ impl Broker {
     }
 
     /// Creates a topic with topic-level configs, e.g. `("cleanup.policy", "compact")`.
+    /// Deletes a topic (as an operator's mistake would), and waits until the broker no longer
+    /// lists it.
+    pub fn delete_topic(&self, name: &str) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let results = runtime
+            .block_on(self.admin().delete_topics(&[name], &AdminOptions::new()))
+            .unwrap();
+        for result in results {
+            result.unwrap_or_else(|(name, code)| panic!("delete topic {name}: {code}"));
+        }
+        let gone = crate::poll_until(Duration::from_secs(30), || self.partitions(name).is_none());
+        assert!(
+            gone.is_some(),
+            "topic {name} still listed 30 s after its deletion"
+        );
+    }
+
     pub fn create_topic_with(&self, name: &str, partitions: i32, configs: &[(&str, &str)]) {
         let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
         for (key, value) in configs {

@@ -83,6 +83,11 @@ enum Command {
     /// Run N instances locally (like the StatefulSet's pods) under a load generator, with a
     /// live view; add, stop, kill and restart instances while it runs.
     Local(local::LocalArgs),
+    /// Start the application over on purpose, with every instance stopped: deletes its
+    /// consumer group (committed offsets), its changelog topics and this machine's state
+    /// directory; other instances wipe their local state when they next start. Takes the
+    /// instances' own settings.
+    Reset(RunArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -258,6 +263,29 @@ const DEFAULT_SESSION_TIMEOUT_MS: u64 = 10_000;
 /// ... and with static membership (Kafka Streams' default since 3.0, KIP-735).
 const STATIC_MEMBER_SESSION_TIMEOUT_MS: u64 = 45_000;
 
+async fn reset(args: RunArgs) -> anyhow::Result<()> {
+    let config = args.streams_config()?;
+    let topology = word_count(&args.input_topic, &args.store_name, &args.output_topic)?;
+    let report = kstreams_engine::reset_application(&config, topology.stores()).await?;
+    let application = &config.application_id;
+    match report.group_deleted {
+        true => println!("deleted consumer group `{application}` and its committed offsets"),
+        false => println!("consumer group `{application}` did not exist"),
+    }
+    for topic in &report.changelogs_deleted {
+        println!("deleted changelog topic `{topic}`");
+    }
+    match &report.state_dir_removed {
+        Some(dir) => println!("removed state directory {}", dir.display()),
+        None => println!("no state directory of `{application}` on this machine"),
+    }
+    println!(
+        "application `{application}` reset: instances start over from the input's beginning \
+         (their local state of the old history is wiped when they start)"
+    );
+    Ok(())
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     malloc_tuning::fix_mmap_threshold(args.malloc_mmap_threshold_bytes)?;
     let config = args.streams_config()?;
@@ -321,6 +349,7 @@ fn main() -> ExitCode {
             Some(Command::Consume(args)) => console::consume(args).await,
             Some(Command::CreateTopic(args)) => console::create_topic(args).await,
             Some(Command::Local(args)) => local::run(args).await,
+            Some(Command::Reset(args)) => reset(args).await,
         }
     });
     // Do not wait for stray blocking work (e.g. a broker that never answered).

@@ -110,6 +110,28 @@ pub enum EngineError {
         to: i64,
     },
 
+    /// A topic lost records the task's state was built from or still needs (deleted and
+    /// recreated, or truncated): starting over would silently reset counts, so the instance
+    /// stops; `kstreams-count reset` starts over on purpose.
+    #[error(
+        "task {task}: topic `{topic}` partition {} {detail}. Stopping rather than silently \
+         starting over from an incomplete history; to start over on purpose, stop every \
+         instance and run `kstreams-count reset` (docs/operations.md, \"Starting over\")",
+        task.partition
+    )]
+    HistoryLost {
+        task: TaskId,
+        topic: String,
+        detail: String,
+    },
+
+    /// `reset` could not start the application over.
+    #[error("cannot reset application `{application_id}`: {reason}")]
+    ResetRefused {
+        application_id: String,
+        reason: String,
+    },
+
     /// Records could not be delivered to the broker.
     #[error("task {task}: producing to `{topic}` failed: {reason}")]
     Produce {
@@ -177,6 +199,12 @@ pub enum EngineError {
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
 impl EngineError {
+    /// Whether a task failing with this error must stop the instance rather than restart: a
+    /// restart would meet the same condition (a topic's lost history).
+    pub(crate) fn stops_the_instance(&self) -> bool {
+        matches!(self, EngineError::HistoryLost { .. })
+    }
+
     pub(crate) fn kafka(
         operation: &'static str,
     ) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {

@@ -34,6 +34,7 @@ mod metrics;
 pub mod ownership;
 mod processor;
 mod record_collector;
+mod reset;
 mod runtime;
 mod serde;
 mod state_directory;
@@ -55,6 +56,7 @@ pub use failpoints::{setup_from_env as setup_failpoints_from_env, FailpointsErro
 pub use memory_budget::{ClientMemorySettings, MemoryBudget};
 pub use metrics::EngineMetrics;
 pub use processor::{EmitContext, InputRecord, KeyState, Processor, ProcessorContext, RecordError};
+pub use reset::{reset_application, ResetReport};
 pub use serde::{I64Serde, Serde, SerdeError, StringSerde};
 pub use status::TaskPhase;
 pub use store::StoreId;

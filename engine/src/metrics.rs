@@ -138,7 +138,7 @@ impl EngineMetrics {
                 "Time partitions spent paused by rebalances: handing over revoked tasks and restoring assigned ones",
             )),
             state_wipes: register(r, IntCounterVec::new(
-                opts("kstreams_state_wipes_total", "Task states wiped as untrusted, by reason (open_failed, missing_offsets, old_format, ahead_of_changelog)"),
+                opts("kstreams_state_wipes_total", "Task states wiped as untrusted, by reason (open_failed, missing_offsets, old_format, reset)"),
                 &["reason"],
             )),
             task_restarts: register(r, IntCounter::new("kstreams_task_restarts_total", "Failed tasks restarted from their last committed state")),

@@ -40,6 +40,67 @@ pub struct RestoreOutcome {
     pub replay_marked: u64,
     /// Why the local state was wiped before restoring, if it was.
     pub wiped: Option<&'static str>,
+    /// Per store, where the changelog stood when the restore ended: every record below it is
+    /// in the store. The task's changelog position starts here (its own first records land
+    /// exactly here unless another writer is at work), not at a position read back from
+    /// RocksDB, which a store with nothing to restore never had written.
+    pub changelog_next: Vec<Option<i64>>,
+}
+
+/// What says a changelog partition lost records this task's state was built from or still
+/// needs: it ends below where the task's state says it wrote through (deleted and recreated,
+/// or truncated by the broker), or it starts above where the task's restore would begin
+/// (records deleted: by retention, or `DeleteRecords`). Either way restoring would silently
+/// leave keys at an older count or at none, so the task stops instead.
+fn check_changelog_history(
+    task: TaskId,
+    topic: &str,
+    low: i64,
+    high: i64,
+    local_next: Option<i64>,
+) -> Result<()> {
+    let lost = |detail: String| EngineError::HistoryLost {
+        task,
+        topic: topic.to_string(),
+        detail,
+    };
+    if let Some(next) = local_next.filter(|next| *next > high) {
+        return Err(lost(format!(
+            "ends at offset {high}, but this task's state was written through offset {next}: \
+             the changelog was deleted and recreated, or truncated"
+        )));
+    }
+    let start = local_next.unwrap_or(0);
+    if low > start {
+        return Err(lost(format!(
+            "starts at offset {low}, but this task's restore starts at {start}: records were \
+             deleted from it"
+        )));
+    }
+    Ok(())
+}
+
+/// What says the input partition was recreated or truncated: it ends below an offset the task
+/// (or the group) already committed, so resuming there would skip whatever it now holds.
+fn check_input_history(
+    task: TaskId,
+    topic: &str,
+    end: i64,
+    local_next: Option<i64>,
+    group_next: Option<i64>,
+) -> Result<()> {
+    let committed = local_next.max(group_next);
+    match committed {
+        Some(committed) if committed > end => Err(EngineError::HistoryLost {
+            task,
+            topic: topic.to_string(),
+            detail: format!(
+                "(the input) ends at offset {end}, but offset {committed} was already \
+                 committed: the input topic was deleted and recreated, or truncated"
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// One store's changelog partition being restored.
@@ -89,8 +150,10 @@ pub(crate) struct TaskRestore {
 }
 
 impl TaskRestore {
-    /// Works out what to restore: the changelogs' ends, whether local state is ahead of them
-    /// (another history: wiped), and where input resumes.
+    /// Works out what to restore: the changelogs' ends, whether they (and the input) still
+    /// hold the history the local state was built from ([`EngineError::HistoryLost`] if not),
+    /// and where input resumes. After a reset (no group offset), local state from the ended
+    /// history is wiped instead.
     pub(crate) fn begin(
         task: TaskId,
         mut store: TaskStore,
@@ -110,28 +173,43 @@ impl TaskRestore {
                 .map_err(EngineError::kafka("read changelog watermarks"))?;
             watermarks.push((topic, low, high));
         }
-        // Local state ahead of its changelog comes from another history (the changelog was
-        // recreated) and is not trusted.
-        let ahead = store
-            .read_offsets()?
-            .changelog_next
-            .iter()
-            .zip(&watermarks)
-            .any(|(local, (_, _, high))| local.is_some_and(|next| next > *high));
-        if ahead {
-            warn!(%task, "local state is ahead of its changelog (recreated?): wiping it and restoring fully");
-            store.wipe()?;
-            outcome.wiped = Some("ahead_of_changelog");
-        }
+        let group_committed = consumer
+            .group_committed(source_topic, task.partition, METADATA_TIMEOUT)
+            .map_err(EngineError::kafka("read committed offset"))?;
         let mut offsets = store.read_offsets()?;
+        let history = watermarks.iter().zip(&offsets.changelog_next);
+        let lost = history
+            .map(|((topic, low, high), local)| {
+                check_changelog_history(task, topic, *low, *high, *local)
+            })
+            .find_map(Result::err);
+        match lost {
+            // The application was reset (`kstreams-count reset` deletes the group's offsets and
+            // the changelogs): the local state belongs to the history it ended; start over.
+            Some(_) if group_committed.is_none() => {
+                warn!(%task, "the changelog no longer holds this task's local state and the group has no committed offset (the application was reset): wiping the local state and starting over");
+                store.wipe()?;
+                outcome.wiped = Some("reset");
+                offsets = store.read_offsets()?;
+            }
+            Some(lost) => return Err(lost),
+            None => {}
+        }
         // Input below this offset was flushed (changelog and output) before a commit; input
         // resumes here. The changelog may hold records of later input (a write-out cut short,
         // or a previous owner's last window), but only some of them: a write-out sends one
         // record per key, in no input order, so the keys whose records did not land must see
         // their input again. Re-processing skips what a key's restored version reflects.
-        let group_committed = consumer
-            .group_committed(source_topic, task.partition, METADATA_TIMEOUT)
-            .map_err(EngineError::kafka("read committed offset"))?;
+        let (_, input_end) = consumer
+            .watermarks(source_topic, task.partition, METADATA_TIMEOUT)
+            .map_err(EngineError::kafka("read input watermarks"))?;
+        check_input_history(
+            task,
+            source_topic,
+            input_end,
+            offsets.input_next,
+            group_committed,
+        )?;
         outcome.input_next = offsets.input_next.max(group_committed);
         offsets.input_next = outcome.input_next;
         let labels = EngineMetrics::task_labels(task);
@@ -188,11 +266,6 @@ impl TaskRestore {
             .iter()
             .enumerate()
             .filter(|(_, c)| !c.done())
-    }
-
-    /// Why local state was wiped before restoring, if it was.
-    pub(crate) fn outcome_wiped(&self) -> Option<&'static str> {
-        self.outcome.wiped
     }
 
     pub(crate) fn is_done(&self) -> bool {
@@ -310,6 +383,11 @@ impl TaskRestore {
         Ok(())
     }
 
+    /// Why local state was wiped before restoring, if it was.
+    pub(crate) fn outcome_wiped(&self) -> Option<&'static str> {
+        self.outcome.wiped
+    }
+
     /// The restore is over: the store and what was found, for the task to run with.
     pub(crate) fn finish(self) -> (TaskStore, RestoreOutcome) {
         let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
@@ -320,7 +398,9 @@ impl TaskRestore {
         self.metrics
             .restore_duration
             .observe(self.started.elapsed().as_secs_f64());
-        (self.store, self.outcome)
+        let mut outcome = self.outcome;
+        outcome.changelog_next = self.offsets.changelog_next;
+        (self.store, outcome)
     }
 
     /// Stops restoring before the end (the task was revoked or stopped): what was read is
@@ -332,5 +412,54 @@ impl TaskRestore {
             }
         }
         Ok(self.finish().0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TASK: TaskId = TaskId {
+        subtopology: 0,
+        partition: 3,
+    };
+
+    fn changelog(low: i64, high: i64, local: Option<i64>) -> Result<()> {
+        check_changelog_history(TASK, "app-store-changelog", low, high, local)
+    }
+
+    #[test]
+    fn a_changelog_holding_everything_the_state_needs_passes() {
+        assert!(changelog(0, 0, None).is_ok(), "a first start");
+        assert!(changelog(0, 10, Some(10)).is_ok(), "up to date");
+        assert!(changelog(0, 10, Some(4)).is_ok(), "a tail to restore");
+        assert!(
+            changelog(4, 10, Some(6)).is_ok(),
+            "deleted below what the state holds"
+        );
+    }
+
+    #[test]
+    fn a_changelog_that_lost_records_the_state_needs_is_refused_naming_it() {
+        let recreated = changelog(0, 3, Some(10)).unwrap_err().to_string();
+        assert!(recreated.contains("`app-store-changelog` partition 3 ends at offset 3"));
+        assert!(
+            recreated.contains("written through offset 10"),
+            "{recreated}"
+        );
+        let truncated = changelog(7, 10, Some(5)).unwrap_err().to_string();
+        assert!(truncated.contains("starts at offset 7"), "{truncated}");
+        let lost_volume = changelog(7, 10, None).unwrap_err();
+        assert!(lost_volume.stops_the_instance());
+    }
+
+    #[test]
+    fn an_input_ending_below_a_commit_is_refused() {
+        let input = |end, local, group| check_input_history(TASK, "in", end, local, group);
+        assert!(input(10, None, None).is_ok());
+        assert!(input(10, Some(10), Some(8)).is_ok());
+        let error = input(10, Some(4), Some(12)).unwrap_err().to_string();
+        assert!(error.contains("offset 12 was already committed"), "{error}");
+        assert!(input(10, Some(11), None).is_err());
     }
 }

@@ -487,6 +487,8 @@ mod tests {
         frozen: bool,
         /// The watermarks cannot be read (a broker that does not answer).
         watermarks_fail: bool,
+        /// The end of the input partitions (`None`: past any committed offset).
+        input_end: Option<i64>,
         /// Where the last record came from, to read the assigned partitions in turn.
         last_read: Option<(String, i32)>,
     }
@@ -539,6 +541,9 @@ mod tests {
                 return Err(KafkaError::MetadataFetch(
                     RDKafkaErrorCode::BrokerTransportFailure,
                 ));
+            }
+            if topic == SOURCE {
+                return Ok((0, state.input_end.unwrap_or(i64::MAX)));
             }
             let key = (topic.to_string(), partition);
             let high = state.partitions.get(&key).map_or(0, |p| p.records.len());
@@ -719,6 +724,18 @@ mod tests {
             event.unwrap()
         }
 
+        /// Task 0_0's store holding `key` = 99 (from input offset 40), committed with its
+        /// changelog written through offset 50.
+        fn commit_store_written_through_50(&self, key: &[u8]) {
+            let mut store = self.open_store(0);
+            store.put(StoreId(0), key, b"99", 40, None);
+            let offsets = StoredOffsets {
+                input_next: Some(41),
+                changelog_next: vec![Some(50)],
+            };
+            store.commit(&offsets).unwrap();
+        }
+
         fn restoring(&self, partition: i32) -> bool {
             self.updater.tasks.contains_key(&partition)
         }
@@ -778,7 +795,19 @@ mod tests {
         assert_eq!(count_of(store, "k1499").as_deref(), Some("10499"));
         let offsets = store.read_offsets().unwrap();
         assert_eq!(offsets.changelog_next, vec![Some(total as i64)]);
+        assert_eq!(restored.outcome.changelog_next, vec![Some(total as i64)]);
         assert!(h.fake.assigned().is_empty(), "its changelog is still read");
+    }
+
+    /// A fresh task over an empty changelog: nothing to restore, nothing written to RocksDB,
+    /// and still its changelog position is known (its own first record lands at 0).
+    #[tokio::test]
+    async fn a_task_with_nothing_to_restore_knows_where_its_changelog_stands() {
+        let mut h = harness();
+        h.add(0).await;
+        let restored = restored(h.next_handed_back());
+        assert_eq!(restored.outcome.records, 0);
+        assert_eq!(restored.outcome.changelog_next, vec![Some(0)]);
     }
 
     #[tokio::test]
@@ -931,28 +960,69 @@ mod tests {
         assert!(!h.restoring(3));
     }
 
+    /// A store written through offset 50 of a changelog that now ends at 1 (deleted and
+    /// recreated while the instance was down): restoring would silently start the counts over.
     #[tokio::test]
-    async fn local_state_ahead_of_its_changelog_is_wiped_and_restored_fully() {
+    async fn a_changelog_that_lost_what_the_state_was_written_from_fails_the_restore() {
         let mut h = harness();
-        {
-            let mut store = h.open_store(0);
-            store.put(StoreId(0), b"stale", b"99", 40, None);
-            let offsets = StoredOffsets {
-                input_next: Some(41),
-                changelog_next: vec![Some(50)],
-            };
-            store.commit(&offsets).unwrap();
+        h.commit_store_written_through_50(b"kept");
+        h.fake.append(0, "fresh", "1", 0);
+        h.fake.state().committed.insert(0, 41); // the group still has its offsets
+        h.add(0).await;
+        match h.next_handed_back() {
+            RestoreEvent::Failed(_, error) => {
+                assert!(error.stops_the_instance(), "{error}");
+                let message = error.to_string();
+                assert!(message.contains(&changelog_topic()), "{message}");
+                assert!(message.contains("written through offset 50"), "{message}");
+                assert!(message.contains("kstreams-count reset"), "{message}");
+            }
+            RestoreEvent::Restored(..) => panic!("restored over a lost history"),
         }
-        h.fake.append(0, "fresh", "1", 0); // a recreated changelog: shorter than the store
+        assert!(h.fake.state().assigns.is_empty(), "its changelog was read");
+        let kept = h.open_store(0);
+        assert_eq!(
+            count_of(&kept, "kept").as_deref(),
+            Some("99"),
+            "the state was wiped"
+        );
+    }
+
+    /// After `kstreams-count reset` (changelogs deleted, the group's offsets too) the local
+    /// state of the ended history is wiped, and the task starts over from the new changelog.
+    #[tokio::test]
+    async fn after_a_reset_the_local_state_is_wiped_and_the_task_starts_over() {
+        let mut h = harness();
+        h.commit_store_written_through_50(b"old");
+        h.fake.append(0, "new", "1", 0);
         h.add(0).await;
         let restored = restored(h.next_handed_back());
-        assert_eq!(restored.outcome.wiped, Some("ahead_of_changelog"));
-        assert_eq!(count_of(&restored.store, "stale"), None);
-        assert_eq!(count_of(&restored.store, "fresh").as_deref(), Some("1"));
-        let wipes = h
-            .metrics
-            .state_wipes
-            .with_label_values(&["ahead_of_changelog"]);
+        assert_eq!(restored.outcome.wiped, Some("reset"));
+        assert_eq!(restored.outcome.input_next, None, "input starts over");
+        assert_eq!(count_of(&restored.store, "old"), None);
+        assert_eq!(count_of(&restored.store, "new").as_deref(), Some("1"));
+        let wipes = h.metrics.state_wipes.with_label_values(&["reset"]);
         assert_eq!(wipes.get(), 1);
+    }
+
+    /// The input partition ends below the group's committed offset (recreated).
+    #[tokio::test]
+    async fn an_input_partition_that_ends_below_the_commit_fails_the_restore() {
+        let mut h = harness();
+        h.fake.state().committed.insert(0, 500);
+        h.fake.state().input_end = Some(20);
+        h.fake.append(0, "k", "1", 0);
+        h.add(0).await;
+        match h.next_handed_back() {
+            RestoreEvent::Failed(_, error) => {
+                let message = error.to_string();
+                assert!(message.contains(&format!("topic `{SOURCE}`")), "{message}");
+                assert!(
+                    message.contains("offset 500 was already committed"),
+                    "{message}"
+                );
+            }
+            RestoreEvent::Restored(..) => panic!("resumed past the input's end"),
+        }
     }
 }

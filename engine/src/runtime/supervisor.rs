@@ -211,9 +211,21 @@ impl Actor for Supervisor {
                 state.args.status.remove_task(task);
                 state.args.metrics.forget_task(task);
                 let _ = state.args.poller.send(LoopCommand::Pause(partition));
-                state
-                    .restart_or_give_up(&myself, task, reason.to_string())
-                    .await;
+                let unrecoverable = reason
+                    .downcast_ref::<EngineError>()
+                    .is_some_and(EngineError::stops_the_instance);
+                if unrecoverable {
+                    error!(%task, "{reason}");
+                    let reason = reason.to_string();
+                    let _ = state
+                        .args
+                        .fatal
+                        .send(EngineError::TaskFailed { task, reason });
+                } else {
+                    state
+                        .restart_or_give_up(&myself, task, reason.to_string())
+                        .await;
+                }
             }
         }
         Ok(())

@@ -247,7 +247,7 @@ impl TaskState {
             store,
             processor: args.topology.new_processor(),
             position: InputPosition::resume(stored.input_next, outcome.input_next),
-            changelog_next: stored.changelog_next,
+            changelog_next: outcome.changelog_next.clone(),
             logged_skips: HashSet::new(),
             reported_sent: (0, 0),
             committed: args.committed.clone(),
