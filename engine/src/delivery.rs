@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use prometheus::{Histogram, IntCounter};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
+};
 use rdkafka::ClientContext;
 
 /// A record as the collector sends it; its delivery opaque carries its generation and send
@@ -19,12 +21,14 @@ pub(crate) type SinkRecord<'a> = BaseRecord<'a, [u8], [u8], usize>;
 
 /// What the record collector asks of its producer. Answers come back through the
 /// [`DeliveryTracker`] the sink was made with.
-pub(crate) trait RecordSink: Send {
+pub(crate) trait RecordSink: Send + Sync {
     /// Queues the record, or hands it back with the reason (a full queue is retried).
     #[allow(clippy::result_large_err)] // rdkafka's own send: the record comes back to retry
     fn send<'a>(&self, record: SinkRecord<'a>) -> Result<(), (KafkaError, SinkRecord<'a>)>;
     /// Waits until every queued record is answered.
     fn flush(&self, timeout: Duration) -> KafkaResult<()>;
+    /// Drops every record queued or in flight (each answered as refused), from any thread.
+    fn purge(&self);
 }
 
 impl RecordSink for ThreadedProducer<DeliveryTracker> {
@@ -35,6 +39,10 @@ impl RecordSink for ThreadedProducer<DeliveryTracker> {
 
     fn flush(&self, timeout: Duration) -> KafkaResult<()> {
         Producer::flush(self, timeout)
+    }
+
+    fn purge(&self) {
+        Producer::purge(self, PurgeConfig::default().queue().inflight());
     }
 }
 
@@ -276,6 +284,8 @@ pub(crate) struct InstantSinkState {
     pub refuse: Option<String>,
     /// Records sent, by topic.
     pub sent: HashMap<String, u64>,
+    /// The sink was purged (its task fenced).
+    pub purged: bool,
 }
 
 #[cfg(test)]
@@ -349,5 +359,16 @@ impl RecordSink for InstantSink {
             self.tracker.answered(opaque, outcome.map_err(Clone::clone));
         }
         Ok(())
+    }
+
+    fn purge(&self) {
+        let mut state = self.state.lock().expect("sink lock poisoned");
+        state.purged = true;
+        let held = std::mem::take(&mut state.held);
+        drop(state);
+        for (opaque, _) in held {
+            let purged = Err("Local: Purged in queue".to_string());
+            self.tracker.answered(opaque, purged);
+        }
     }
 }

@@ -132,6 +132,14 @@ pub enum EngineError {
         reason: String,
     },
 
+    /// The task's partition may be another member's now (lost, or the task outlived its stop
+    /// deadline): it sends and writes nothing more.
+    #[error(
+        "task {task} is fenced: its partition may belong to another instance now (lost, or the \
+         task did not stop in time), so it sends and writes nothing more"
+    )]
+    Fenced { task: TaskId },
+
     /// Records could not be delivered to the broker.
     #[error("task {task}: producing to `{topic}` failed: {reason}")]
     Produce {

@@ -25,6 +25,7 @@ mod delivery;
 mod dsl;
 mod error;
 mod failpoints;
+mod fence;
 #[cfg(feature = "testing")]
 mod hot_path;
 mod http;

@@ -2,7 +2,8 @@
 //! records, through the task's own idempotent producer. Records are sent in write-out
 //! generations; it tracks when each generation is acknowledged and how far each changelog got.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::BaseRecord;
@@ -14,16 +15,22 @@ use crate::delivery::{
     delivery_opaque, AcknowledgedRun, DeliveryMetrics, DeliveryTracker, RecordSink, SinkRecord,
 };
 use crate::error::{EngineError, Result};
+use crate::fence::Fence;
 use crate::memory_budget::ProducerBudget;
 use crate::metrics::EngineMetrics;
 use crate::store::changelog_format::encode_changelog_value;
 use crate::store::StoreId;
 use crate::task_id::TaskId;
 
+/// Longest a record waits for room in the producer's queue before the task fails.
+const QUEUE_FULL_WAIT: Duration = Duration::from_secs(60);
+
 /// Sends a task's records and reports, after a flush, where its changelogs stand.
 pub struct RecordCollector {
     task: TaskId,
-    producer: Box<dyn RecordSink>,
+    producer: Arc<dyn RecordSink>,
+    /// Closed once the task's partition may be another member's: nothing more is sent.
+    fence: Fence,
     tracker: DeliveryTracker,
     /// This producer's part of the memory budget, shown while it lives.
     _budget: Option<ProducerBudget>,
@@ -76,7 +83,8 @@ impl RecordCollector {
         );
         Ok(Self {
             task,
-            producer: sink(tracker.clone())?,
+            producer: Arc::from(sink(tracker.clone())?),
+            fence: Fence::default(),
             _budget: metrics.map(|m| ProducerBudget::open(m, &config.client_memory)),
             tracker,
             changelog_records_sent: 0,
@@ -105,8 +113,26 @@ impl RecordCollector {
         (collector, state.expect("made above"))
     }
 
+    /// Puts the collector behind the task's fence: once it closes, nothing more is sent and
+    /// the producer's queued and in-flight records are purged at once.
+    pub(crate) fn fence_with(&mut self, fence: Fence) {
+        let producer = self.producer.clone();
+        fence.on_close(Box::new(move || producer.purge()));
+        self.fence = fence;
+    }
+
+    /// An error once the task is fenced.
+    pub(crate) fn ensure_unfenced(&self) -> Result<()> {
+        match self.fence.is_closed() {
+            true => Err(EngineError::Fenced { task: self.task }),
+            false => Ok(()),
+        }
+    }
+
     fn send(&mut self, topic: &str, record: SinkRecord<'_>) -> Result<()> {
+        self.ensure_unfenced()?;
         let mut record = record;
+        let mut queue_full_since = None;
         loop {
             match self.producer.send(record) {
                 Ok(()) => {
@@ -114,7 +140,19 @@ impl RecordCollector {
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    // Backpressure: the local queue drains as the broker acknowledges.
+                    // Backpressure: the local queue drains as the broker acknowledges; a queue
+                    // that stays full means the broker takes nothing: the task fails.
+                    let since = *queue_full_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= QUEUE_FULL_WAIT {
+                        return Err(EngineError::Produce {
+                            task: self.task,
+                            topic: topic.to_string(),
+                            reason: format!(
+                                "the producer's queue stayed full for {QUEUE_FULL_WAIT:?} (the broker acknowledges nothing)"
+                            ),
+                        });
+                    }
+                    self.ensure_unfenced()?;
                     std::thread::sleep(Duration::from_millis(5));
                     record = returned;
                 }
@@ -244,8 +282,6 @@ mod tests {
     use super::*;
     use crate::client_settings::{ClientSettings, SettingSource};
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::time::Instant;
 
     /// A collector whose producer points at a port nobody listens on, refusing records after
     /// `message.timeout.ms`; `answered` counts the listener's calls.

@@ -19,6 +19,7 @@ use crate::config::StreamsConfig;
 use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::failpoints;
+use crate::fence::Fence;
 use crate::metrics::EngineMetrics;
 use crate::runtime::checkpoint::policy::{on_failure, CommitTrigger, FailureVerdict};
 use crate::runtime::state_updater::StateUpdaterHandle;
@@ -66,6 +67,9 @@ struct TaskEntry {
     progress: Arc<TaskProgress>,
     /// Input queued for the task (shared with the consumer loop and the task).
     queued: Arc<AtomicUsize>,
+    /// Closed once the partition may be another member's (lost, or the task did not stop in
+    /// time): the task then sends and writes nothing more.
+    fence: Fence,
     assigned_at: Instant,
 }
 
@@ -344,6 +348,7 @@ impl SupervisorState {
         self.unowned_since.remove(&task);
         let progress = self.args.status.add_task(task);
         let queued = Arc::new(AtomicUsize::new(0));
+        let fence = Fence::default();
         let args = TaskArgs {
             task,
             topology: self.args.topology.clone(),
@@ -356,6 +361,7 @@ impl SupervisorState {
             updater: self.args.updater.clone(),
             committed: self.args.committed.clone(),
             queued: queued.clone(),
+            fence: fence.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, StreamTask, args, myself.get_cell())
             .await
@@ -370,6 +376,7 @@ impl SupervisorState {
                 actor,
                 progress,
                 queued,
+                fence,
                 assigned_at: Instant::now(),
             },
         );
@@ -421,7 +428,10 @@ impl SupervisorState {
             .filter_map(|p| self.tasks.remove(p))
             .collect();
         if wait == StopWait::No {
+            // Lost: another member may own these already. A task busy in a handler stops only
+            // after it: fenced first, it sends and writes nothing more meanwhile.
             for entry in stopping {
+                entry.fence.close();
                 entry.actor.stop(None);
             }
             return;
@@ -432,7 +442,8 @@ impl SupervisorState {
                 .stop_and_wait(None, Some(TASK_STOP_TIMEOUT))
                 .await
             {
-                error!(task = %entry.task, "task did not stop cleanly: {e}");
+                entry.fence.close();
+                error!(task = %entry.task, "task did not stop within {TASK_STOP_TIMEOUT:?} ({e}): fenced, its producer purged; it sends and writes nothing more");
             }
         });
         join_all(stops).await;

@@ -10,13 +10,20 @@ use crate::failpoints;
 use crate::metrics::EngineMetrics;
 use crate::processor::{EmitContext, Processor};
 use crate::record_collector::RecordCollector;
+use crate::runtime::wiring::TASK_COMMIT_TIMEOUT;
 use crate::store::changelog_format::decode_changelog_value;
 pub(crate) use crate::store::WriteOut;
 use crate::store::{StoreId, TaskStore};
 use crate::task_id::TaskId;
 
-/// How long a commit waits for the broker to acknowledge the task's records.
+/// How long a write-out waits for the broker to acknowledge the one before it.
 pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The bound of a whole commit (its write-out sent, every write-out acknowledged and written):
+/// shorter than the wait of whoever asks a task to commit, so that a commit that cannot finish
+/// fails in the task rather than outliving the ask.
+pub(crate) const COMMIT_DEADLINE: Duration = Duration::from_secs(60);
+const _: () = assert!(COMMIT_DEADLINE.as_millis() < TASK_COMMIT_TIMEOUT.as_millis());
 
 /// How long, after a flush, the delivery reports of its records may take to be counted
 /// (the producer's thread serves them).
@@ -61,8 +68,18 @@ impl TaskCheckpoint<'_> {
         input_next: Option<i64>,
         trigger: WriteOut,
     ) -> Result<Vec<WrittenOut>> {
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        self.start_write_out_by(input_next, trigger, deadline)
+    }
+
+    fn start_write_out_by(
+        &mut self,
+        input_next: Option<i64>,
+        trigger: WriteOut,
+        deadline: Instant,
+    ) -> Result<Vec<WrittenOut>> {
         let mut written = if self.store.oldest_sealed().is_some() {
-            self.wait_for_write_outs()?
+            self.wait_for_write_outs(deadline)?
         } else {
             Vec::new()
         };
@@ -86,9 +103,10 @@ impl TaskCheckpoint<'_> {
         input_next: Option<i64>,
         trigger: WriteOut,
     ) -> Result<Vec<WrittenOut>> {
-        let mut written = self.start_write_out(input_next, trigger)?;
+        let deadline = Instant::now() + COMMIT_DEADLINE;
+        let mut written = self.start_write_out_by(input_next, trigger, deadline)?;
         if self.store.oldest_sealed().is_some() {
-            written.extend(self.wait_for_write_outs()?);
+            written.extend(self.wait_for_write_outs(deadline)?);
         }
         Ok(written)
     }
@@ -96,9 +114,12 @@ impl TaskCheckpoint<'_> {
     /// Writes every write-out whose records the broker acknowledged to RocksDB, oldest first
     /// (fails once any record was refused).
     pub(crate) fn write_acknowledged(&mut self) -> Result<Vec<WrittenOut>> {
+        self.collector.ensure_unfenced()?;
         self.collector.refused()?;
         let mut written = Vec::new();
         while let Some(sealed) = self.store.oldest_sealed() {
+            // A fenced task's partition may be another member's: its store stays as it was.
+            self.collector.ensure_unfenced()?;
             let Some(acknowledged) = self.collector.take_acknowledged(sealed.generation)? else {
                 break;
             };
@@ -131,11 +152,12 @@ impl TaskCheckpoint<'_> {
         Ok(written)
     }
 
-    /// Waits (up to [`FLUSH_TIMEOUT`]) until every write-out in flight is acknowledged, and
-    /// writes them to RocksDB.
-    fn wait_for_write_outs(&mut self) -> Result<Vec<WrittenOut>> {
-        self.collector.flush(FLUSH_TIMEOUT)?;
-        let deadline = Instant::now() + ANSWERS_COUNTED_WAIT;
+    /// Waits (until `deadline`) until every write-out in flight is acknowledged, and writes
+    /// them to RocksDB.
+    fn wait_for_write_outs(&mut self, deadline: Instant) -> Result<Vec<WrittenOut>> {
+        self.collector
+            .flush(deadline.saturating_duration_since(Instant::now()))?;
+        let deadline = deadline.min(Instant::now() + ANSWERS_COUNTED_WAIT);
         let mut written = Vec::new();
         loop {
             written.extend(self.write_acknowledged()?);
@@ -233,6 +255,7 @@ fn emit_cached_writes(
 mod tests {
     use super::*;
     use crate::config::StreamsConfig;
+    use crate::fence::Fence;
     use crate::processor::{InputRecord, ProcessorContext};
     use crate::store_memory::{StoreMemory, StoreMemorySettings};
     use crate::word_count::word_count;
@@ -559,5 +582,37 @@ mod tests {
             .changelog_foreign_records
             .with_label_values(&["0_0", "0"]);
         assert_eq!(counted.get(), 3);
+    }
+
+    /// G3: a task whose partition may be another member's (lost, or it did not stop in time)
+    /// is fenced: its write-out in flight is purged and never written, and it sends nothing
+    /// more.
+    #[test]
+    fn a_fenced_task_writes_nothing_of_its_write_out_and_sends_nothing_more() {
+        let mut h = CheckpointHarness::new();
+        let fence = Fence::default();
+        h.collector.fence_with(fence.clone());
+        h.sink.lock().unwrap().hold = true;
+        h.count(&["a", "b"]);
+        assert!(h.start_write_out().unwrap().is_empty(), "in flight");
+        fence.close();
+        assert!(h.sink.lock().unwrap().purged, "the producer was not purged");
+        let error = h.checkpoint().write_acknowledged().unwrap_err();
+        assert!(matches!(error, EngineError::Fenced { .. }), "{error}");
+        let (offsets, a) = h.on_disk("a");
+        assert_eq!(
+            (offsets.input_next, a),
+            (None, None),
+            "written after the fence"
+        );
+        let sent = h
+            .collector
+            .send_output("out", b"c", b"1", None)
+            .unwrap_err();
+        assert!(matches!(sent, EngineError::Fenced { .. }), "{sent}");
+        let input_next = Some(h.next_input);
+        let commit = h.checkpoint().commit(input_next, WriteOut::Commit);
+        assert!(commit.is_err(), "a fenced task committed");
+        assert_eq!(h.on_disk("a").0.input_next, None);
     }
 }

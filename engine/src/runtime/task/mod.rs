@@ -19,6 +19,7 @@ use crate::config::{DeserializationErrorPolicy, StreamsConfig};
 use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::failpoints;
+use crate::fence::Fence;
 use crate::metrics::EngineMetrics;
 use crate::processor::{EmitContext, InputRecord, Processor, ProcessorContext, RecordError};
 use crate::record_collector::RecordCollector;
@@ -56,6 +57,9 @@ pub struct TaskArgs {
     /// Input records queued for this task and not yet processed (shared with the consumer
     /// loop, which pauses the partition while it is over its bound).
     pub queued: Arc<AtomicUsize>,
+    /// Closed by the supervisor once the partition may be another member's: the task then
+    /// sends and writes nothing more.
+    pub fence: Fence,
 }
 
 pub struct TaskState {
@@ -229,21 +233,23 @@ impl TaskState {
         let args = &self.args;
         let stored = store.read_offsets()?;
         let listener = myself.clone();
+        let mut collector = RecordCollector::new(
+            args.task,
+            &args.config,
+            args.topology.stores(),
+            Some(&args.metrics),
+            Some(Box::new(move || {
+                let _ = listener.cast(TaskMsg::WriteOutAnswered);
+            })),
+        )?;
+        collector.fence_with(args.fence.clone());
         let mut running = RunningTask {
             task: args.task,
             config: args.config.clone(),
             metrics: args.metrics.clone(),
             labels: EngineMetrics::task_labels(args.task),
             progress: args.progress.clone(),
-            collector: RecordCollector::new(
-                args.task,
-                &args.config,
-                args.topology.stores(),
-                Some(&args.metrics),
-                Some(Box::new(move || {
-                    let _ = listener.cast(TaskMsg::WriteOutAnswered);
-                })),
-            )?,
+            collector,
             store,
             processor: args.topology.new_processor(),
             position: InputPosition::resume(stored.input_next, outcome.input_next),
