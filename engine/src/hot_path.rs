@@ -39,7 +39,8 @@ impl TaskHotPath {
             processor: topology.new_processor(),
             store: TaskStore::open(task, dir, &stores, &StoreMemory::new(memory))?,
             collector,
-            changelog_next: vec![None; stores.len()],
+            // A fresh task over empty changelogs, as its restore would leave it.
+            changelog_next: vec![Some(0); stores.len()],
             next_offset: 0,
         })
     }
@@ -99,6 +100,51 @@ impl TaskHotPath {
             collector,
             processor,
             changelog_next,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::word_count::word_count;
+
+    /// The benchmark's task runs the production write-out, commit after commit, with and
+    /// without the record cache.
+    #[test]
+    fn the_engine_benchmark_commits_through_the_production_write_out() {
+        for cache_max_bytes in [10 << 20, 0] {
+            let dir = tempfile::tempdir().unwrap();
+            let topology = word_count("in", "counts", "out").unwrap();
+            let memory = StoreMemorySettings {
+                cache_max_bytes,
+                ..StoreMemorySettings::default()
+            };
+            let mut task = TaskHotPath::new(&topology, dir.path(), memory).unwrap();
+            for round in 0..3i64 {
+                let records: Vec<InputRecord> = (0..100)
+                    .map(|i| InputRecord {
+                        partition: 0,
+                        offset: round * 100 + i,
+                        timestamp: None,
+                        key: Some(format!("k{}", i % 10).into_bytes()),
+                        value: Some(b"v".to_vec()),
+                    })
+                    .collect();
+                task.process(&records).unwrap();
+                task.commit().unwrap();
+            }
+            let offsets = task.store.read_offsets().unwrap();
+            assert_eq!(offsets.input_next, Some(300), "cache {cache_max_bytes}");
+            let expected = match cache_max_bytes {
+                0 => 300, // a changelog record per input record
+                _ => 30,  // one per key per commit
+            };
+            assert_eq!(
+                offsets.changelog_next,
+                vec![Some(expected)],
+                "cache {cache_max_bytes}"
+            );
         }
     }
 }
