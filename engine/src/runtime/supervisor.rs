@@ -215,21 +215,7 @@ impl Actor for Supervisor {
                 state.args.status.remove_task(task);
                 state.args.metrics.forget_task(task);
                 let _ = state.args.poller.send(LoopCommand::Pause(partition));
-                let unrecoverable = reason
-                    .downcast_ref::<EngineError>()
-                    .is_some_and(EngineError::stops_the_instance);
-                if unrecoverable {
-                    error!(%task, "{reason}");
-                    let reason = reason.to_string();
-                    let _ = state
-                        .args
-                        .fatal
-                        .send(EngineError::TaskFailed { task, reason });
-                } else {
-                    state
-                        .restart_or_give_up(&myself, task, reason.to_string())
-                        .await;
-                }
+                state.restart_or_give_up(&myself, task, &reason).await;
             }
         }
         Ok(())
@@ -449,14 +435,28 @@ impl SupervisorState {
         join_all(stops).await;
     }
 
-    /// Restarts a failed task from its last committed state, unless it failed too often
-    /// within the window: then the instance stops with the cause.
+    /// Restarts a failed task from its last committed state, unless a restart cannot help
+    /// ([`EngineError::stops_the_instance`]) or it failed too often within the window: then
+    /// the instance stops with the cause.
     async fn restart_or_give_up(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
         task: TaskId,
-        reason: String,
+        failure: &ActorProcessingErr,
     ) {
+        let reason = failure.to_string();
+        // A restart would meet the same condition (a topic's lost history): stop at once.
+        let unrecoverable = failure
+            .downcast_ref::<EngineError>()
+            .is_some_and(EngineError::stops_the_instance);
+        if unrecoverable {
+            error!(%task, "not restarting the task: {reason}");
+            let _ = self
+                .args
+                .fatal
+                .send(EngineError::TaskFailed { task, reason });
+            return;
+        }
         if self.budget_spent(task, &reason) {
             return;
         }
