@@ -7,8 +7,9 @@
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use kstreams_engine::testing::failpoints;
 use kstreams_suite::{
     read_store_counts, take_turn, wait_until, wrong_counts, App, AppOptions, Broker,
 };
@@ -16,8 +17,9 @@ use kstreams_suite::{
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(180);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(90);
-/// Distinct keys: the old owner's write-out (a changelog and an output record per key) spans
-/// several produce requests, so SIGSTOP lands in the middle of it; few enough that the freeze
+/// Distinct keys: the old owner's write-out (a changelog and an output record per key) is held
+/// for a while once half its changelog records are acknowledged (a failpoint), and SIGSTOP
+/// freezes it there; few enough that the freeze
 /// (X's 10 s session, Y's join, restore and counting) stays well inside X's 60 s wait for its
 /// write-out's acknowledgements, or X's write-out would fail rather than land late.
 const KEYS: usize = 20_000;
@@ -70,8 +72,8 @@ fn produce_round(broker: &Broker, topic: &str, round: usize, keys: usize) {
 }
 
 /// The old owner X (at the defaults, but for a shutdown bound longer than its freeze) counts
-/// every key once; SIGTERM starts its final write-out and SIGSTOP freezes it once the
-/// changelog has grown. The new owner Y (defaults) takes the partition after X's session runs
+/// every key once; SIGTERM starts its final write-out, which a failpoint holds once half its
+/// changelog records are acknowledged, and SIGSTOP freezes it there. The new owner Y (defaults) takes the partition after X's session runs
 /// out, counts every key a second time and stops cleanly. X resumed: its late write-out lands
 /// after Y's records and X stops (another writer's records found among its own). Y runs again
 /// and counts half the keys a third time (the group's offset moves past everything X saw). X
@@ -94,12 +96,18 @@ fn an_old_owner_frozen_mid_write_out_loses_no_update_of_the_new_owner() {
         extra_args: vec![],
         ..x_options.clone()
     };
+    let held_at = KEYS / 2;
+    let mut x_held = x_options.clone();
+    x_held.env = vec![(
+        "FAILPOINTS".into(),
+        format!("{}=1*return({held_at})", failpoints::WRITE_OUT_PAUSE_AFTER),
+    )];
     broker.create_topic(&x_options.input_topic, 1);
     broker.create_topic(&x_options.output_topic, 1);
     let changelog = x_options.changelog_topic();
 
     produce_round(&broker, &x_options.input_topic, 1, KEYS);
-    let mut x = App::spawn(&broker.address(), &x_options);
+    let mut x = App::spawn(&broker.address(), &x_held);
     wait_until("X processed the first round", PROCESS_TIMEOUT, || {
         next_input(&x) >= KEYS as i64
     });
@@ -109,20 +117,17 @@ fn an_old_owner_frozen_mid_write_out_loses_no_update_of_the_new_owner() {
         "X committed before its final write-out (the interval commit came first)"
     );
     signal(&x, "-TERM");
-    let started = Instant::now();
-    while broker.end_offsets(&changelog)[0] == 0 {
-        assert!(
-            started.elapsed() < PROCESS_TIMEOUT,
-            "no write-out; log:\n{}",
-            x.log()
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until(
+        "X's write-out held with half its changelog records acknowledged",
+        PROCESS_TIMEOUT,
+        || broker.end_offsets(&changelog)[0] >= held_at as i64,
+    );
     signal(&x, "-STOP");
     let landed = broker.record_count(&changelog);
-    assert!(
-        landed < KEYS as i64,
-        "SIGSTOP missed X's write-out: all {landed} changelog records landed"
+    assert_eq!(
+        landed, held_at as i64,
+        "SIGSTOP missed X's held write-out ({:?}): more changelog records than the held ones landed",
+        failpoints::WRITE_OUT_PAUSE
     );
 
     produce_round(&broker, &x_options.input_topic, 2, KEYS);

@@ -6,7 +6,14 @@
 /// `return(N)`: during a commit's write-out, once N changelog records are sent (the Nth key's
 /// output record not yet), wait for the broker to acknowledge them and abort the process.
 pub const WRITE_OUT_ABORT_AFTER: &str = "write-out-abort-after";
-/// `return(N)`: the same for an early write-out (a task's cache over its share of the budget).
+/// `return(N)`: during a commit's write-out, once N changelog records are sent (the Nth key's
+/// output record not yet), wait for the broker to acknowledge them, then hold the write-out
+/// for [`WRITE_OUT_PAUSE`] before sending the rest: a window in which a test finds exactly N
+/// changelog records on the broker and freezes the process (SIGSTOP) mid write-out.
+pub const WRITE_OUT_PAUSE_AFTER: &str = "write-out-pause-after";
+/// How long [`WRITE_OUT_PAUSE_AFTER`] holds a write-out.
+pub const WRITE_OUT_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
+/// `return(N)`: the same as [`WRITE_OUT_ABORT_AFTER`] for an early write-out (a task's cache over its share of the budget).
 pub const EARLY_WRITE_OUT_ABORT_AFTER: &str = "early-write-out-abort-after";
 /// `return`: abort the process once a task processed a batch while a write-out of its is still
 /// in flight (its records sent, not all acknowledged, its state not yet in RocksDB);
@@ -25,8 +32,9 @@ pub const RESTORE_STEP_DELAY: &str = "restore-step-delay";
 
 /// Every point this build knows, for the start-up check of `FAILPOINTS`.
 #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
-pub const ALL: [&str; 6] = [
+pub const ALL: [&str; 7] = [
     WRITE_OUT_ABORT_AFTER,
+    WRITE_OUT_PAUSE_AFTER,
     EARLY_WRITE_OUT_ABORT_AFTER,
     ABORT_WITH_WRITE_OUT_IN_FLIGHT,
     REVOCATION_COMMIT_FAILS,

@@ -77,7 +77,8 @@ pub mod testing {
     pub mod failpoints {
         pub use crate::failpoints::{
             ABORT_BEFORE_REPLAY, ABORT_WITH_WRITE_OUT_IN_FLIGHT, EARLY_WRITE_OUT_ABORT_AFTER,
-            RESTORE_STEP_DELAY, REVOCATION_COMMIT_FAILS, WRITE_OUT_ABORT_AFTER,
+            RESTORE_STEP_DELAY, REVOCATION_COMMIT_FAILS, WRITE_OUT_ABORT_AFTER, WRITE_OUT_PAUSE,
+            WRITE_OUT_PAUSE_AFTER,
         };
     }
 }

@@ -225,6 +225,10 @@ fn emit_cached_writes(
         WriteOut::CacheOverBudget => failpoints::EARLY_WRITE_OUT_ABORT_AFTER,
     };
     let abort_after = failpoints::number(failpoint);
+    let pause_after = match trigger {
+        WriteOut::Commit => failpoints::number(failpoints::WRITE_OUT_PAUSE_AFTER),
+        WriteOut::CacheOverBudget => None,
+    };
     for (sent, (store_id, key, stored, timestamp)) in store.pending_writes().into_iter().enumerate()
     {
         collector.send_changelog_encoded(store_id, task.partition, &key, stored.as_deref())?;
@@ -232,6 +236,11 @@ fn emit_cached_writes(
             // Cut short: these changelog records acknowledged (the last key's output not sent).
             collector.flush(FLUSH_TIMEOUT)?;
             failpoints::crash(failpoint);
+        }
+        if pause_after == Some(sent + 1) {
+            // Held with these changelog records acknowledged and the rest not yet sent.
+            collector.flush(FLUSH_TIMEOUT)?;
+            std::thread::sleep(failpoints::WRITE_OUT_PAUSE);
         }
         let Some(stored) = stored else {
             continue;
