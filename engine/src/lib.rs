@@ -32,7 +32,6 @@ mod http;
 mod internal_topics;
 mod memory_budget;
 mod metrics;
-pub mod ownership;
 mod processor;
 mod record_collector;
 mod reset;

@@ -11,7 +11,7 @@ use kstreams_engine::status::{unix_millis, InstanceView};
 
 use super::instance::{Instance, Phase};
 use super::status_client::fetch_status;
-use kstreams_engine::ownership::PauseTracker;
+use kstreams_count::pauses::PauseTracker;
 
 const EVENTS_KEPT: usize = 200;
 

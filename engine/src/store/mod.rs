@@ -7,8 +7,11 @@
 pub(crate) mod changelog_format;
 mod layout;
 pub(crate) mod offsets;
+mod pending_output;
 mod task_store;
+mod write_cache;
 
 pub(crate) use layout::is_reserved;
 pub use layout::StoreId;
-pub use task_store::{ChangelogUpdate, StoredOffsets, TaskStore, WriteOut, LOCK_WAIT};
+pub use task_store::{ChangelogUpdate, StoredOffsets, TaskStore, LOCK_WAIT};
+pub use write_cache::WriteOut;

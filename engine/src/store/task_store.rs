@@ -1,12 +1,9 @@
-//! A task's state: one RocksDB per task, one column family per store plus `offsets`, with a
-//! write-back cache (within the instance's [`StoreMemory`] budget) so that state and offsets
-//! reach disk together in one write batch. A write-out seals the cache into a generation that
-//! stays readable while its changelog records are in flight, and reaches RocksDB once they are
-//! acknowledged, while the task caches anew. Every
-//! value is stored with the input offset that produced it (the changelog value format), so
-//! an update can tell whether it is already applied.
+//! A task's state: one RocksDB per task, one column family per store plus the engine's own
+//! (`offsets`, `pending-output`), opened and trusted or wiped, read through the task's
+//! [`WriteCache`], written a sealed generation at a time so that state and offsets reach disk
+//! together in one write batch. Every value is stored with the input offset that produced it
+//! (the changelog value format), so an update can tell whether it is already applied.
 
-use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,8 +13,10 @@ use rocksdb::{ColumnFamilyDescriptor, WriteBatch, DB};
 use super::changelog_format::{decode_changelog_value, encode_changelog_value};
 use super::layout::{StoreId, INTERNAL_COLUMN_FAMILIES, OFFSETS_CF, PENDING_OUTPUT_CF};
 use super::offsets::{changelog_offset_key, decode_offset, encode_offset, INPUT_OFFSET_KEY};
+use super::pending_output::{decode_pending_output_key, pending_output_key, PENDING_OUTPUT_END};
+use super::write_cache::{PendingWrite, SealedInfo, WriteCache, WriteOut};
 use crate::error::{EngineError, Result};
-use crate::store_memory::{StoreMemory, CACHE_ENTRY_OVERHEAD};
+use crate::store_memory::StoreMemory;
 use crate::task_id::TaskId;
 use tracing::warn;
 
@@ -25,25 +24,6 @@ use tracing::warn;
 /// is stopping (its last flush may wait up to a minute on the broker) or by a restore still
 /// being prepared. The wait is in the starting task's own actor and delays only that task.
 pub const LOCK_WAIT: Duration = Duration::from_secs(90);
-
-/// What made a task write its cached updates out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteOut {
-    /// A commit (interval, revocation, shutdown, or before stopping on a bad record).
-    Commit,
-    /// The task's record cache went over its share of the budget.
-    CacheOverBudget,
-}
-
-fn pending_output_key(store: StoreId, key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + key.len());
-    out.extend_from_slice(&(store.0 as u32).to_be_bytes());
-    out.extend_from_slice(key);
-    out
-}
-
-/// Past every pending-output key (store indexes are far below `u32::MAX`).
-const PENDING_OUTPUT_END: [u8; 4] = [0xff; 4];
 
 /// Key (in `offsets`) of the state format; state without it predates versioned values.
 const STATE_FORMAT_KEY: &[u8] = b"state-format";
@@ -104,66 +84,15 @@ fn add_updates<'a>(
     }
 }
 
-/// A write not yet committed: the stored bytes (input offset and value; `None` = delete) and
-/// the timestamp of the input record that made it (given to the records it emits).
-#[derive(Debug, Clone)]
-struct Pending {
-    bytes: Option<Vec<u8>>,
-    timestamp: Option<i64>,
-}
-
-/// An uncommitted write, as the cache flush sends it on: store, key, stored bytes (input
-/// offset and value, `None` = delete) and the input record's timestamp.
-pub type PendingWrite = (StoreId, Vec<u8>, Option<Vec<u8>>, Option<i64>);
-
-/// A write-out in flight, as [`TaskStore::oldest_sealed`] describes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SealedInfo {
-    /// The record collector's write-out generation that sent its records.
-    pub generation: u64,
-    /// The next input offset once its writes are in RocksDB.
-    pub input_next: Option<i64>,
-    pub trigger: WriteOut,
-    pub sealed_at: Instant,
-}
-
-/// A sealed generation of cached writes: its changelog records are sent; it stays readable
-/// until the broker acknowledges them, then reaches RocksDB with its offsets in one batch.
-struct SealedWrites {
-    info: SealedInfo,
-    /// Per store, as `dirty` held them.
-    writes: Vec<HashMap<Vec<u8>, Pending>>,
-    /// What they hold, counted as the cache budget counts it.
-    bytes: usize,
-    /// Whether writing them clears the pending-output marks (their records carry the output
-    /// re-emitted for every marked key).
-    clears_pending_output: bool,
-}
-
-/// One task's RocksDB plus the writes not yet committed.
+/// One task's RocksDB plus the writes not yet in it.
 pub struct TaskStore {
     task: TaskId,
     path: PathBuf,
     db: DB,
     store_names: Vec<String>,
-    /// Per store: writes since the last commit, encoded with their input offset (`None` =
-    /// delete).
-    dirty: Vec<HashMap<Vec<u8>, Pending>>,
-    /// What `dirty` holds, counted against the instance's cache budget.
-    dirty_bytes: usize,
-    /// Write-outs in flight, oldest first: read after `dirty`, newest first.
-    sealed: VecDeque<SealedWrites>,
-    /// What `sealed` holds.
-    sealed_bytes: usize,
-    memory: Arc<StoreMemory>,
+    cache: WriteCache,
     /// Whether `pending-output` may hold marks (cleared by the next commit).
     pending_output: bool,
-}
-
-impl Drop for TaskStore {
-    fn drop(&mut self) {
-        self.memory.close_cache(self.dirty_bytes, self.sealed_bytes);
-    }
 }
 
 impl TaskStore {
@@ -197,14 +126,7 @@ impl TaskStore {
             path: path.to_path_buf(),
             db,
             store_names: store_names.to_vec(),
-            dirty: vec![HashMap::new(); store_names.len()],
-            dirty_bytes: 0,
-            sealed: VecDeque::new(),
-            sealed_bytes: 0,
-            memory: {
-                memory.open_cache();
-                memory.clone()
-            },
+            cache: WriteCache::new(store_names.len(), memory),
             pending_output,
         })
     }
@@ -282,14 +204,13 @@ impl TaskStore {
 
     /// Drops all state and offsets (the store stays open, empty).
     pub fn wipe(&mut self) -> Result<()> {
-        for (name, options) in column_families(&self.store_names, &self.memory) {
+        for (name, options) in column_families(&self.store_names, self.cache.memory()) {
             self.db.drop_cf(name).map_err(self.store_error())?;
             self.db
                 .create_cf(name, &options)
                 .map_err(self.store_error())?;
         }
-        self.clear_dirty();
-        self.drop_sealed();
+        self.cache.clear();
         self.pending_output = false;
         Ok(())
     }
@@ -324,16 +245,8 @@ impl TaskStore {
             let (version, value) = decode_changelog_value(bytes);
             (version, value.to_vec())
         };
-        let held = std::iter::once(&self.dirty[store.0]).chain(
-            self.sealed
-                .iter()
-                .rev()
-                .map(|sealed| &sealed.writes[store.0]),
-        );
-        for writes in held {
-            if let Some(pending) = writes.get(key) {
-                return Ok(pending.bytes.as_deref().map(decode));
-            }
+        if let Some(held) = self.cache.get(store, key) {
+            return Ok(held.map(decode));
         }
         let cf = self.cf(&self.store_names[store.0]);
         let stored = self.db.get_pinned_cf(cf, key).map_err(self.store_error())?;
@@ -363,7 +276,7 @@ impl TaskStore {
 
     /// Whether the key was written since the last write-out (by this task incarnation).
     pub fn written_since_commit(&self, store: StoreId, key: &[u8]) -> bool {
-        self.dirty[store.0].contains_key(key)
+        self.cache.written_since_write_out(store, key)
     }
 
     /// Buffers a write, produced by the input record at `input_offset` (with `timestamp`),
@@ -377,125 +290,65 @@ impl TaskStore {
         timestamp: Option<i64>,
     ) {
         let value = encode_changelog_value(input_offset, value);
-        let added = value.len();
-        let replaced = match self.dirty[store.0].get_mut(key) {
-            Some(pending) => {
-                pending.timestamp = timestamp;
-                pending.bytes.replace(value).map_or(0, |old| old.len())
-            }
-            None => {
-                let pending = Pending {
-                    bytes: Some(value),
-                    timestamp,
-                };
-                self.dirty[store.0].insert(key.to_vec(), pending);
-                self.reserve(key.len() + CACHE_ENTRY_OVERHEAD);
-                0
-            }
-        };
-        self.reserve(added);
-        self.release(replaced);
-    }
-
-    fn reserve(&mut self, bytes: usize) {
-        self.dirty_bytes += bytes;
-        self.memory.reserve(bytes);
-    }
-
-    fn release(&mut self, bytes: usize) {
-        self.dirty_bytes -= bytes;
-        self.memory.release(bytes);
-    }
-
-    fn clear_dirty(&mut self) {
-        self.dirty.iter_mut().for_each(HashMap::clear);
-        self.release(self.dirty_bytes);
+        self.cache.put(store, key, Some(value), timestamp);
     }
 
     /// Whether this store's uncommitted writes should be written out now, to keep the
     /// instance's write-back caches within their budget.
     pub fn cache_over_budget(&self) -> bool {
-        self.memory.cache_over_budget(self.dirty_bytes)
+        self.cache.over_budget()
     }
 
     /// Whether the record cache is on (see [`StoreMemory::caching`]).
     pub fn caching(&self) -> bool {
-        self.memory.caching()
+        self.cache.memory().caching()
     }
 
     /// The instance's shared store memory.
     pub fn memory(&self) -> &StoreMemory {
-        &self.memory
+        self.cache.memory()
     }
 
     /// Bytes of uncommitted writes held (counted as the cache budget counts them).
     #[cfg(test)]
     pub fn dirty_bytes(&self) -> usize {
-        self.dirty_bytes
+        self.cache.dirty_bytes()
     }
 
     /// Every write since the last commit (copies: the flush that sends them on may read the
     /// store meanwhile).
     pub fn pending_writes(&self) -> Vec<PendingWrite> {
-        self.dirty
-            .iter()
-            .enumerate()
-            .flat_map(|(index, dirty)| {
-                dirty.iter().map(move |(key, pending)| {
-                    let Pending { bytes, timestamp } = pending;
-                    (StoreId(index), key.clone(), bytes.clone(), *timestamp)
-                })
-            })
-            .collect()
+        self.cache.pending_writes()
     }
 
     /// Number of keys written and not yet in RocksDB (cached or in flight).
     pub fn dirty_keys(&self) -> usize {
-        std::iter::once(&self.dirty)
-            .chain(self.sealed.iter().map(|sealed| &sealed.writes))
-            .flatten()
-            .map(HashMap::len)
-            .sum()
+        self.cache.keys_held()
     }
 
     /// Seals the cache as write-out `generation` (its changelog records just sent), to reach
     /// RocksDB with `input_next` once acknowledged; the task caches anew meanwhile.
     pub fn seal(&mut self, generation: u64, input_next: Option<i64>, trigger: WriteOut) {
-        let writes = std::mem::replace(
-            &mut self.dirty,
-            vec![HashMap::new(); self.store_names.len()],
-        );
-        let bytes = std::mem::take(&mut self.dirty_bytes);
-        self.memory.start_write_out(bytes);
-        self.sealed_bytes += bytes;
-        self.sealed.push_back(SealedWrites {
-            info: SealedInfo {
-                generation,
-                input_next,
-                trigger,
-                sealed_at: Instant::now(),
-            },
-            writes,
-            bytes,
-            clears_pending_output: std::mem::take(&mut self.pending_output),
-        });
+        let clears_pending_output = std::mem::take(&mut self.pending_output);
+        self.cache
+            .seal(generation, input_next, trigger, clears_pending_output);
     }
 
     /// The oldest write-out in flight.
     pub fn oldest_sealed(&self) -> Option<SealedInfo> {
-        self.sealed.front().map(|sealed| sealed.info)
+        self.cache.oldest_sealed().map(|sealed| sealed.info)
     }
 
     /// Bytes held by write-outs in flight.
     #[cfg(test)]
     pub fn sealed_bytes(&self) -> usize {
-        self.sealed_bytes
+        self.cache.sealed_bytes()
     }
 
     /// Writes the oldest write-out in flight (acknowledged) to RocksDB with its input offset
     /// and `changelog_next`, in one atomic batch.
     pub fn write_oldest_sealed(&mut self, changelog_next: &[Option<i64>]) -> Result<()> {
-        let Some(sealed) = self.sealed.front() else {
+        let Some(sealed) = self.cache.oldest_sealed() else {
             return Ok(());
         };
         let mut batch = WriteBatch::default();
@@ -520,16 +373,8 @@ impl TaskStore {
             batch.delete_range_cf(self.cf(PENDING_OUTPUT_CF), &[][..], &PENDING_OUTPUT_END[..]);
         }
         self.db.write(batch).map_err(self.store_error())?;
-        let written = self.sealed.pop_front().expect("checked above");
-        self.sealed_bytes -= written.bytes;
-        self.memory.release_write_out(written.bytes);
+        self.cache.drop_oldest_sealed();
         Ok(())
-    }
-
-    fn drop_sealed(&mut self) {
-        self.memory.release_write_out(self.sealed_bytes);
-        self.sealed.clear();
-        self.sealed_bytes = 0;
     }
 
     /// The offsets persisted by the last commit or restore.
@@ -560,7 +405,7 @@ impl TaskStore {
     #[cfg(test)]
     pub fn commit(&mut self, offsets: &StoredOffsets) -> Result<()> {
         self.seal(u64::MAX, offsets.input_next, WriteOut::Commit);
-        while !self.sealed.is_empty() {
+        while self.cache.oldest_sealed().is_some() {
             self.write_oldest_sealed(&offsets.changelog_next)?;
         }
         Ok(())
@@ -623,10 +468,10 @@ impl TaskStore {
             if start.as_deref() == Some(&raw[..]) {
                 continue;
             }
-            let Some((index, key)) = raw.split_first_chunk::<4>() else {
+            let Some(marked) = decode_pending_output_key(&raw) else {
                 continue;
             };
-            keys.push((StoreId(u32::from_be_bytes(*index) as usize), key.to_vec()));
+            keys.push(marked);
             if keys.len() >= limit {
                 break;
             }
@@ -651,7 +496,7 @@ impl TaskStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store_memory::StoreMemorySettings;
+    use crate::store_memory::{StoreMemorySettings, CACHE_ENTRY_OVERHEAD};
 
     fn memory() -> Arc<StoreMemory> {
         StoreMemory::new(StoreMemorySettings::default())

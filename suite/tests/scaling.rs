@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kstreams_engine::ownership::PauseTracker;
+use kstreams_count::pauses::PauseTracker;
 use kstreams_suite::{
     ownership_from_log, ownership_overlaps, skip_without_private_broker, take_turn,
     word_count_input, App, AppOptions, Broker, InstanceView, Load,

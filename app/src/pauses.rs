@@ -1,6 +1,7 @@
 //! Across instances: which instance runs each task, and how long each task went without a
 //! running owner, measured from successive `/status` polls (the pause a rebalance or a crash
-//! costs, as users see it). Used by the local runner and the tests.
+//! costs, as users see it). The local runner's view of ownership; the suite's scaling test
+//! measures with it too.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

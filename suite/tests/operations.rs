@@ -105,10 +105,10 @@ fn prometheus_sees_restore_lag_rise_and_return_to_zero_and_records_processed_ris
 /// Every PromQL expression of the shipped Grafana dashboard, with its panel's title.
 fn dashboard_queries() -> Vec<(String, String)> {
     // Where the sources are now (cargo sets it when it runs the test), not where this binary
-    // was built.
-    let root =
+    // was built; the suite's crate sits one level below the repository's root.
+    let suite =
         std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
-    let path = format!("{root}/k8s/grafana/kstreams-count.json");
+    let path = format!("{suite}/../k8s/grafana/kstreams-count.json");
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut queries = Vec::new();
