@@ -4,7 +4,7 @@
 //! to the group the offsets tasks report from their own commits, and resumes partitions whose
 //! tasks have restored. It never waits on a task's processing or restore, so it stays live.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,9 +85,11 @@ impl<C: InputConsumer> ConsumerLoop<C> {
             self.wiring.status.heartbeat();
             self.apply_commands();
             self.pass_on_restored();
-            let batches = self.poll_round()?;
-            // A rebalance inside the poll may have stopped tasks: forget them before routing.
-            self.apply_commands();
+            let mut batches = self.poll_round()?;
+            // A rebalance inside the poll, or a task that failed meanwhile, may have stopped or
+            // restarted tasks: forget them before routing, and drop what was polled for them.
+            let moved = self.apply_commands();
+            batches.retain(|partition, _| !moved.contains(partition));
             self.dispatch(batches);
             self.resume_drained();
             self.collect_committed();
@@ -109,14 +111,24 @@ impl<C: InputConsumer> ConsumerLoop<C> {
         Ok(())
     }
 
-    fn apply_commands(&mut self) {
+    /// Applies the supervisor's pauses and resumes (and retries failed resumes). Returns the
+    /// partitions they touched: records polled for those before now belong to an incarnation
+    /// that stopped, or lie ahead of where a new one resumes (G6 of the 2026-12-04
+    /// correctness review: handed to it, they would jump its position past the gap, whose
+    /// re-fetch it would then drop as already applied). The resume's seek fetches them again.
+    fn apply_commands(&mut self) -> BTreeSet<i32> {
+        let mut touched = BTreeSet::new();
         for (partition, next_offset) in std::mem::take(&mut self.failed_resumes) {
             if self.routes.contains_key(&partition) {
+                touched.insert(partition);
                 self.resume(partition, next_offset);
             }
         }
         let commands: Vec<LoopCommand> = self.wiring.commands.try_iter().collect();
         for command in commands {
+            touched.insert(match &command {
+                LoopCommand::Resume(partition, ..) | LoopCommand::Pause(partition) => *partition,
+            });
             match command {
                 LoopCommand::Resume(partition, next_offset, inbox) => {
                     self.failed_resumes.retain(|(p, _)| *p != partition);
@@ -137,6 +149,7 @@ impl<C: InputConsumer> ConsumerLoop<C> {
                 }
             }
         }
+        touched
     }
 
     /// Passes what the state updater handed back to each task: its restored store (it runs,
@@ -525,8 +538,9 @@ mod tests {
     /// One turn of the loop's routing, as `run` does it (without the group commit's timer).
     fn turn(consumer_loop: &mut ConsumerLoop<Arc<FakeConsumer>>) -> Result<()> {
         consumer_loop.apply_commands();
-        let batches = consumer_loop.poll_round()?;
-        consumer_loop.apply_commands();
+        let mut batches = consumer_loop.poll_round()?;
+        let moved = consumer_loop.apply_commands();
+        batches.retain(|partition, _| !moved.contains(partition));
         consumer_loop.dispatch(batches);
         consumer_loop.resume_drained();
         consumer_loop.collect_committed();
@@ -679,6 +693,44 @@ mod tests {
         turn(&mut consumer_loop).unwrap();
         let first = batches.recv_timeout(WAIT).expect("input after the seek");
         assert_eq!(first, (2, 42, 49), "input starts at the sought offset");
+    }
+
+    /// G6: records polled for the old incarnation while a new one takes the partition over
+    /// from an earlier offset are not handed to the new one; its resume fetches from its own
+    /// position, so the records between it and the polled ones are processed, not skipped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_polled_before_a_task_restart_are_dropped_and_fetched_again_from_its_position()
+    {
+        let mut h = harness().await;
+        let (old, _) = task().await;
+        h.commands
+            .send(LoopCommand::Resume(0, Some(0), old))
+            .unwrap();
+        let mut consumer_loop = h.consumer_loop();
+        consumer_loop.apply_commands();
+        // The old incarnation was handed [0, 100) and is stopped (failed) with only [0, 40)
+        // in its store; the loop polls [100, 150) meanwhile.
+        h.fake.state().records.extend(records(0, 100..150));
+        let mut batches = consumer_loop.poll_round().unwrap();
+        assert_eq!(batches[&0].len(), 50);
+        let (new, handed) = task().await;
+        h.commands.send(LoopCommand::Pause(0)).unwrap();
+        h.commands
+            .send(LoopCommand::Resume(0, Some(40), new))
+            .unwrap();
+        let moved = consumer_loop.apply_commands();
+        assert_eq!(moved, BTreeSet::from([0]));
+        batches.retain(|partition, _| !moved.contains(partition));
+        consumer_loop.dispatch(batches);
+        // The resume's seek fetches from the new incarnation's position.
+        h.fake.state().records.extend(records(0, 40..150));
+        turn(&mut consumer_loop).unwrap();
+        assert_eq!(
+            handed.recv_timeout(WAIT),
+            Ok((0, 40, 149)),
+            "the new incarnation's first batch starts at its own position"
+        );
+        assert_eq!(h.fake.state().seeks.last(), Some(&(0, Some(40))));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
