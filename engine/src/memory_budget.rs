@@ -211,7 +211,7 @@ mod tests {
 
     #[test]
     fn the_producer_part_follows_the_open_producers() {
-        let metrics = EngineMetrics::new("test");
+        let metrics = EngineMetrics::new("test", "input-topic");
         let budget = MemoryBudget {
             store: StoreMemorySettings::default(),
             clients: ClientMemorySettings::default(),

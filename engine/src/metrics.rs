@@ -1,6 +1,8 @@
 //! The engine's Prometheus metrics: one registry per instance, labelled by application id,
 //! and the handles tasks use to update them.
 
+use std::sync::Arc;
+
 use prometheus::core::Collector;
 use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
@@ -14,6 +16,8 @@ use crate::task_id::TaskId;
 #[derive(Clone)]
 pub struct EngineMetrics {
     registry: Registry,
+    /// The topology's input topic: the lag gauge's `topic` label.
+    input_topic: Arc<str>,
     pub(crate) records_processed: IntCounterVec,
     pub(crate) records_skipped: IntCounterVec,
     pub(crate) output_records: IntCounterVec,
@@ -76,7 +80,7 @@ pub fn peak_rss_kib() -> Option<u64> {
 }
 
 impl EngineMetrics {
-    pub(crate) fn new(application_id: &str) -> Self {
+    pub(crate) fn new(application_id: &str, input_topic: &str) -> Self {
         let labels = [("application_id".to_string(), application_id.to_string())].into();
         let registry = Registry::new_custom(None, Some(labels)).expect("valid registry labels");
         #[cfg(target_os = "linux")]
@@ -103,7 +107,7 @@ impl EngineMetrics {
                 seconds("kstreams_end_to_end_latency_seconds", "From an input record's timestamp to its processing", latency_buckets.clone()),
                 TASK,
             )),
-            consumer_lag: register(r, IntGaugeVec::new(opts("kstreams_consumer_lag_records", "Input records behind the partition's high watermark"), TASK)),
+            consumer_lag: register(r, IntGaugeVec::new(opts("kstreams_consumer_lag_records", "Input records behind the partition's high watermark"), &["topic", "task_id", "partition"])),
             restore_records: register(r, IntCounterVec::new(opts("kstreams_restore_records_total", "Changelog records applied while restoring"), TASK)),
             restore_remaining: register(r, IntGaugeVec::new(
                 opts("kstreams_restore_remaining_records", "Changelog records left to restore (0 when not restoring)"),
@@ -203,6 +207,7 @@ impl EngineMetrics {
                 &["broker"],
             )),
             registry,
+            input_topic: input_topic.into(),
         };
         metrics
             .build_info
@@ -225,7 +230,7 @@ impl EngineMetrics {
         for (task, lag) in status.task_lags() {
             let [id, partition] = Self::task_labels(task);
             self.consumer_lag
-                .with_label_values(&[id.as_str(), partition.as_str()])
+                .with_label_values(&[&self.input_topic, id.as_str(), partition.as_str()])
                 .set(lag);
         }
         let current = status.lifecycle();
@@ -241,11 +246,33 @@ impl EngineMetrics {
         [task.to_string(), task.partition.to_string()]
     }
 
+    /// Starts a task's per-task series at 0 when it is assigned here, so that a dashboard or
+    /// an alert finds every task's series from the start ("no data" was a fresh instance's
+    /// restore panel until something was restored). The lag gauge starts at its first
+    /// measurement, not at a 0 that would claim the task is caught up.
+    pub(crate) fn start_task(&self, task: TaskId) {
+        let [id, partition] = Self::task_labels(task);
+        let labels = [id.as_str(), partition.as_str()];
+        for counter in [
+            &self.records_processed,
+            &self.output_records,
+            &self.changelog_records,
+            &self.restore_records,
+            &self.changelog_foreign_records,
+        ] {
+            counter.with_label_values(&labels);
+        }
+        for gauge in [&self.restore_remaining, &self.store_size] {
+            gauge.with_label_values(&labels);
+        }
+    }
+
     /// Drops a task's per-task series (when it leaves this instance).
     pub(crate) fn forget_task(&self, task: TaskId) {
         let [id, partition] = Self::task_labels(task);
         let labels = [id.as_str(), partition.as_str()];
-        let _ = self.consumer_lag.remove_label_values(&labels);
+        let lag_labels = [&*self.input_topic, id.as_str(), partition.as_str()];
+        let _ = self.consumer_lag.remove_label_values(&lag_labels);
         let _ = self.restore_remaining.remove_label_values(&labels);
         let _ = self.store_size.remove_label_values(&labels);
     }
@@ -283,8 +310,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_assigned_tasks_series_start_at_zero_and_its_gauges_leave_with_it() {
+        let metrics = EngineMetrics::new("app", "input-topic");
+        let task = TaskId::new(0, 3);
+        let series = |text: &str, name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(r#"task_id="0_3""#))
+                .map(str::to_string)
+        };
+        let fresh = metrics.render();
+        assert_eq!(series(&fresh, "kstreams_restore_records_total"), None);
+        metrics.start_task(task);
+        let started = metrics.render();
+        for name in [
+            "kstreams_records_processed_total",
+            "kstreams_output_records_total",
+            "kstreams_changelog_records_written_total",
+            "kstreams_restore_records_total",
+            "kstreams_changelog_foreign_records_total",
+            "kstreams_restore_remaining_records",
+            "kstreams_state_store_size_bytes",
+        ] {
+            let line = series(&started, name).unwrap_or_else(|| panic!("no {name} in:\n{started}"));
+            assert!(line.ends_with("} 0"), "{line}");
+        }
+        assert_eq!(
+            series(&started, "kstreams_consumer_lag_records"),
+            None,
+            "no lag before it is measured"
+        );
+        metrics.forget_task(task);
+        let forgotten = metrics.render();
+        assert_eq!(
+            series(&forgotten, "kstreams_restore_remaining_records"),
+            None
+        );
+        assert!(
+            series(&forgotten, "kstreams_restore_records_total").is_some(),
+            "totals stay"
+        );
+    }
+
+    #[test]
     fn renders_labelled_series() {
-        let metrics = EngineMetrics::new("app");
+        let metrics = EngineMetrics::new("app", "input-topic");
         let [task, partition] = EngineMetrics::task_labels(TaskId::new(0, 2));
         metrics
             .records_processed

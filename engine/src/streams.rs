@@ -71,7 +71,7 @@ impl KafkaStreams {
                     .join(", ")
             }
         );
-        let metrics = EngineMetrics::new(&config.application_id);
+        let metrics = EngineMetrics::new(&config.application_id, topology.source_topic());
         let instance_id = config.group_instance_id.clone().unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
             format!("{host}-{}", std::process::id())

@@ -495,7 +495,7 @@ mod tests {
             shutdown: Arc::new(AtomicBool::new(false)),
             commit_interval: Duration::from_secs(30),
             status: Arc::new(InstanceStatus::new("test".into(), Duration::from_secs(60))),
-            metrics: EngineMetrics::new("consumer-loop-test"),
+            metrics: EngineMetrics::new("consumer-loop-test", "input-topic"),
         };
         Harness {
             fake: Arc::new(FakeConsumer::default()),

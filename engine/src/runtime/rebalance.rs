@@ -58,6 +58,9 @@ impl RebalanceListener {
         for broker in statistics.brokers.values().filter(|b| b.nodeid >= 0) {
             let name = broker.nodename.as_str();
             if let Some(rtt) = &broker.rtt {
+                // `percentile`, not Prometheus' `quantile`: that label belongs to a summary
+                // (promtool refuses it on a gauge), and librdkafka's window is no summary (its
+                // count and sum restart every window, where a summary's only grow).
                 for (percentile, micros) in [("p50", rtt.p50), ("p99", rtt.p99)] {
                     self.metrics
                         .broker_rtt

@@ -661,7 +661,7 @@ mod tests {
 
     fn harness() -> Harness {
         let fake = Arc::new(FakeChangelogs::default());
-        let metrics = EngineMetrics::new("state-updater-test");
+        let metrics = EngineMetrics::new("state-updater-test", "input-topic");
         let (handed_back_tx, handed_back) = crossbeam_channel::unbounded();
         let (updater, handle) = StateUpdater::new(
             fake.clone(),

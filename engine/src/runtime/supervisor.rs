@@ -87,6 +87,26 @@ pub struct SupervisorState {
 
 pub struct Supervisor;
 
+/// Stops a task's actor and waits up to `deadline` for it; a task that outlives it (busy in a
+/// commit on a slow broker) is fenced, since its partition is about to be another member's:
+/// from then it sends and writes nothing more (G3 of the 2026-12-04 correctness review: an
+/// orphan was forgotten but kept sending and writing its store). Returns whether it stopped.
+async fn stop_or_fence(
+    task: TaskId,
+    actor: &ActorRef<TaskMsg>,
+    fence: &Fence,
+    deadline: Duration,
+) -> bool {
+    match actor.stop_and_wait(None, Some(deadline)).await {
+        Ok(()) => true,
+        Err(e) => {
+            fence.close();
+            error!(%task, "task did not stop within {deadline:?} ({e}): fenced, its producer purged; it sends and writes nothing more");
+            false
+        }
+    }
+}
+
 fn task_names(partitions: &[i32]) -> Vec<String> {
     partitions
         .iter()
@@ -332,6 +352,7 @@ impl SupervisorState {
     async fn start_task(&mut self, myself: &ActorRef<SupervisorMsg>, partition: i32) -> Result<()> {
         let task = TaskId::new(0, partition);
         self.unowned_since.remove(&task);
+        self.args.metrics.start_task(task);
         let progress = self.args.status.add_task(task);
         let queued = Arc::new(AtomicUsize::new(0));
         let fence = Fence::default();
@@ -423,14 +444,7 @@ impl SupervisorState {
             return;
         }
         let stops = stopping.into_iter().map(|entry| async move {
-            if let Err(e) = entry
-                .actor
-                .stop_and_wait(None, Some(TASK_STOP_TIMEOUT))
-                .await
-            {
-                entry.fence.close();
-                error!(task = %entry.task, "task did not stop within {TASK_STOP_TIMEOUT:?} ({e}): fenced, its producer purged; it sends and writes nothing more");
-            }
+            stop_or_fence(entry.task, &entry.actor, &entry.fence, TASK_STOP_TIMEOUT).await
         });
         join_all(stops).await;
     }
@@ -517,5 +531,78 @@ impl SupervisorState {
                 Err(e) => warn!(%task, "could not remove state dir {}: {e}", dir.display()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A task actor busy in a handler until released, as a task blocked in a commit's flush
+    /// on a slow broker (a task's commit blocks its thread; it does not yield to a stop).
+    struct BusyTask;
+
+    impl Actor for BusyTask {
+        type Msg = TaskMsg;
+        /// Told when the handler starts; waited on until released.
+        type State = (mpsc::Sender<()>, Mutex<mpsc::Receiver<()>>);
+        type Arguments = (mpsc::Sender<()>, mpsc::Receiver<()>);
+
+        async fn pre_start(
+            &self,
+            _: ActorRef<TaskMsg>,
+            (started, release): Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok((started, Mutex::new(release)))
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<TaskMsg>,
+            _: TaskMsg,
+            (started, release): &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            let _ = started.send(());
+            let release = release.get_mut().unwrap();
+            let _ = tokio::task::block_in_place(|| release.recv());
+            Ok(())
+        }
+    }
+
+    /// G3: the orphan is fenced once its deadline passes, while it is still busy; a task that
+    /// stops in time keeps its fence open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_that_outlives_its_stop_deadline_is_fenced_and_one_that_stops_is_not() {
+        let task = TaskId::new(0, 0);
+        let (release, released) = mpsc::channel();
+        let (tell_started, started) = mpsc::channel();
+        let (busy, handle) = Actor::spawn(None, BusyTask, (tell_started, released))
+            .await
+            .unwrap();
+        busy.cast(TaskMsg::Process(Vec::new())).unwrap();
+        started
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the handler starts");
+        let fence = Fence::default();
+        let stopped = stop_or_fence(task, &busy, &fence, Duration::from_millis(200)).await;
+        assert!(!stopped, "still busy in its handler");
+        assert!(
+            fence.is_closed(),
+            "fenced at its deadline, before it is done"
+        );
+        release.send(()).unwrap();
+        handle.await.unwrap();
+
+        let (_never, idle_release) = mpsc::channel();
+        let (tell, _) = mpsc::channel();
+        let (idle, _) = Actor::spawn(None, BusyTask, (tell, idle_release))
+            .await
+            .unwrap();
+        let open = Fence::default();
+        assert!(stop_or_fence(task, &idle, &open, Duration::from_secs(30)).await);
+        assert!(!open.is_closed());
     }
 }

@@ -109,7 +109,7 @@ mod tests {
 
     #[test]
     fn task_failures_are_counted_once_and_group_failures_not_at_all() {
-        let metrics = EngineMetrics::new("policy-test");
+        let metrics = EngineMetrics::new("policy-test", "input-topic");
         let task = Some(TaskId::new(0, 3));
         let error = EngineError::actor("task", "timed out");
         on_failure(&metrics, CommitTrigger::Task, task, &error);

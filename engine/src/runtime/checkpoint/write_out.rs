@@ -488,7 +488,7 @@ mod tests {
 
     #[test]
     fn only_commits_are_counted_as_commits() {
-        let metrics = EngineMetrics::new("write-out-test");
+        let metrics = EngineMetrics::new("write-out-test", "input-topic");
         let out = |trigger| WrittenOut {
             input_next: Some(1),
             trigger,
@@ -579,7 +579,7 @@ mod tests {
             "its own write-out is kept"
         );
 
-        let metrics = EngineMetrics::new("foreign-records-test");
+        let metrics = EngineMetrics::new("foreign-records-test", "input-topic");
         let verdict = super::super::policy::on_failure(
             &metrics,
             super::super::policy::CommitTrigger::Task,
