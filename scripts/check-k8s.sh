@@ -28,6 +28,25 @@ for overlay in overlays/*/; do
   echo "==> Pod Security \"restricted\" ($name)"
   "$venv/bin/python" "$here/check_pod_security.py" "$rendered/$name.yaml"
 done
+echo "==> the base and dev need no Prometheus Operator; prod's resources carry kube-prometheus-stack's release label"
+kubectl kustomize base > "$rendered/base.yaml"
+"$venv/bin/python" - "$rendered" <<'PY'
+import sys, yaml
+rendered = sys.argv[1]
+def docs(name):
+    return [d for d in yaml.safe_load_all(open(f"{rendered}/{name}.yaml")) if d]
+for name in ("base", "dev"):
+    crds = [d["kind"] for d in docs(name) if d["apiVersion"].startswith("monitoring.coreos.com/")]
+    if crds:
+        sys.exit(f"{name} renders Prometheus Operator resources {crds}: it must apply without their CRDs")
+operator = [d for d in docs("prod") if d["apiVersion"].startswith("monitoring.coreos.com/")]
+kinds = sorted(d["kind"] for d in operator)
+if kinds != ["PodMonitor", "PrometheusRule"]:
+    sys.exit(f"prod renders {kinds}, not a PodMonitor and a PrometheusRule")
+unlabelled = [d["kind"] for d in operator if "release" not in d["metadata"].get("labels", {})]
+if unlabelled:
+    sys.exit(f"{unlabelled} in prod lack the `release` label kube-prometheus-stack selects by")
+PY
 echo "==> kubernetes-validate --strict (examples)"
 "$venv/bin/kubernetes-validate" --strict examples/*.yaml
 echo "==> promtool: rules, their unit tests, the scrape config"
@@ -38,8 +57,8 @@ echo "==> the PrometheusRule carries the rules of prometheus/rules.yml"
 "$venv/bin/python" - <<'PY'
 import sys, yaml
 rules = yaml.safe_load(open("prometheus/rules.yml"))["groups"]
-crd = yaml.safe_load(open("base/prometheusrule.yaml"))["spec"]["groups"]
-sys.exit(0 if rules == crd else "base/prometheusrule.yaml differs from prometheus/rules.yml")
+crd = yaml.safe_load(open("components/prometheus-operator/prometheusrule.yaml"))["spec"]["groups"]
+sys.exit(0 if rules == crd else "components/prometheus-operator/prometheusrule.yaml differs from prometheus/rules.yml")
 PY
-echo "==> grafana/kstreams-count.json parses"
-"$venv/bin/python" -c 'import json, sys; json.load(open("grafana/kstreams-count.json"))'
+echo "==> the Grafana dashboard parses (its queries run against a real Prometheus in suite/tests/operations.rs)"
+"$venv/bin/python" -c 'import json, sys; json.load(open("components/grafana-dashboard/kstreams-count.json"))'

@@ -24,7 +24,7 @@ pub use app::{
 pub use load::{word_count_input, Load};
 pub use ownership::{ownership_from_log, ownership_overlaps, Ownership};
 pub use partitioning::java_partition;
-pub use prometheus::{metric_sum, Prometheus};
+pub use prometheus::{metric_sum, Prometheus, PROMETHEUS_NAMESPACE, PROMETHEUS_POD_PREFIX};
 pub use secured::{make_certificates, ScramUser, Security, TlsFront};
 pub use store::{read_store_counts, wrong_counts};
 pub use tansu::{

@@ -14,17 +14,28 @@ pub struct Prometheus {
     _dir: TempDir,
 }
 
+/// The `namespace` label of every target [`Prometheus::start`] scrapes.
+pub const PROMETHEUS_NAMESPACE: &str = "kstreams-test";
+/// The `pod` label of the Nth target [`Prometheus::start`] scrapes: this and N.
+pub const PROMETHEUS_POD_PREFIX: &str = "kstreams-count-";
+
 impl Prometheus {
     pub fn start(target_ports: &[u16]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let targets: Vec<String> = target_ports
+        // Each target labelled as a Kubernetes scrape labels a pod (PodMonitor, scrape.yml):
+        // the dashboard's variables and the alerts group by them.
+        let targets: String = target_ports
             .iter()
-            .map(|p| format!("'127.0.0.1:{p}'"))
+            .enumerate()
+            .map(|(index, port)| {
+                format!(
+                    "      - targets: ['127.0.0.1:{port}']\n        labels: {{namespace: {PROMETHEUS_NAMESPACE}, pod: {PROMETHEUS_POD_PREFIX}{index}}}\n"
+                )
+            })
             .collect();
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: kstreams\n    static_configs:\n      - targets: [{}]\n",
-            targets.join(", ")
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: kstreams-count\n    static_configs:\n{targets}"
         );
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
         let binary = std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".into());

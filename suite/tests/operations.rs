@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kstreams_suite::{
     broker_and_app, free_port, metric_sum, wait_until, word_count_input, App, AppOptions, Broker,
-    Prometheus,
+    Prometheus, PROMETHEUS_NAMESPACE, PROMETHEUS_POD_PREFIX,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -102,23 +102,66 @@ fn prometheus_sees_restore_lag_rise_and_return_to_zero_and_records_processed_ris
     assert!(app.terminate(Duration::from_secs(30)).success());
 }
 
-/// Every PromQL expression of the shipped Grafana dashboard, with its panel's title.
-fn dashboard_queries() -> Vec<(String, String)> {
+/// The shipped Grafana dashboard.
+fn dashboard() -> serde_json::Value {
     // Where the sources are now (cargo sets it when it runs the test), not where this binary
     // was built; the suite's crate sits one level below the repository's root.
     let suite =
         std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
-    let path = format!("{suite}/../k8s/grafana/kstreams-count.json");
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let path = format!("{suite}/../k8s/components/grafana-dashboard/kstreams-count.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Every PromQL expression of the dashboard, with its panel's title, its variables set as a
+/// user picks them (`variables`: name and value).
+fn dashboard_queries(
+    dashboard: &serde_json::Value,
+    variables: &[(&str, &str)],
+) -> Vec<(String, String)> {
     let mut queries = Vec::new();
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().into_iter().flatten() {
             queries.push((
                 panel["title"].as_str().unwrap_or_default().to_string(),
-                target["expr"].as_str().unwrap().to_string(),
+                with_variables(target["expr"].as_str().unwrap(), variables),
             ));
         }
+    }
+    queries
+}
+
+fn with_variables(expression: &str, variables: &[(&str, &str)]) -> String {
+    variables
+        .iter()
+        .fold(expression.to_string(), |e, (name, value)| {
+            e.replace(&format!("${name}"), value)
+        })
+}
+
+/// The dashboard's query variables (`label_values(metric, label)`), as PromQL that lists the
+/// label's values: variable name, label and expression.
+fn variable_queries(
+    dashboard: &serde_json::Value,
+    variables: &[(&str, &str)],
+) -> Vec<(String, String, String)> {
+    let mut queries = Vec::new();
+    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+        let Some(query) = variable["query"]["query"].as_str() else {
+            continue;
+        };
+        let inner = query
+            .strip_prefix("label_values(")
+            .and_then(|q| q.strip_suffix(')'))
+            .unwrap_or_else(|| {
+                panic!("variable query `{query}` is not label_values(metric, label)")
+            });
+        let (metric, label) = inner.rsplit_once(',').unwrap();
+        let (metric, label) = (with_variables(metric.trim(), variables), label.trim());
+        queries.push((
+            variable["name"].as_str().unwrap().to_string(),
+            label.to_string(),
+            format!("count by ({label}) ({metric})"),
+        ));
     }
     queries
 }
@@ -142,9 +185,33 @@ fn every_dashboard_panel_returns_data_from_a_real_prometheus_after_a_restore_and
         TIMEOUT,
         || prometheus.query("sum(kstreams_records_processed_total)") == Some(5_000.0),
     );
-    let queries = dashboard_queries();
+    // Each variable set to this instance, as a user picks it from the lists the variables'
+    // own queries give.
+    let pod = format!("{PROMETHEUS_POD_PREFIX}0");
+    let picked = [
+        ("namespace", PROMETHEUS_NAMESPACE),
+        ("application_id", options.application_id.as_str()),
+        ("pod", pod.as_str()),
+    ];
+    let dashboard = dashboard();
+    let variables = variable_queries(&dashboard, &picked);
+    assert_eq!(
+        variables
+            .iter()
+            .map(|(name, ..)| name.as_str())
+            .collect::<Vec<_>>(),
+        ["namespace", "application_id", "pod"]
+    );
+    for ((name, label, expression), (_, value)) in variables.iter().zip(&picked) {
+        let listed = prometheus.query_series(expression).unwrap_or_default();
+        assert!(
+            listed.iter().any(|s| s["metric"][label.as_str()] == *value),
+            "variable `{name}` (`{expression}`) does not list {value}: {listed:?}"
+        );
+    }
+    let queries = dashboard_queries(&dashboard, &picked);
     assert!(
-        queries.len() >= 15,
+        queries.len() >= 19,
         "{} queries in the dashboard",
         queries.len()
     );
@@ -296,6 +363,30 @@ fn metrics_exposition_parses_and_has_no_negative_gauges() {
         assert!(
             gauges.contains(expected),
             "{expected} missing from:\n{body}"
+        );
+    }
+    // Labels as Prometheus conventions and the dashboard expect them.
+    let topic = format!(r#"topic="{}""#, options.input_topic);
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("kstreams_consumer_lag_records{") && l.contains(&topic)),
+        "the lag names its input topic:\n{body}"
+    );
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("kstreams_broker_rtt_seconds{")
+                && l.contains(r#"percentile="p50""#)),
+        "the round trip's percentile label:\n{body}"
+    );
+    // Nothing was restored, yet every task's restore counter is there, at 0.
+    for task in ALL_TASKS {
+        let task_label = format!(r#"task_id="{task}""#);
+        assert!(
+            body.lines()
+                .any(|l| l.starts_with("kstreams_restore_records_total{")
+                    && l.contains(&task_label)
+                    && l.ends_with(" 0")),
+            "task {task}'s restore counter missing:\n{body}"
         );
     }
     // The instance is running and ready: its state says so, once.
