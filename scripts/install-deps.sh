@@ -65,3 +65,12 @@ else
 fi
 # Where the test harness looks when TANSU_BIN is not set.
 ln -sfn "$(dirname "$(dirname "$TANSU_BIN")")" "$KSTREAMS_CACHE/tansu-current"
+
+# cargo-deny (supply-chain checks of deny.toml, run by .ci/run), pinned, into the cache dir.
+if [ -x "$CARGO_DENY_BIN" ] && "$CARGO_DENY_BIN" --version | grep -q " $CARGO_DENY_VERSION\$"; then
+  echo "==> cargo-deny $CARGO_DENY_VERSION present at $CARGO_DENY_BIN"
+else
+  echo "==> building cargo-deny $CARGO_DENY_VERSION into $KSTREAMS_CACHE/cargo-deny (about 2 minutes on 2 cores, once)"
+  cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked --quiet \
+    --root "$KSTREAMS_CACHE/cargo-deny"
+fi

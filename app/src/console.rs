@@ -216,16 +216,33 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
                         String::from_utf8_lossy(b).into_owned()
                     })
                 };
-                writeln!(out, "{} {}", text(message.key()), text(message.payload()))?;
+                let line = writeln!(out, "{} {}", text(message.key()), text(message.payload()));
+                if reader_gone(line)? {
+                    return Ok(());
+                }
                 printed += 1;
                 last_record = Instant::now();
             }
             Some(Err(e)) => eprintln!("consume: {e}"),
-            None => out.flush()?,
+            None => {
+                if reader_gone(out.flush())? {
+                    return Ok(());
+                }
+            }
         }
     }
-    out.flush()?;
+    reader_gone(out.flush())?;
     Ok(())
+}
+
+/// Whether a write to stdout failed because its reader went away (`consume | head`): the
+/// consumer then stops quietly, as Unix tools do, instead of ending with "Broken pipe".
+fn reader_gone(written: std::io::Result<()>) -> anyhow::Result<bool> {
+    match written {
+        Ok(()) => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(true),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
+    }
 }
 
 pub async fn create_topic(args: CreateTopicArgs) -> anyhow::Result<()> {

@@ -265,6 +265,8 @@ impl EngineMetrics {
         for gauge in [&self.restore_remaining, &self.store_size] {
             gauge.with_label_values(&labels);
         }
+        // A histogram without observations: its buckets at 0, no claim about latency.
+        self.end_to_end_latency.with_label_values(&labels);
     }
 
     /// Drops a task's per-task series (when it leaves this instance).

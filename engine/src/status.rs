@@ -92,6 +92,8 @@ pub struct TaskProgress {
     next_offset: AtomicI64,
     /// Newest high watermark seen for the input partition; -1 until known.
     high_watermark: AtomicI64,
+    /// Newest log start offset seen for the input partition; -1 until known.
+    log_start: AtomicI64,
     restore_total: AtomicU64,
     restore_done: AtomicU64,
 }
@@ -102,6 +104,7 @@ impl Default for TaskProgress {
             phase: AtomicU8::new(TaskPhase::Created.as_u8()),
             next_offset: AtomicI64::new(-1),
             high_watermark: AtomicI64::new(-1),
+            log_start: AtomicI64::new(-1),
             restore_total: AtomicU64::new(0),
             restore_done: AtomicU64::new(0),
         }
@@ -142,14 +145,21 @@ impl TaskProgress {
         Some(self.next_offset.load(Ordering::Relaxed)).filter(|o| *o >= 0)
     }
 
-    pub fn set_high_watermark(&self, high: i64) {
+    /// The input partition's log start offset and high watermark, as the consumer's
+    /// statistics last saw them (-1: not known).
+    pub fn set_watermarks(&self, log_start: i64, high: i64) {
+        self.log_start.store(log_start, Ordering::Relaxed);
         self.high_watermark.store(high, Ordering::Relaxed);
     }
 
-    /// Input records not yet processed, when both ends are known.
+    /// Input records not yet processed, when both ends are known. A task that has processed
+    /// nothing yet starts from the log's start (input is read from the earliest record), so
+    /// its lag is all of the log: 0 for an empty partition.
     pub fn lag(&self) -> Option<i64> {
-        let high = Some(self.high_watermark.load(Ordering::Relaxed)).filter(|h| *h >= 0)?;
-        Some((high - self.next_offset()?).max(0))
+        let known = |offset: &AtomicI64| Some(offset.load(Ordering::Relaxed)).filter(|o| *o >= 0);
+        let high = known(&self.high_watermark)?;
+        let next = self.next_offset().or_else(|| known(&self.log_start))?;
+        Some((high - next).max(0))
     }
 
     pub fn add_restore_total(&self, records: u64) {
@@ -479,9 +489,11 @@ mod tests {
     fn lag_needs_both_ends_and_is_never_negative() {
         let t = TaskProgress::default();
         assert_eq!(t.lag(), None);
+        t.set_watermarks(-1, 25);
+        assert_eq!(t.lag(), None, "neither a position nor the log's start");
+        t.set_watermarks(5, 25);
+        assert_eq!(t.lag(), Some(20), "nothing processed: all of the log");
         t.set_next_offset(Some(10));
-        assert_eq!(t.lag(), None);
-        t.set_high_watermark(25);
         assert_eq!(t.lag(), Some(15));
         t.set_next_offset(Some(30));
         assert_eq!(t.lag(), Some(0));

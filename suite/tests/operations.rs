@@ -240,6 +240,56 @@ fn task_ids(app: &App) -> BTreeSet<String> {
         .collect()
 }
 
+/// The metric names a PromQL expression reads (a histogram's `_bucket` series by its name).
+fn metric_names(expression: &str) -> BTreeSet<String> {
+    expression
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("kstreams_") || word.starts_with("process_"))
+        .map(|word| word.strip_suffix("_bucket").unwrap_or(word).to_string())
+        .collect()
+}
+
+#[test]
+fn every_metric_the_dashboard_reads_is_on_a_fresh_instances_metrics_within_60_s() {
+    let root = tempfile::tempdir().unwrap();
+    let (broker, options) = setup(&root);
+    let app = App::spawn(&broker.address(), &options);
+    let dashboard = dashboard();
+    let mut wanted: BTreeSet<String> = dashboard_queries(&dashboard, &[])
+        .iter()
+        .flat_map(|(_, expression)| metric_names(expression))
+        .collect();
+    for (_, _, expression) in variable_queries(&dashboard, &[]) {
+        wanted.extend(metric_names(&expression));
+    }
+    assert!(wanted.len() >= 15, "{wanted:?}");
+    let mut missing = wanted.clone();
+    // Nothing restored and no input: every series must exist anyway, at 0 where it counts.
+    let found = kstreams_suite::poll_until(Duration::from_secs(60), || {
+        let Some((_, body)) = app.http_get("/metrics") else {
+            return false;
+        };
+        let exposed: BTreeSet<&str> = body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .map(|name| {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(name)
+            })
+            .collect();
+        missing.retain(|name| !exposed.contains(name.as_str()));
+        missing.is_empty()
+    });
+    assert!(
+        found.is_some(),
+        "missing from a fresh instance's /metrics after 60 s: {missing:?}; log:\n{}",
+        app.log()
+    );
+}
+
 fn all_running(app: &App) -> bool {
     app.tasks()
         .is_some_and(|t| t.iter().all(|(_, state)| state == "running"))

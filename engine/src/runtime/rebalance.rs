@@ -31,7 +31,8 @@ pub struct RebalanceListener {
 }
 
 impl ClientContext for RebalanceListener {
-    /// librdkafka's statistics carry each fetched partition's high watermark: the lag source.
+    /// librdkafka's statistics carry each fetched partition's log start and high watermark:
+    /// the lag's sources.
     fn stats(&self, statistics: Statistics) {
         self.broker_stats(&statistics);
         let Some(topic) = statistics.topics.get(&self.source_topic) else {
@@ -41,7 +42,7 @@ impl ClientContext for RebalanceListener {
             let task = TaskId::new(0, partition.partition);
             // The lag gauge is set from it at each scrape (`EngineMetrics::observe_instance`).
             if let Some(progress) = self.status.task(task) {
-                progress.set_high_watermark(partition.hi_offset);
+                progress.set_watermarks(partition.lo_offset, partition.hi_offset);
             }
         }
     }
