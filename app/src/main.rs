@@ -327,7 +327,8 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let log_format = cli.log_format;
+    init_logging(log_format);
     // Fault injection for the crash tests (inert unless FAILPOINTS is set).
     match kstreams_engine::setup_failpoints_from_env() {
         Ok(set) if !set.is_empty() => warn!("failpoints set: {}", set.join(", ")),
@@ -357,8 +358,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
-            eprintln!("kstreams-count: error: {e:#}");
+            // Once: a JSON line where logs are JSON (every line of stderr parses), else the
+            // plain `kstreams-count: error: ...` line a console tool's user reads (whatever
+            // RUST_LOG says).
+            match log_format {
+                LogFormat::Json => error!("{e:#}"),
+                LogFormat::Text => eprintln!("kstreams-count: error: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }

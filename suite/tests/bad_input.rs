@@ -201,11 +201,46 @@ fn wrong_settings_fail_at_start_up_naming_the_setting() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args:?} accepted");
-        assert!(
-            stderr.contains(&format!("invalid setting `{setting}`")),
-            "{args:?}: {stderr}"
+        let naming = format!("invalid setting `{setting}`");
+        assert_eq!(
+            stderr.matches(&naming).count(),
+            1,
+            "{args:?}: said once: {stderr}"
         );
     }
+    // With JSON logs the error is one JSON line among JSON lines, not a plain line besides.
+    let output = Command::new(app_bin())
+        .args([
+            "--log-format",
+            "json",
+            "--broker",
+            "127.0.0.1:1",
+            "--state-dir",
+        ])
+        .arg(root.path())
+        .args(["--commit-interval-ms", "0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{stderr}"))
+        })
+        .collect();
+    let errors: Vec<_> = lines
+        .iter()
+        .filter(|line| line["level"] == "ERROR")
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("invalid setting `commit-interval-ms`")),
+        "{stderr}"
+    );
     let output = Command::new(app_bin())
         .args(["--broker", "host:99999"])
         .output()

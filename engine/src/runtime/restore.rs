@@ -378,7 +378,8 @@ impl TaskRestore {
         } else if changelog.last_report.elapsed() >= PROGRESS_EVERY {
             changelog.last_report = Instant::now();
             let done = changelog.total - (changelog.high - changelog.position).max(0) as u64;
-            info!(task = %self.task, store = %changelog.name, "restore progress {done} / {}", changelog.total);
+            let line = progress_line(done, changelog.total, changelog.started.elapsed());
+            info!(task = %self.task, store = %changelog.name, "restore progress {line}");
         }
         Ok(())
     }
@@ -415,9 +416,35 @@ impl TaskRestore {
     }
 }
 
+/// A restore's progress as an operator reads it: records done of the total, the share, the
+/// rate since it began and the time left at that rate.
+fn progress_line(done: u64, total: u64, elapsed: std::time::Duration) -> String {
+    let share = done as f64 * 100.0 / total.max(1) as f64;
+    let rate = done as f64 / elapsed.as_secs_f64().max(1e-3);
+    let left = match rate > 0.0 {
+        true => format!("{:.0} s left", total.saturating_sub(done) as f64 / rate),
+        false => "time left unknown".to_string(),
+    };
+    format!("{done} / {total} records ({share:.1}%), {rate:.0} records/s, {left}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_says_share_rate_and_time_left() {
+        let line = progress_line(25_000, 100_000, std::time::Duration::from_secs(5));
+        assert_eq!(
+            line,
+            "25000 / 100000 records (25.0%), 5000 records/s, 15 s left"
+        );
+        let stalled = progress_line(0, 10, std::time::Duration::from_secs(5));
+        assert_eq!(
+            stalled,
+            "0 / 10 records (0.0%), 0 records/s, time left unknown"
+        );
+    }
 
     const TASK: TaskId = TaskId {
         subtopology: 0,
