@@ -20,8 +20,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use client_args::ClientArgs;
 use kstreams_engine::{
-    word_count, ClientMemorySettings, ClientSettings, DeserializationErrorPolicy, KafkaStreams,
-    StoreMemorySettings, StreamsConfig,
+    word_count, ClientMemorySettings, ClientSettings, DeserializationErrorPolicy, GroupProtocol,
+    KafkaStreams, StoreMemorySettings, StreamsConfig,
 };
 use tracing::{error, info, warn};
 
@@ -115,6 +115,11 @@ struct RunArgs {
     /// Static membership id (group.instance.id), e.g. the pod name; unset = dynamic membership.
     #[arg(long, env = "GROUP_INSTANCE_ID")]
     group_instance_id: Option<String>,
+    /// The consumer group protocol: `classic` (every broker; the members assign partitions,
+    /// cooperative-sticky, and --session-timeout-ms applies) or `consumer` (KIP-848, Kafka 4.0
+    /// and later: the broker assigns and its group.consumer.session.timeout.ms applies).
+    #[arg(long, env = "GROUP_PROTOCOL", default_value = "classic")]
+    group_protocol: String,
     /// What to do with a record whose key or value is not valid UTF-8: log-and-continue or fail.
     #[arg(
         long,
@@ -199,6 +204,7 @@ impl RunArgs {
         config.deserialization_error_policy = self
             .deserialization_error_policy
             .parse::<DeserializationErrorPolicy>()?;
+        config.group_protocol = self.group_protocol.parse::<GroupProtocol>()?;
         config.replication_factor = self.replication_factor;
         config.metrics_address = match self.metrics_address.as_str() {
             "off" => None,
@@ -377,6 +383,18 @@ mod tests {
     fn config_from(args: &[&str]) -> StreamsConfig {
         let cli = Cli::parse_from(std::iter::once("kstreams-count").chain(args.iter().copied()));
         cli.run.streams_config().unwrap()
+    }
+
+    #[test]
+    fn the_group_protocol_is_classic_unless_chosen_and_a_wrong_one_is_named() {
+        assert_eq!(config_from(&[]).group_protocol, GroupProtocol::Classic);
+        assert_eq!(
+            config_from(&["--group-protocol", "consumer"]).group_protocol,
+            GroupProtocol::Consumer
+        );
+        let cli = Cli::parse_from(["kstreams-count", "--group-protocol", "new"]);
+        let error = cli.run.streams_config().unwrap_err().to_string();
+        assert!(error.contains("group-protocol"), "{error}");
     }
 
     #[test]

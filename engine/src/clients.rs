@@ -6,7 +6,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 
 use crate::client_settings::{is_secret, ClientSetting, ClientSettings};
-use crate::config::StreamsConfig;
+use crate::config::{GroupProtocol, StreamsConfig};
 use crate::error::{EngineError, Result};
 use crate::memory_budget::ClientMemorySettings;
 use crate::task_id::TaskId;
@@ -121,6 +121,10 @@ const OWNED_ON_CONSUMERS: &[OwnedKey] = &[
         why: "task hand-over relies on cooperative rebalancing",
     },
     OwnedKey {
+        key: "group.protocol",
+        why: "set it with --group-protocol",
+    },
+    OwnedKey {
         key: "isolation.level",
         why: "only committed records are read, as in Kafka Streams",
     },
@@ -171,12 +175,19 @@ fn engine_settings(config: &StreamsConfig, role: ClientRole) -> Vec<(&'static st
                 ("isolation.level", "read_committed".into()),
                 ("enable.partition.eof", "false".into()),
                 ("auto.offset.reset", "earliest".into()),
-                ("partition.assignment.strategy", "cooperative-sticky".into()),
                 ("statistics.interval.ms", "5000".into()),
                 ("max.partition.fetch.bytes", FETCH_BYTES.into()),
                 ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS.into()),
-                ("session.timeout.ms", session_timeout),
             ]);
+            match config.group_protocol {
+                GroupProtocol::Classic => settings.extend([
+                    ("partition.assignment.strategy", "cooperative-sticky".into()),
+                    ("session.timeout.ms", session_timeout),
+                ]),
+                // The broker assigns (incrementally, as cooperative rebalancing does) and owns
+                // the session timeout: librdkafka refuses either setting under this protocol.
+                GroupProtocol::Consumer => settings.push(("group.protocol", "consumer".into())),
+            }
             settings.extend(ClientMemorySettings::prefetch_limits(
                 config.client_memory.input_prefetch_bytes,
                 config.source_partitions,
@@ -433,6 +444,41 @@ mod tests {
 
     fn value_of(client: &ClientConfig, key: &str) -> Option<String> {
         client.get(key).map(str::to_string)
+    }
+
+    #[test]
+    fn the_consumer_protocol_leaves_assignment_and_session_to_the_broker() {
+        let classic = client_config(&config_with(&[]), ClientRole::Consumer);
+        assert_eq!(value_of(&classic, "group.protocol"), None);
+        assert_eq!(
+            value_of(&classic, "partition.assignment.strategy").as_deref(),
+            Some("cooperative-sticky")
+        );
+        assert_eq!(
+            value_of(&classic, "session.timeout.ms").as_deref(),
+            Some("10000")
+        );
+        let mut config = config_with(&[]);
+        config.group_protocol = GroupProtocol::Consumer;
+        let consumer = client_config(&config, ClientRole::Consumer);
+        assert_eq!(
+            value_of(&consumer, "group.protocol").as_deref(),
+            Some("consumer")
+        );
+        assert_eq!(value_of(&consumer, "partition.assignment.strategy"), None);
+        assert_eq!(value_of(&consumer, "session.timeout.ms"), None);
+        config.validate().unwrap();
+        // The protocol is a flag of its own, not a client setting.
+        let error = config_with(&[("group.protocol", "consumer")])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--group-protocol"), "{error}");
+        assert_eq!(
+            "consumer".parse::<GroupProtocol>().unwrap(),
+            GroupProtocol::Consumer
+        );
+        assert!("new".parse::<GroupProtocol>().is_err());
     }
 
     #[test]

@@ -51,6 +51,42 @@ impl std::fmt::Display for DeserializationErrorPolicy {
     }
 }
 
+/// The consumer group protocol (librdkafka's `group.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GroupProtocol {
+    /// The classic protocol: the members assign partitions (cooperative-sticky here) and the
+    /// session timeout is the member's (`--session-timeout-ms`). Every Kafka broker has it.
+    #[default]
+    Classic,
+    /// KIP-848's protocol (Kafka 4.0 and later): the broker assigns partitions and owns the
+    /// session timeout (`group.consumer.session.timeout.ms`), so the member sets neither.
+    Consumer,
+}
+
+impl FromStr for GroupProtocol {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "classic" => Ok(Self::Classic),
+            "consumer" => Ok(Self::Consumer),
+            other => Err(EngineError::InvalidConfig {
+                setting: "group-protocol",
+                reason: format!("`{other}` is not one of `classic`, `consumer`"),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for GroupProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Classic => "classic",
+            Self::Consumer => "consumer",
+        })
+    }
+}
+
 /// Everything an engine instance needs to run. Build with [`StreamsConfig::new`] and adjust fields.
 #[derive(Debug, Clone)]
 pub struct StreamsConfig {
@@ -79,8 +115,11 @@ pub struct StreamsConfig {
     pub state_cleanup_delay: Duration,
     /// `/health/live` fails when the consumer loop has not turned for this long.
     pub liveness_timeout: Duration,
-    /// Session timeout of the group membership.
+    /// Session timeout of the group membership (the classic protocol's; with
+    /// [`GroupProtocol::Consumer`] the broker's setting decides).
     pub session_timeout: Duration,
+    /// The consumer group protocol.
+    pub group_protocol: GroupProtocol,
     /// The user's librdkafka settings (TLS, SASL, tuning), applied to every client the engine
     /// creates; keys the engine's guarantees rest on are refused (see `clients`).
     pub client_settings: ClientSettings,
@@ -107,6 +146,7 @@ impl StreamsConfig {
             metrics_address: None,
             shutdown_timeout: Duration::from_secs(30),
             session_timeout: Duration::from_secs(10),
+            group_protocol: GroupProtocol::default(),
             liveness_timeout: Duration::from_secs(60),
             task_failure_limit: 3,
             task_failure_window: Duration::from_secs(300),

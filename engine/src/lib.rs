@@ -48,7 +48,8 @@ mod word_count;
 pub use client_settings::{ClientSetting, ClientSettings, SettingSource};
 pub use clients::{default_key_partitioner, setting_error, tool_client_config, KEY_PARTITIONER};
 pub use config::{
-    changelog_topic_name, normalize_bootstrap_servers, DeserializationErrorPolicy, StreamsConfig,
+    changelog_topic_name, normalize_bootstrap_servers, DeserializationErrorPolicy, GroupProtocol,
+    StreamsConfig,
 };
 pub use dsl::{KGroupedStream, KStream, KTable, StreamsBuilder, Topology};
 pub use error::{EngineError, Result};
