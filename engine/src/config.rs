@@ -15,6 +15,38 @@ const MIN_WRITE_BUFFER_BYTES: usize = 1 << 20;
 /// A producer queue or a prefetch budget smaller than this holds too few records to keep up.
 const MIN_CLIENT_BUDGET_BYTES: usize = 1 << 20;
 
+/// `FromStr` and `Display` for a setting's enum of named choices: parsing names the setting
+/// and the choices when a value is none of them.
+macro_rules! setting_choices {
+    ($kind:ty, $setting:literal, { $($name:literal => $value:expr),+ $(,)? }) => {
+        impl FromStr for $kind {
+            type Err = EngineError;
+
+            fn from_str(s: &str) -> Result<Self> {
+                match s {
+                    $($name => Ok($value),)+
+                    other => Err(EngineError::InvalidConfig {
+                        setting: $setting,
+                        reason: format!(
+                            "`{other}` is not one of {}",
+                            [$(concat!("`", $name, "`")),+].join(", ")
+                        ),
+                    }),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $kind {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                $(if *self == $value {
+                    return f.write_str($name);
+                })+
+                unreachable!("every choice has a name")
+            }
+        }
+    };
+}
+
 /// What to do with a record whose key or value cannot be deserialized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeserializationErrorPolicy {
@@ -27,29 +59,10 @@ pub enum DeserializationErrorPolicy {
     Fail,
 }
 
-impl FromStr for DeserializationErrorPolicy {
-    type Err = EngineError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "log-and-continue" => Ok(Self::LogAndContinue),
-            "fail" => Ok(Self::Fail),
-            other => Err(EngineError::InvalidConfig {
-                setting: "deserialization-error-policy",
-                reason: format!("`{other}` is not one of `log-and-continue`, `fail`"),
-            }),
-        }
-    }
-}
-
-impl std::fmt::Display for DeserializationErrorPolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::LogAndContinue => "log-and-continue",
-            Self::Fail => "fail",
-        })
-    }
-}
+setting_choices!(DeserializationErrorPolicy, "deserialization-error-policy", {
+    "log-and-continue" => Self::LogAndContinue,
+    "fail" => Self::Fail,
+});
 
 /// The consumer group protocol (librdkafka's `group.protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,29 +76,10 @@ pub enum GroupProtocol {
     Consumer,
 }
 
-impl FromStr for GroupProtocol {
-    type Err = EngineError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "classic" => Ok(Self::Classic),
-            "consumer" => Ok(Self::Consumer),
-            other => Err(EngineError::InvalidConfig {
-                setting: "group-protocol",
-                reason: format!("`{other}` is not one of `classic`, `consumer`"),
-            }),
-        }
-    }
-}
-
-impl std::fmt::Display for GroupProtocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Classic => "classic",
-            Self::Consumer => "consumer",
-        })
-    }
-}
+setting_choices!(GroupProtocol, "group-protocol", {
+    "classic" => Self::Classic,
+    "consumer" => Self::Consumer,
+});
 
 /// Everything an engine instance needs to run. Build with [`StreamsConfig::new`] and adjust fields.
 #[derive(Debug, Clone)]
