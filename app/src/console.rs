@@ -35,15 +35,46 @@ pub struct ConsumeArgs {
     topic: String,
     #[command(flatten)]
     client: ClientArgs,
-    /// Start from the earliest record instead of new records only.
-    #[arg(long)]
+    /// Start from the earliest record instead of new records only (`--offset beginning`).
+    #[arg(long, conflicts_with = "offset")]
     from_beginning: bool,
+    /// Read only this partition (default: every partition).
+    #[arg(long)]
+    partition: Option<i32>,
+    /// Where to start: `beginning`, `end` (the default: new records only) or an offset (with
+    /// --partition).
+    #[arg(long, value_parser = parse_start)]
+    offset: Option<Start>,
+    /// Exit once every partition read is at the end it had when consume started (kcat's -e).
+    #[arg(short = 'e', long)]
+    exit_at_end: bool,
     /// Exit after printing this many records.
     #[arg(long)]
     max_records: Option<u64>,
     /// Exit once no record has arrived for this long (default: run until interrupted).
     #[arg(long)]
     idle_timeout_ms: Option<u64>,
+}
+
+/// Where consume starts reading a partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    Beginning,
+    End,
+    At(i64),
+}
+
+fn parse_start(value: &str) -> Result<Start, String> {
+    match value {
+        "beginning" => Ok(Start::Beginning),
+        "end" => Ok(Start::End),
+        offset => match offset.parse::<i64>() {
+            Ok(offset) if offset >= 0 => Ok(Start::At(offset)),
+            _ => Err(format!(
+                "`{offset}` is neither `beginning`, `end` nor an offset (a number from 0)"
+            )),
+        },
+    }
 }
 
 #[derive(Args, Debug)]
@@ -60,6 +91,20 @@ pub struct CreateTopicArgs {
     /// Make it a compacted topic (cleanup.policy=compact).
     #[arg(long)]
     pub(crate) compact: bool,
+    /// A topic setting, `key=value` (repeatable), as kafka-topics' --config: e.g.
+    /// `--config retention.ms=-1`.
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_topic_config)]
+    pub(crate) configs: Vec<(String, String)>,
+    /// Accept an existing topic whatever its partitions (the local runner reuses one).
+    #[arg(skip)]
+    pub(crate) any_existing_partitions: bool,
+}
+
+fn parse_topic_config(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("`{value}` is not key=value")),
+    }
 }
 
 /// What the broker acknowledged, and the first refusal.
@@ -187,14 +232,38 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         .map(|t| t.partitions().len())
         .filter(|n| *n > 0)
         .with_context(|| format!("topic `{}` does not exist", args.topic))?;
-    let mut assignment = TopicPartitionList::new();
-    let start = if args.from_beginning {
-        Offset::Beginning
-    } else {
-        Offset::End
+    let read: Vec<i32> = match args.partition {
+        Some(p) if (0..partitions as i32).contains(&p) => vec![p],
+        Some(p) => bail!(
+            "topic `{}` has no partition {p} ({partitions} partitions)",
+            args.topic
+        ),
+        None => (0..partitions as i32).collect(),
     };
-    for partition in 0..partitions as i32 {
-        assignment.add_partition_offset(&args.topic, partition, start)?;
+    let start = match (args.offset, args.from_beginning) {
+        (Some(Start::At(_)), _) if args.partition.is_none() => {
+            bail!("--offset with a number needs --partition")
+        }
+        (Some(start), _) => start,
+        (None, true) => Start::Beginning,
+        (None, false) => Start::End,
+    };
+    let mut assignment = TopicPartitionList::new();
+    // Where each partition ends now, for --exit-at-end: partitions with nothing left to read.
+    let mut unfinished = std::collections::HashMap::new();
+    for &partition in &read {
+        let (low, high) = consumer
+            .fetch_watermarks(&args.topic, partition, Duration::from_secs(10))
+            .with_context(|| format!("read the offsets of partition {partition}"))?;
+        let (offset, first) = match start {
+            Start::Beginning => (Offset::Beginning, low),
+            Start::End => (Offset::End, high),
+            Start::At(offset) => (Offset::Offset(offset), offset.max(low)),
+        };
+        assignment.add_partition_offset(&args.topic, partition, offset)?;
+        if first < high {
+            unfinished.insert(partition, high);
+        }
     }
     consumer.assign(&assignment)?;
     let idle_timeout = args.idle_timeout_ms.map(Duration::from_millis);
@@ -204,6 +273,9 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let mut out = stdout.lock();
     loop {
         if args.max_records.is_some_and(|max| printed >= max) {
+            break;
+        }
+        if args.exit_at_end && unfinished.is_empty() {
             break;
         }
         if idle_timeout.is_some_and(|t| last_record.elapsed() >= t) {
@@ -219,6 +291,13 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
                 let line = writeln!(out, "{} {}", text(message.key()), text(message.payload()));
                 if reader_gone(line)? {
                     return Ok(());
+                }
+                let partition = message.partition();
+                if unfinished
+                    .get(&partition)
+                    .is_some_and(|end| message.offset() + 1 >= *end)
+                {
+                    unfinished.remove(&partition);
                 }
                 printed += 1;
                 last_record = Instant::now();
@@ -257,6 +336,9 @@ pub async fn create_topic(args: CreateTopicArgs) -> anyhow::Result<()> {
     if args.compact {
         topic = topic.set("cleanup.policy", "compact");
     }
+    for (key, value) in &args.configs {
+        topic = topic.set(key, value);
+    }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin
         .create_topics([&topic], &options)
@@ -266,7 +348,23 @@ pub async fn create_topic(args: CreateTopicArgs) -> anyhow::Result<()> {
         match result {
             Ok(name) => eprintln!("created topic {name} ({} partitions)", args.partitions),
             Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                eprintln!("topic {name} already exists")
+                // As asked, or not: a topic with other partitions counts keys elsewhere.
+                let metadata = admin
+                    .inner()
+                    .fetch_metadata(Some(&name), Duration::from_secs(10))
+                    .context("read topic metadata")?;
+                let existing = metadata
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == name)
+                    .map_or(0, |t| t.partitions().len()) as i32;
+                if existing != args.partitions && !args.any_existing_partitions {
+                    bail!(
+                        "topic `{name}` already exists with {existing} partitions, not {}",
+                        args.partitions
+                    );
+                }
+                eprintln!("topic {name} already exists ({existing} partitions)")
             }
             Err((name, code)) => bail!("create topic `{name}`: {code}"),
         }

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kstreams_suite::{app_bin, unique, Broker};
+use kstreams_suite::{app_bin, run_cli, unique, Broker};
 
 /// `kstreams-count consume | head -1`: the reader leaves after one line while far more than a
 /// pipe's buffer is still to be written; the consumer ends at once, successfully and without a
@@ -57,4 +57,114 @@ fn consume_stops_quietly_when_its_reader_goes_away() {
         !stderr.to_lowercase().contains("broken pipe"),
         "stderr:\n{stderr}"
     );
+}
+
+fn cli(broker: &Broker, args: &[&str]) -> (bool, String, String) {
+    let mut all = args.to_vec();
+    let address = broker.address();
+    all.extend(["--broker", address.as_str()]);
+    let output = run_cli(&all, &[], "");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `consume -e` reads to the end the partitions had at its start and exits; `--partition` and
+/// `--offset` choose where (kcat's -e, -p and -o).
+#[test]
+fn consume_reads_a_chosen_partition_from_a_chosen_offset_and_exits_at_its_end() {
+    let broker = Broker::start();
+    let topic = unique("console-offsets");
+    broker.create_topic(&topic, 2);
+    broker.produce(
+        &topic,
+        (0..10).map(|n| {
+            let partition = n % 2;
+            let key = format!("k{n}").into_bytes();
+            (
+                Some(key),
+                Some(format!("v{n}").into_bytes()),
+                Some(partition),
+            )
+        }),
+    );
+    // Partition 1 holds k1, k3, k5, k7, k9 at offsets 0..5.
+    let (ok, stdout, stderr) = cli(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            &topic,
+            "--partition",
+            "1",
+            "--offset",
+            "2",
+            "-e",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "k5 v5\nk7 v7\nk9 v9\n");
+    // Every partition from the beginning, to its end.
+    let (ok, stdout, stderr) = cli(
+        &broker,
+        &["consume", "--topic", &topic, "--from-beginning", "-e"],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.lines().count(), 10, "{stdout}");
+    // From the end: nothing to read, and -e exits at once.
+    let (ok, stdout, stderr) = cli(
+        &broker,
+        &["consume", "--topic", &topic, "--offset", "end", "-e"],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "");
+    // A wrong choice is named.
+    let (ok, _, stderr) = cli(
+        &broker,
+        &["consume", "--topic", &topic, "--partition", "7", "-e"],
+    );
+    assert!(!ok && stderr.contains("no partition 7"), "{stderr}");
+    let (ok, _, stderr) = cli(
+        &broker,
+        &["consume", "--topic", &topic, "--offset", "3", "-e"],
+    );
+    assert!(!ok && stderr.contains("needs --partition"), "{stderr}");
+}
+
+/// `create-topic --config` sets topic settings; an existing topic with other partitions is an
+/// error, not a silent success.
+#[test]
+fn create_topic_sets_configs_and_refuses_an_existing_topic_with_other_partitions() {
+    let broker = Broker::start();
+    let topic = unique("console-create");
+    let (ok, _, stderr) = cli(
+        &broker,
+        &[
+            "create-topic",
+            &topic,
+            "--partitions",
+            "3",
+            "--config",
+            "cleanup.policy=compact",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        broker.topic_config(&topic, "cleanup.policy").as_deref(),
+        Some("compact")
+    );
+    let (ok, _, stderr) = cli(&broker, &["create-topic", &topic, "--partitions", "3"]);
+    assert!(
+        ok && stderr.contains("already exists (3 partitions)"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = cli(&broker, &["create-topic", &topic, "--partitions", "4"]);
+    assert!(
+        !ok && stderr.contains("already exists with 3 partitions, not 4"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = cli(&broker, &["create-topic", &topic, "--config", "nokey"]);
+    assert!(!ok && stderr.contains("is not key=value"), "{stderr}");
 }

@@ -138,6 +138,9 @@ async fn ensure_topics(args: &LocalArgs, client: &ClientConfig) -> anyhow::Resul
             partitions: args.partitions,
             replication_factor: -1,
             compact: false,
+            configs: Vec::new(),
+            // An existing topic is used as it is; its partitions are read below.
+            any_existing_partitions: true,
         })
         .await?;
     }
