@@ -83,16 +83,7 @@ impl<C: InputConsumer> ConsumerLoop<C> {
         let group_commit_every = (self.wiring.commit_interval / 2).max(Duration::from_millis(100));
         while !self.wiring.shutdown.load(Ordering::Relaxed) {
             self.wiring.status.heartbeat();
-            self.apply_commands();
-            self.pass_on_restored();
-            let mut batches = self.poll_round()?;
-            // A rebalance inside the poll, or a task that failed meanwhile, may have stopped or
-            // restarted tasks: forget them before routing, and drop what was polled for them.
-            let moved = self.apply_commands();
-            batches.retain(|partition, _| !moved.contains(partition));
-            self.dispatch(batches);
-            self.resume_drained();
-            self.collect_committed();
+            self.turn()?;
             if last_group_commit.elapsed() >= group_commit_every {
                 self.commit_to_group(CommitMode::Async);
                 last_group_commit = Instant::now();
@@ -109,6 +100,27 @@ impl<C: InputConsumer> ConsumerLoop<C> {
         self.consumer.unsubscribe();
         info!("left the group; all tasks closed");
         Ok(())
+    }
+
+    /// One turn of routing: the supervisor's commands, restored tasks passed on, a poll round
+    /// routed to the tasks, drained partitions resumed, committed offsets collected.
+    fn turn(&mut self) -> Result<()> {
+        self.apply_commands();
+        self.pass_on_restored();
+        let batches = self.poll_round()?;
+        self.dispatch_polled(batches);
+        self.resume_drained();
+        self.collect_committed();
+        Ok(())
+    }
+
+    /// Routes a poll round's records. A rebalance inside the poll, or a task that failed
+    /// meanwhile, may have stopped or restarted tasks: their commands are applied first, and
+    /// what was polled for the partitions they touched is dropped.
+    fn dispatch_polled(&mut self, mut batches: BTreeMap<i32, Vec<InputRecord>>) {
+        let moved = self.apply_commands();
+        batches.retain(|partition, _| !moved.contains(partition));
+        self.dispatch(batches);
     }
 
     /// Applies the supervisor's pauses and resumes (and retries failed resumes). Returns the
@@ -535,18 +547,6 @@ mod tests {
             .collect()
     }
 
-    /// One turn of the loop's routing, as `run` does it (without the group commit's timer).
-    fn turn(consumer_loop: &mut ConsumerLoop<Arc<FakeConsumer>>) -> Result<()> {
-        consumer_loop.apply_commands();
-        let mut batches = consumer_loop.poll_round()?;
-        let moved = consumer_loop.apply_commands();
-        batches.retain(|partition, _| !moved.contains(partition));
-        consumer_loop.dispatch(batches);
-        consumer_loop.resume_drained();
-        consumer_loop.collect_committed();
-        Ok(())
-    }
-
     const WAIT: Duration = Duration::from_secs(10);
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -561,7 +561,7 @@ mod tests {
             .unwrap();
         let mut consumer_loop = h.consumer_loop();
         for _ in 0..3 {
-            turn(&mut consumer_loop).unwrap();
+            consumer_loop.turn().unwrap();
         }
         assert_eq!(queued.load(Ordering::Acquire), 6_000, "every record queued");
         assert!(h.fake.state().paused.contains(&0), "paused at 5,000 queued");
@@ -579,11 +579,11 @@ mod tests {
         );
         // More input arrives while paused: nothing of it is handed over.
         h.fake.state().records.extend(records(0, 6_000..6_500));
-        turn(&mut consumer_loop).unwrap();
+        consumer_loop.turn().unwrap();
         assert_eq!(queued.load(Ordering::Acquire), 6_000);
         // The task works its queue down to half: the partition resumes from offset 6,000.
         queued.store(2_500, Ordering::Release);
-        turn(&mut consumer_loop).unwrap();
+        consumer_loop.turn().unwrap();
         let state = h.fake.state();
         assert!(!state.paused.contains(&0));
         assert_eq!(state.seeks, vec![(0, Some(0)), (0, Some(6_000))]);
@@ -616,7 +616,7 @@ mod tests {
             .send(report(1, other.actor.get_id(), 5))
             .unwrap();
         let mut consumer_loop = h.consumer_loop();
-        turn(&mut consumer_loop).unwrap();
+        consumer_loop.turn().unwrap();
         // The assignment cannot be read: nothing is committed and nothing forgotten.
         h.fake.state().assignment_unreadable = true;
         consumer_loop.commit_to_group(CommitMode::Async);
@@ -643,7 +643,7 @@ mod tests {
             .unwrap();
         h.fake.state().assigned = vec![3];
         let mut consumer_loop = h.consumer_loop();
-        turn(&mut consumer_loop).unwrap();
+        consumer_loop.turn().unwrap();
         h.committed
             .send(TaskCommitted {
                 partition: 3,
@@ -651,14 +651,14 @@ mod tests {
                 next_offset: 8,
             })
             .unwrap();
-        turn(&mut consumer_loop).unwrap();
+        consumer_loop.turn().unwrap();
         h.commands.send(LoopCommand::Pause(3)).unwrap();
-        turn(&mut consumer_loop).unwrap();
+        consumer_loop.turn().unwrap();
         assert!(h.fake.state().paused.contains(&3));
         // Records fetched before the pause still arrive: they are dropped, not queued.
         h.fake.state().paused.clear();
         h.fake.state().records.extend(records(3, 8..20));
-        turn(&mut consumer_loop).unwrap();
+        consumer_loop.turn().unwrap();
         assert!(h.fake.state().records.is_empty(), "the records were polled");
         assert_eq!(
             queued.load(Ordering::Acquire),
@@ -687,10 +687,10 @@ mod tests {
             h.fake.state().paused.contains(&2),
             "never fetched from elsewhere"
         );
-        turn(&mut consumer_loop).unwrap();
+        consumer_loop.turn().unwrap();
         assert_eq!(h.fake.state().seeks, vec![(2, Some(42)), (2, Some(42))]);
         assert!(!h.fake.state().paused.contains(&2));
-        turn(&mut consumer_loop).unwrap();
+        consumer_loop.turn().unwrap();
         let first = batches.recv_timeout(WAIT).expect("input after the seek");
         assert_eq!(first, (2, 42, 49), "input starts at the sought offset");
     }
@@ -711,20 +711,23 @@ mod tests {
         // The old incarnation was handed [0, 100) and is stopped (failed) with only [0, 40)
         // in its store; the loop polls [100, 150) meanwhile.
         h.fake.state().records.extend(records(0, 100..150));
-        let mut batches = consumer_loop.poll_round().unwrap();
+        let batches = consumer_loop.poll_round().unwrap();
         assert_eq!(batches[&0].len(), 50);
         let (new, handed) = task().await;
+        let queued = new.queued.clone();
         h.commands.send(LoopCommand::Pause(0)).unwrap();
         h.commands
             .send(LoopCommand::Resume(0, Some(40), new))
             .unwrap();
-        let moved = consumer_loop.apply_commands();
-        assert_eq!(moved, BTreeSet::from([0]));
-        batches.retain(|partition, _| !moved.contains(partition));
-        consumer_loop.dispatch(batches);
+        consumer_loop.dispatch_polled(batches);
+        assert_eq!(
+            queued.load(Ordering::Acquire),
+            0,
+            "the batch polled for the old incarnation is not handed to the new one"
+        );
         // The resume's seek fetches from the new incarnation's position.
         h.fake.state().records.extend(records(0, 40..150));
-        turn(&mut consumer_loop).unwrap();
+        consumer_loop.turn().unwrap();
         assert_eq!(
             handed.recv_timeout(WAIT),
             Ok((0, 40, 149)),
