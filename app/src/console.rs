@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{Client, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
@@ -222,16 +222,10 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         .set("group.id", "kstreams-count-console")
         .set("enable.auto.commit", "false");
     let consumer: BaseConsumer = client.create().context("create consumer")?;
-    let metadata = consumer
-        .fetch_metadata(Some(&args.topic), Duration::from_secs(10))
-        .context("read topic metadata")?;
-    let partitions = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == args.topic && t.error().is_none())
-        .map(|t| t.partitions().len())
-        .filter(|n| *n > 0)
-        .with_context(|| format!("topic `{}` does not exist", args.topic))?;
+    let partitions = partition_count(consumer.client(), &args.topic)?;
+    if partitions == 0 {
+        bail!("topic `{}` does not exist", args.topic);
+    }
     let read: Vec<i32> = match args.partition {
         Some(p) if (0..partitions as i32).contains(&p) => vec![p],
         Some(p) => bail!(
@@ -349,15 +343,7 @@ pub async fn create_topic(args: CreateTopicArgs) -> anyhow::Result<()> {
             Ok(name) => eprintln!("created topic {name} ({} partitions)", args.partitions),
             Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
                 // As asked, or not: a topic with other partitions counts keys elsewhere.
-                let metadata = admin
-                    .inner()
-                    .fetch_metadata(Some(&name), Duration::from_secs(10))
-                    .context("read topic metadata")?;
-                let existing = metadata
-                    .topics()
-                    .iter()
-                    .find(|t| t.name() == name)
-                    .map_or(0, |t| t.partitions().len()) as i32;
+                let existing = partition_count(admin.inner(), &name)? as i32;
                 if existing != args.partitions && !args.any_existing_partitions {
                     bail!(
                         "topic `{name}` already exists with {existing} partitions, not {}",
@@ -370,4 +356,19 @@ pub async fn create_topic(args: CreateTopicArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How many partitions `topic` has, as the broker's metadata says (0: no such topic).
+pub(crate) fn partition_count<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+) -> anyhow::Result<usize> {
+    let metadata = client
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("read the metadata of topic `{topic}`"))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len()))
 }

@@ -146,15 +146,8 @@ async fn ensure_topics(args: &LocalArgs, client: &ClientConfig) -> anyhow::Resul
     }
     let consumer: BaseConsumer = client.create().context("create metadata client")?;
     let topic = args.input_topic.clone();
-    let metadata = tokio::task::spawn_blocking(move || {
-        consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))
-    })
-    .await?
-    .context("read the input topic's metadata")?;
-    Ok(metadata
-        .topics()
-        .first()
-        .map_or(0, |t| t.partitions().len()))
+    tokio::task::spawn_blocking(move || crate::console::partition_count(consumer.client(), &topic))
+        .await?
 }
 
 /// Typed lines arrive here: from the live screen's prompt, or from stdin in plain mode.
