@@ -1,5 +1,6 @@
 //! Console tools of the original walkthrough: produce `key:value` lines, print `key value`
-//! lines, and create topics (Debian's kcat cannot talk to the local broker).
+//! lines (or JSON, with nulls and headers), and create topics (Debian's kcat cannot talk to
+//! the local broker).
 
 use std::io::{BufRead, Write};
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -27,6 +28,13 @@ pub struct ProduceArgs {
     /// Separator between key and value on each line.
     #[arg(long, default_value = ":")]
     separator: String,
+    /// Send an empty key as no key and an empty value as a null value (a tombstone), like
+    /// kcat's -Z.
+    #[arg(short = 'Z', long)]
+    null_empty: bool,
+    /// A header on every record, `NAME=VALUE` (repeatable), like kcat's -H.
+    #[arg(short = 'H', long = "header", value_name = "NAME=VALUE", value_parser = parse_key_value)]
+    headers: Vec<(String, String)>,
 }
 
 #[derive(Args, Debug)]
@@ -54,6 +62,10 @@ pub struct ConsumeArgs {
     /// Exit once no record has arrived for this long (default: run until interrupted).
     #[arg(long)]
     idle_timeout_ms: Option<u64>,
+    /// Print one JSON object per record (topic, partition, offset, key, value, headers; a
+    /// missing key or value as null) instead of `key value` lines, like kcat's -J.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Where consume starts reading a partition.
@@ -93,14 +105,14 @@ pub struct CreateTopicArgs {
     pub(crate) compact: bool,
     /// A topic setting, `key=value` (repeatable), as kafka-topics' --config: e.g.
     /// `--config retention.ms=-1`.
-    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_topic_config)]
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub(crate) configs: Vec<(String, String)>,
     /// Accept an existing topic whatever its partitions (the local runner reuses one).
     #[arg(skip)]
     pub(crate) any_existing_partitions: bool,
 }
 
-fn parse_topic_config(value: &str) -> Result<(String, String), String> {
+fn parse_key_value(value: &str) -> Result<(String, String), String> {
     match value.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
         _ => Err(format!("`{value}` is not key=value")),
@@ -148,6 +160,15 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     let producer: ThreadedProducer<DeliveryCounter> = config
         .create_with_context(DeliveryCounter(deliveries.clone()))
         .context("create producer")?;
+    let headers = args
+        .headers
+        .iter()
+        .fold(OwnedHeaders::new(), |headers, (name, value)| {
+            headers.insert(Header {
+                key: name,
+                value: Some(value),
+            })
+        });
     let mut sent = 0u64;
     let mut skipped = 0u64;
     let stdin = std::io::stdin();
@@ -165,9 +186,16 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
             skipped += 1;
             continue;
         };
-        let mut record = BaseRecord::<str, str>::to(&args.topic)
-            .key(key)
-            .payload(value);
+        let mut record = BaseRecord::<str, str>::to(&args.topic);
+        if !(args.null_empty && key.is_empty()) {
+            record = record.key(key);
+        }
+        if !(args.null_empty && value.is_empty()) {
+            record = record.payload(value);
+        }
+        if !args.headers.is_empty() {
+            record = record.headers(headers.clone());
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -277,12 +305,16 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         }
         match tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(100))) {
             Some(Ok(message)) => {
-                let text = |bytes: Option<&[u8]>| {
-                    bytes.map_or("null".to_string(), |b| {
-                        String::from_utf8_lossy(b).into_owned()
-                    })
+                let line = if args.json {
+                    writeln!(out, "{}", record_json(&message))
+                } else {
+                    let text = |bytes: Option<&[u8]>| {
+                        bytes.map_or("null".to_string(), |b| {
+                            String::from_utf8_lossy(b).into_owned()
+                        })
+                    };
+                    writeln!(out, "{} {}", text(message.key()), text(message.payload()))
                 };
-                let line = writeln!(out, "{} {}", text(message.key()), text(message.payload()));
                 if reader_gone(line)? {
                     return Ok(());
                 }
@@ -306,6 +338,29 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     }
     reader_gone(out.flush())?;
     Ok(())
+}
+
+/// One record as consume --json prints it: bytes as (lossy) UTF-8 text, a missing key, value
+/// or header value as null.
+fn record_json<M: Message>(message: &M) -> serde_json::Value {
+    let text = |bytes: Option<&[u8]>| bytes.map(|b| String::from_utf8_lossy(b).into_owned());
+    let headers: Vec<serde_json::Value> = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| serde_json::json!({"name": h.key, "value": text(h.value)}))
+                .collect()
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "topic": message.topic(),
+        "partition": message.partition(),
+        "offset": message.offset(),
+        "key": text(message.key()),
+        "value": text(message.payload()),
+        "headers": headers,
+    })
 }
 
 /// Whether a write to stdout failed because its reader went away (`consume | head`): the

@@ -72,6 +72,20 @@ fn register<M: Collector + Clone + 'static>(
 
 const TASK: &[&str] = &["task_id", "partition"];
 
+/// CPU time this process has used so far (user and system, every thread), milliseconds;
+/// `None` where /proc is not there.
+#[cfg(target_os = "linux")]
+pub fn process_cpu_ms() -> Option<u64> {
+    let stat = procfs::process::Process::myself().ok()?.stat().ok()?;
+    let ticks = stat.utime + stat.stime;
+    Some(ticks * 1000 / procfs::ticks_per_second().max(1))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn process_cpu_ms() -> Option<u64> {
+    None
+}
+
 /// This process's peak resident set size (VmHWM), KiB; `None` where /proc is not there.
 pub fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -13,7 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use tracing::info;
 
-use crate::clients::{client_config, setting_error, ClientRole};
+use crate::clients::{client_config, setting_error, ClientRole, RestoreFetch};
 use crate::config::StreamsConfig;
 use crate::error::{EngineError, Result};
 use crate::state_directory::StateDirectory;
@@ -102,7 +102,7 @@ pub async fn reset_application(config: &StreamsConfig, stores: &[String]) -> Res
 /// The member ids of the application's consumer group (none when it has no members or does
 /// not exist).
 fn group_members(config: &StreamsConfig) -> Result<Vec<String>> {
-    let consumer: BaseConsumer = client_config(config, ClientRole::Restore)
+    let consumer: BaseConsumer = client_config(config, ClientRole::Restore(RestoreFetch::Beside))
         .create()
         .map_err(|e| setting_error(&config.client_settings, e))?;
     let groups = consumer

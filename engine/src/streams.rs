@@ -120,6 +120,7 @@ impl KafkaStreams {
             config.clone(),
             topology.source_topic().to_string(),
             metrics.clone(),
+            status.clone(),
             restored_tx,
         )?;
         let (supervisor, supervisor_exited) = Actor::spawn(
@@ -266,12 +267,14 @@ impl KafkaStreams {
             .map_err(|e| EngineError::actor("supervisor", e))?;
         let (processed, output, changelog) = self.metrics.record_totals();
         let peak_rss_kib = crate::metrics::peak_rss_kib().unwrap_or(0);
+        let cpu_ms = crate::metrics::process_cpu_ms().unwrap_or(0);
         info!(
             processed,
             output,
             changelog,
             peak_rss_kib,
-            "stopped: records processed, output and changelog records sent"
+            cpu_ms,
+            "stopped: records processed, output and changelog records sent, peak memory, CPU time used"
         );
         match finished {
             Ok(Some(Ok(result))) => result,

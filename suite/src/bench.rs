@@ -283,6 +283,8 @@ pub struct AppRun {
     pub changelog_records: u64,
     /// Peak resident set size of the process (VmHWM), bytes.
     pub peak_rss_bytes: u64,
+    /// CPU time the process used from its start to its clean stop (every thread), seconds.
+    pub cpu_seconds: f64,
     /// The most RocksDB held (block cache and memtables, `kstreams_rocksdb_memory_bytes`) at
     /// any scrape of the run, bytes.
     pub peak_rocksdb_bytes: u64,
@@ -376,6 +378,7 @@ impl AppSetup {
                 run.output_records = stopped("output");
                 run.changelog_records = stopped("changelog");
                 run.peak_rss_bytes = stopped("peak_rss_kib") * 1024;
+                run.cpu_seconds = stopped("cpu_ms") as f64 / 1000.0;
                 return run;
             }
             assert!(
@@ -403,7 +406,7 @@ fn records_through_processed_offsets(app: &App) -> u64 {
 }
 
 /// A field (`output=123`) of the engine's last log line, "stopped: ... processed=.. output=..
-/// changelog=.. peak_rss_kib=..".
+/// changelog=.. peak_rss_kib=.. cpu_ms=..".
 fn stopped_field(log: &str, field: &str) -> Option<u64> {
     let line = log.lines().rev().find(|l| l.contains("stopped: "))?;
     line.split_whitespace()
@@ -764,12 +767,12 @@ impl Report {
         let mut out = String::new();
         if !self.throughput.is_empty() {
             out += "### End-to-end throughput (records/s. Word count: the kstreams-count process with default settings, from its start, group join included, to its clean stop after the last record, final commit included. Records sent: output and changelog records in all; the record cache sends one per key per commit)\n\n";
-            out += "| input | partitions | broker storage | cpus | produce (broker reached) | ceiling: plain pipe | word count in | word count out | start to ready s | word count in, once ready | records sent (output / changelog) | word count / ceiling | pipe writing 2 per input | word count / that pipe | peak RSS MiB | of which RocksDB at most (blocks + memtables) MiB | counts exact |\n";
-            out += "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|\n";
+            out += "| input | partitions | broker storage | cpus | produce (broker reached) | ceiling: plain pipe | word count in | word count out | start to ready s | word count in, once ready | records sent (output / changelog) | word count / ceiling | pipe writing 2 per input | word count / that pipe | word count CPU, core-µs per record | peak RSS MiB | of which RocksDB at most (blocks + memtables) MiB | counts exact |\n";
+            out += "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|\n";
             for t in &self.throughput {
                 let wc = &t.word_count;
                 out += &format!(
-                    "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {} / {} | {:.2} | {:.0} | {:.2} | {} | {} | {} |\n",
+                    "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {} / {} | {:.2} | {:.0} | {:.2} | {:.2} | {} | {} | {} |\n",
                     t.input.describe(),
                     t.partitions,
                     t.storage.name(),
@@ -786,6 +789,7 @@ impl Report {
                     t.ratio(),
                     t.two_output_pipe.rate(),
                     t.two_output_ratio(),
+                    wc.cpu_seconds * 1e6 / wc.committed.records.max(1) as f64,
                     mib(wc.peak_rss_bytes),
                     mib(wc.peak_rocksdb_bytes),
                     t.counts_exact,

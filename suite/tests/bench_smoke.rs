@@ -47,6 +47,7 @@ fn benchmark_smoke_run_completes_with_exact_counts() {
             "{output} counts out for {keys} keys"
         );
         assert!(run.word_count.peak_rss_bytes > 0, "peak RSS read");
+        assert!(run.word_count.cpu_seconds > 0.0, "CPU time read");
     }
     let restart = &report.recovery[0];
     assert_eq!(

@@ -168,3 +168,70 @@ fn create_topic_sets_configs_and_refuses_an_existing_topic_with_other_partitions
     let (ok, _, stderr) = cli(&broker, &["create-topic", &topic, "--config", "nokey"]);
     assert!(!ok && stderr.contains("is not key=value"), "{stderr}");
 }
+
+/// `produce -Z -H` sends an empty key or value as null and the headers on every record;
+/// `consume --json` tells a null from the text "null" and shows the headers (kcat's -Z, -H
+/// and -J). Without -Z an empty value stays an empty value.
+#[test]
+fn produce_sends_nulls_and_headers_and_consume_json_shows_them() {
+    let broker = Broker::start();
+    let topic = unique("console-json");
+    broker.create_topic(&topic, 1);
+    let address = broker.address();
+    let produce = |extra: &[&str], lines: &str| {
+        let mut args = vec!["produce", "--topic", &topic, "--broker", &address];
+        args.extend(extra);
+        let output = run_cli(&args, &[], lines);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+    };
+    let headers = ["-H", "trace=abc", "-H", "origin=console"];
+    produce(
+        &[&["-Z"], &headers[..]].concat(),
+        "k1:v1\n:keyless\nk2:\nk3:null\n",
+    );
+    produce(&[], "k4:\n");
+
+    let (ok, stdout, stderr) = cli(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            &topic,
+            "--from-beginning",
+            "-e",
+            "--json",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let null = serde_json::Value::Null;
+    let expected = [
+        ("k1".into(), "v1".into()),
+        (null.clone(), "keyless".into()),
+        ("k2".into(), null.clone()),
+        ("k3".into(), "null".into()),
+        ("k4".into(), "".into()),
+    ];
+    assert_eq!(records.len(), expected.len(), "{stdout}");
+    let sent_headers = serde_json::json!([
+        {"name": "trace", "value": "abc"},
+        {"name": "origin", "value": "console"},
+    ]);
+    for (offset, (record, (key, value))) in records.iter().zip(expected).enumerate() {
+        assert_eq!(record["topic"], topic.as_str());
+        assert_eq!(record["partition"], 0);
+        assert_eq!(record["offset"], offset as i64, "{record}");
+        assert_eq!(record["key"], key, "{record}");
+        assert_eq!(record["value"], value, "{record}");
+        let headers = if offset < 4 {
+            sent_headers.clone()
+        } else {
+            serde_json::json!([])
+        };
+        assert_eq!(record["headers"], headers, "{record}");
+    }
+}

@@ -1,5 +1,7 @@
-//! The state updater: one thread with one restore consumer that restores every restoring task
-//! of the instance, in bounded steps, beside processing (Kafka Streams' `DefaultStateUpdater`).
+//! The state updater: one thread that restores every restoring task of the instance, in
+//! bounded steps, beside processing (Kafka Streams' `DefaultStateUpdater`), with one of two
+//! restore consumers: small fetches while tasks process beside it, large ones while the
+//! restore has the instance to itself.
 //! A task hands it its store; it gives the store back once caught up. A task that stops while
 //! restoring leaves it within one step, with its progress written. A restore that makes no
 //! progress for a while is reported and its changelogs read again from where it stood.
@@ -16,7 +18,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use tracing::{debug, error, info, warn};
 
-use crate::clients::{client_config, setting_error, ClientRole};
+use crate::clients::{client_config, setting_error, ClientRole, RestoreFetch};
 use crate::config::StreamsConfig;
 use crate::error::{EngineError, Result};
 use crate::failpoints;
@@ -24,6 +26,7 @@ use crate::metrics::EngineMetrics;
 use crate::runtime::consumer_port::RestoreConsumer;
 use crate::runtime::restore::TaskRestore;
 use crate::runtime::wiring::{RestoreEvent, RestoredStore, RestoringTask, TaskMsg};
+use crate::status::InstanceStatus;
 use crate::task_id::TaskId;
 
 /// Most records one step takes from the restore consumer before looking at its commands.
@@ -72,15 +75,29 @@ impl StateUpdaterHandle {
     }
 }
 
-/// Starts the state updater thread with its restore consumer.
+/// Starts the state updater thread with its restore consumers.
 pub fn start(
     config: Arc<StreamsConfig>,
     source_topic: String,
     metrics: EngineMetrics,
+    status: Arc<InstanceStatus>,
     handed_back: Sender<RestoreEvent>,
 ) -> Result<(StateUpdaterHandle, JoinHandle<()>)> {
-    let consumer = Arc::new(restore_consumer(&config)?);
-    let (updater, handle) = StateUpdater::new(consumer, config, source_topic, metrics, handed_back);
+    let readers = RestoreReaders {
+        beside: Arc::new(restore_consumer(&config, RestoreFetch::Beside)?),
+        alone: Arc::new(restore_consumer(&config, RestoreFetch::Alone)?),
+        reading: RestoreFetch::Beside,
+    };
+    let (updater, handle) = StateUpdater::new(
+        readers,
+        UpdaterContext {
+            config,
+            source_topic,
+            metrics,
+            status,
+        },
+        handed_back,
+    );
     let thread = std::thread::Builder::new()
         .name("kstreams-restore".into())
         .spawn(move || updater.run())
@@ -88,10 +105,39 @@ pub fn start(
     Ok((handle, thread))
 }
 
-fn restore_consumer(config: &StreamsConfig) -> Result<BaseConsumer> {
-    client_config(config, ClientRole::Restore)
+fn restore_consumer(config: &StreamsConfig, fetch: RestoreFetch) -> Result<BaseConsumer> {
+    client_config(config, ClientRole::Restore(fetch))
         .create()
         .map_err(|e| setting_error(&config.client_settings, e))
+}
+
+/// The two restore consumers and which of them reads the changelogs now (the other has
+/// nothing assigned). Fetch sizes are fixed when a librdkafka consumer is created, hence two.
+struct RestoreReaders<R> {
+    /// Small fetches: leaves the broker room for the input and produce requests of the tasks
+    /// processing beside the restore. Also asks the broker for ends and committed offsets.
+    beside: Arc<R>,
+    /// Large fetches: while every task of the instance restores, nobody waits behind them.
+    alone: Arc<R>,
+    reading: RestoreFetch,
+}
+
+impl<R> RestoreReaders<R> {
+    fn current(&self) -> &Arc<R> {
+        match self.reading {
+            RestoreFetch::Beside => &self.beside,
+            RestoreFetch::Alone => &self.alone,
+        }
+    }
+}
+
+/// What the updater is given besides its consumers.
+struct UpdaterContext {
+    config: Arc<StreamsConfig>,
+    source_topic: String,
+    metrics: EngineMetrics,
+    /// The instance's tasks and their phases: whether any task processes beside the restore.
+    status: Arc<InstanceStatus>,
 }
 
 struct Restoring {
@@ -109,10 +155,11 @@ struct Prepared {
 }
 
 struct StateUpdater<R: RestoreConsumer> {
-    consumer: Arc<R>,
+    readers: RestoreReaders<R>,
     config: Arc<StreamsConfig>,
     source_topic: String,
     metrics: EngineMetrics,
+    status: Arc<InstanceStatus>,
     /// Where restored (or failed) tasks go back, for the consumer loop to pass on.
     handed_back: Sender<RestoreEvent>,
     inbox: Receiver<UpdaterCommand>,
@@ -129,19 +176,24 @@ struct StateUpdater<R: RestoreConsumer> {
 
 impl<R: RestoreConsumer> StateUpdater<R> {
     fn new(
-        consumer: Arc<R>,
-        config: Arc<StreamsConfig>,
-        source_topic: String,
-        metrics: EngineMetrics,
+        readers: RestoreReaders<R>,
+        context: UpdaterContext,
         handed_back: Sender<RestoreEvent>,
     ) -> (Self, StateUpdaterHandle) {
-        let (commands, inbox) = crossbeam_channel::unbounded();
-        let (prepared_tx, prepared) = crossbeam_channel::unbounded();
-        let updater = StateUpdater {
-            consumer,
+        let UpdaterContext {
             config,
             source_topic,
             metrics,
+            status,
+        } = context;
+        let (commands, inbox) = crossbeam_channel::unbounded();
+        let (prepared_tx, prepared) = crossbeam_channel::unbounded();
+        let updater = StateUpdater {
+            readers,
+            config,
+            source_topic,
+            metrics,
+            status,
             handed_back,
             inbox,
             prepared_tx,
@@ -181,6 +233,7 @@ impl<R: RestoreConsumer> StateUpdater<R> {
             self.start(prepared);
         }
         if !self.tasks.is_empty() {
+            self.choose_reader();
             self.step();
             self.hand_back_restored();
             self.refetch_stalled();
@@ -229,7 +282,7 @@ impl<R: RestoreConsumer> StateUpdater<R> {
         let id = self.next_preparation;
         self.next_preparation += 1;
         self.preparing.insert(id, (task, true));
-        let (consumer, config) = (self.consumer.clone(), self.config.clone());
+        let (consumer, config) = (self.readers.beside.clone(), self.config.clone());
         let (source_topic, metrics) = (self.source_topic.clone(), self.metrics.clone());
         let done = self.prepared_tx.clone();
         let spawned = std::thread::Builder::new()
@@ -289,7 +342,11 @@ impl<R: RestoreConsumer> StateUpdater<R> {
     }
 
     fn assign(&self, restore: &TaskRestore) {
-        if let Err(e) = self.consumer.assign(&Self::changelog_positions(restore)) {
+        if let Err(e) = self
+            .readers
+            .current()
+            .assign(&Self::changelog_positions(restore))
+        {
             warn!(task = %restore.task, "assigning its changelogs: {e}; retried when the restore is seen stalled");
         }
     }
@@ -303,8 +360,42 @@ impl<R: RestoreConsumer> StateUpdater<R> {
             .iter()
             .map(|c| (c.topic.as_str(), partition))
             .collect();
-        if let Err(e) = self.consumer.unassign(&partitions) {
+        if let Err(e) = self.readers.current().unassign(&partitions) {
             debug!(task = %restore.task, "unassigning its changelogs: {e}");
+        }
+    }
+
+    /// Reads with the large-fetch consumer while the restore has the instance to itself: every
+    /// task of the instance is restoring here (none running, opening its store, being
+    /// prepared or just handed back). Otherwise reads with the small-fetch one. A change moves
+    /// every restoring changelog over, from the offset read to.
+    fn choose_reader(&mut self) {
+        let (not_running, running) = self.status.phase_counts();
+        let alone = running == 0 && self.preparing.is_empty() && not_running == self.tasks.len();
+        let wanted = if alone {
+            RestoreFetch::Alone
+        } else {
+            RestoreFetch::Beside
+        };
+        if wanted == self.readers.reading {
+            return;
+        }
+        for restoring in self.tasks.values() {
+            self.unassign(&restoring.restore);
+        }
+        self.readers.reading = wanted;
+        for restoring in self.tasks.values() {
+            self.assign(&restoring.restore);
+        }
+        match wanted {
+            RestoreFetch::Alone => info!(
+                tasks = self.tasks.len(),
+                "every task of the instance is restoring: the restore reads with large fetches"
+            ),
+            RestoreFetch::Beside => info!(
+                running,
+                "tasks process beside the restore: the restore reads with small fetches"
+            ),
         }
     }
 
@@ -315,7 +406,7 @@ impl<R: RestoreConsumer> StateUpdater<R> {
             std::thread::sleep(Duration::from_millis(delay as u64));
         }
         let deadline = Instant::now() + STEP_TIME;
-        let consumer = self.consumer.clone();
+        let consumer = self.readers.current().clone();
         for _ in 0..STEP_RECORDS {
             match consumer.poll(POLL_WAIT) {
                 Some(Ok(message)) => {
@@ -360,7 +451,7 @@ impl<R: RestoreConsumer> StateUpdater<R> {
         let Some(restoring) = self.tasks.get_mut(&partition) else {
             return;
         };
-        let consumer = &self.consumer;
+        let consumer = self.readers.current();
         let ends: Vec<(usize, i64)> = restoring
             .restore
             .unfinished()
@@ -459,6 +550,7 @@ mod tests {
     use rdkafka::message::{OwnedMessage, Timestamp};
 
     use super::*;
+    use crate::status::TaskPhase;
     use crate::store::changelog_format::encode_changelog_value;
     use crate::store::{StoreId, StoredOffsets, TaskStore};
     use crate::store_memory::{StoreMemory, StoreMemorySettings};
@@ -650,7 +742,11 @@ mod tests {
     }
 
     struct Harness {
+        /// The small-fetch restore consumer.
         fake: Arc<FakeChangelogs>,
+        /// The large-fetch one (the same fake unless the test tells them apart).
+        alone: Arc<FakeChangelogs>,
+        status: Arc<InstanceStatus>,
         updater: StateUpdater<FakeChangelogs>,
         handle: StateUpdaterHandle,
         handed_back: Receiver<RestoreEvent>,
@@ -659,19 +755,33 @@ mod tests {
         memory: Arc<StoreMemory>,
     }
 
+    /// An updater whose two restore consumers are one fake (which one reads is not looked at).
     fn harness() -> Harness {
         let fake = Arc::new(FakeChangelogs::default());
+        harness_with(fake.clone(), fake)
+    }
+
+    /// An updater with a fake per restore consumer.
+    fn harness_with(fake: Arc<FakeChangelogs>, alone: Arc<FakeChangelogs>) -> Harness {
         let metrics = EngineMetrics::new("state-updater-test", "input-topic");
         let (handed_back_tx, handed_back) = crossbeam_channel::unbounded();
-        let (updater, handle) = StateUpdater::new(
-            fake.clone(),
-            Arc::new(config()),
-            SOURCE.into(),
-            metrics.clone(),
-            handed_back_tx,
-        );
+        let status = Arc::new(InstanceStatus::new("test".into(), Duration::from_secs(60)));
+        let readers = RestoreReaders {
+            beside: fake.clone(),
+            alone: alone.clone(),
+            reading: RestoreFetch::Beside,
+        };
+        let context = UpdaterContext {
+            config: Arc::new(config()),
+            source_topic: SOURCE.into(),
+            metrics: metrics.clone(),
+            status: status.clone(),
+        };
+        let (updater, handle) = StateUpdater::new(readers, context, handed_back_tx);
         Harness {
             fake,
+            alone,
+            status,
             updater,
             handle,
             handed_back,
@@ -944,6 +1054,59 @@ mod tests {
         h.fake.state().frozen = false;
         let restored = restored(h.next_handed_back());
         assert_eq!(restored.outcome.records, STEP_RECORDS as u64 + 10);
+    }
+
+    /// While every task of the instance restores here, the large-fetch consumer reads; once a
+    /// task runs beside the restore, the small-fetch one takes over at exactly the offset read
+    /// to, and the restore ends with every key exact.
+    #[tokio::test]
+    async fn the_restore_fetches_large_only_while_it_has_the_instance_to_itself() {
+        let (small, large) = (Arc::default(), Arc::default());
+        let mut h = harness_with(small, large);
+        let total = 4 * STEP_RECORDS;
+        for i in 0..total {
+            for fake in [&h.fake, &h.alone] {
+                fake.append(0, &format!("k{}", i % 1_000), &i.to_string(), i as i64);
+            }
+        }
+        let restoring = h.status.add_task(TaskId::new(0, 0));
+        restoring.set_phase(TaskPhase::Restoring).unwrap();
+        h.status.add_task(TaskId::new(0, 1)); // opening its store: not alone yet
+        h.add(0).await;
+        h.turn_until("a first step", |h| h.restoring(0) && h.read_of(0) > 0);
+        assert!(
+            h.alone.state().assigns.is_empty(),
+            "fetched large beside task 0_1"
+        );
+
+        h.status.remove_task(TaskId::new(0, 1)); // revoked: task 0_0 is all there is
+        let read = h.read_of(0);
+        assert!(h.updater.turn());
+        assert_eq!(
+            h.alone.state().assigns,
+            vec![vec![(changelog_topic(), 0, read)]]
+        );
+        assert!(h.fake.assigned().is_empty(), "both consumers read");
+        assert!(h.read_of(0) > read, "the large-fetch consumer read nothing");
+
+        let running = h.status.add_task(TaskId::new(0, 2));
+        running.set_phase(TaskPhase::Restoring).unwrap();
+        running.set_phase(TaskPhase::Running).unwrap();
+        let read = h.read_of(0);
+        assert!(h.updater.turn());
+        assert_eq!(
+            h.fake.state().assigns.last().unwrap(),
+            &vec![(changelog_topic(), 0, read)]
+        );
+        assert!(h.alone.assigned().is_empty(), "both consumers read");
+
+        let restored = restored(h.next_handed_back());
+        assert_eq!(restored.outcome.records, total as u64);
+        for key in [0, 1, 999] {
+            let newest = (total - 1_000 + key).to_string();
+            let count = count_of(&restored.store, &format!("k{key}"));
+            assert_eq!(count, Some(newest));
+        }
     }
 
     #[tokio::test]
