@@ -12,13 +12,14 @@ use crate::error::{EngineError, Result};
 use crate::processor::{InputRecord, Processor, ProcessorContext};
 use crate::record_collector::RecordCollector;
 use crate::runtime::checkpoint::{TaskCheckpoint, WriteOut};
-use crate::store::TaskStore;
+use crate::store::{StoreId, TaskStore};
 use crate::store_memory::{StoreMemory, StoreMemorySettings};
 use crate::task_id::TaskId;
 
 pub struct TaskHotPath {
     task: TaskId,
     processor: Box<dyn Processor>,
+    read_ahead: Option<StoreId>,
     store: TaskStore,
     collector: RecordCollector,
     /// Per store, the next changelog offset known written.
@@ -37,6 +38,7 @@ impl TaskHotPath {
         Ok(Self {
             task,
             processor: topology.new_processor(),
+            read_ahead: topology.read_ahead(),
             store: TaskStore::open(task, dir, &stores, &StoreMemory::new(memory))?,
             collector,
             // A fresh task over empty changelogs, as its restore would leave it.
@@ -49,6 +51,10 @@ impl TaskHotPath {
     /// and an output record per input record, or with caching per key at the commit (a
     /// write-out started early when the cache is over its budget, as the task does).
     pub fn process(&mut self, records: &[InputRecord]) -> Result<()> {
+        if let Some(store) = self.read_ahead {
+            let keys = records.iter().filter_map(|r| r.key.as_deref());
+            self.store.read_ahead(store, keys)?;
+        }
         for record in records {
             let mut ctx = ProcessorContext::new(
                 &mut self.store,
@@ -68,6 +74,7 @@ impl TaskHotPath {
             ctx.flush_uncached(self.processor.as_mut())?;
             self.next_offset = record.offset + 1;
         }
+        self.store.end_read_ahead();
         if self.store.cache_over_budget() {
             let input_next = Some(self.next_offset);
             self.checkpoint()

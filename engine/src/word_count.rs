@@ -29,5 +29,9 @@ mod tests {
         assert_eq!(topology.source_topic(), "in");
         assert_eq!(topology.stores(), ["counts".to_string()]);
         assert_eq!(topology.sink_topics, ["out".to_string()]);
+        // The count is read at each record's key: a batch's keys are read ahead.
+        assert_eq!(topology.read_ahead(), Some(crate::StoreId(0)));
+        let error = topology.with_read_ahead(crate::StoreId(1)).err().unwrap();
+        assert!(error.to_string().contains("store 1 of 1"), "{error}");
     }
 }

@@ -4,7 +4,6 @@
 //! (the task's own last commit or the group's, never past it), and which restored keys are
 //! marked, durably, as possibly owing their output. The state updater drives it.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -16,7 +15,7 @@ use crate::runtime::consumer_port::RestoreConsumer;
 use crate::status::TaskProgress;
 use crate::store::changelog_format::decode_changelog_value;
 use crate::store::StoreId;
-use crate::store::{ChangelogUpdate, StoredOffsets, TaskStore};
+use crate::store::{ChangelogUpdate, KeyMap, StoredOffsets, TaskStore};
 use crate::task_id::TaskId;
 
 /// Changelog records applied to RocksDB per write batch.
@@ -114,7 +113,7 @@ pub(crate) struct ChangelogRestore {
     total: u64,
     /// Updates read but not yet written, with the newest input offset per key among them.
     batch: Vec<ChangelogUpdate>,
-    batch_versions: HashMap<Vec<u8>, i64>,
+    batch_versions: KeyMap<i64>,
     /// Keys of the batch that owe their output (marked in the same write as the batch).
     owe_output: Vec<Vec<u8>>,
     applied: u64,
@@ -232,7 +231,7 @@ impl TaskRestore {
                 position: start,
                 total: (high - start).max(0) as u64,
                 batch: Vec::new(),
-                batch_versions: HashMap::new(),
+                batch_versions: KeyMap::default(),
                 owe_output: Vec::new(),
                 applied: 0,
                 skipped: 0,

@@ -14,4 +14,5 @@ mod write_cache;
 pub(crate) use layout::is_reserved;
 pub use layout::StoreId;
 pub use task_store::{ChangelogUpdate, StoredOffsets, TaskStore, LOCK_WAIT};
+pub(crate) use write_cache::KeyMap;
 pub use write_cache::WriteOut;

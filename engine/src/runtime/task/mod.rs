@@ -31,7 +31,7 @@ use crate::runtime::wiring::{
 };
 use crate::status::{TaskPhase, TaskProgress};
 use crate::store::offsets::InputPosition;
-use crate::store::TaskStore;
+use crate::store::{StoreId, TaskStore};
 use crate::store_memory::StoreMemory;
 use crate::task_id::TaskId;
 use lifecycle::TaskLifecycle;
@@ -79,6 +79,8 @@ struct RunningTask {
     store: TaskStore,
     collector: RecordCollector,
     processor: Box<dyn Processor>,
+    /// The store each record's key is read from, read ahead a batch at a time.
+    read_ahead: Option<StoreId>,
     position: InputPosition,
     changelog_next: Vec<Option<i64>>,
     /// Skip reasons already logged for this task (each is logged once per partition).
@@ -252,6 +254,7 @@ impl TaskState {
             collector,
             store,
             processor: args.topology.new_processor(),
+            read_ahead: args.topology.read_ahead(),
             position: InputPosition::resume(stored.input_next, outcome.input_next),
             changelog_next: outcome.changelog_next.clone(),
             logged_skips: HashSet::new(),
@@ -345,17 +348,25 @@ impl RunningTask {
         }
     }
 
-    fn process(&mut self, records: &[InputRecord]) -> Result<()> {
-        let batch_started = std::time::Instant::now();
+    /// Reads the batch's keys ahead, then runs the processor over each record not processed
+    /// before; answers how many it processed.
+    fn process_each(
+        &mut self,
+        records: &[InputRecord],
+        latency: &prometheus::local::LocalHistogram,
+    ) -> Result<u64> {
         let mut processed = 0u64;
-        let latency = self
-            .metrics
-            .end_to_end_latency
-            .with_label_values(&[self.labels[0].as_str(), self.labels[1].as_str()])
-            .local();
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
+        if let Some(store) = self.read_ahead {
+            let position = &self.position;
+            let keys = records
+                .iter()
+                .filter(|r| position.needs(r.offset))
+                .filter_map(|r| r.key.as_deref());
+            self.store.read_ahead(store, keys)?;
+        }
         for record in records {
             if !self.position.needs(record.offset) {
                 continue;
@@ -394,6 +405,20 @@ impl RunningTask {
             }
             self.position.advance(record.offset);
         }
+        Ok(processed)
+    }
+
+    fn process(&mut self, records: &[InputRecord]) -> Result<()> {
+        let batch_started = std::time::Instant::now();
+        let latency = self
+            .metrics
+            .end_to_end_latency
+            .with_label_values(&[self.labels[0].as_str(), self.labels[1].as_str()])
+            .local();
+        let processed = self.process_each(records, &latency);
+        // What was read ahead is for this batch only, whatever became of it.
+        self.store.end_read_ahead();
+        let processed = processed?;
         let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
         self.metrics
             .records_processed
