@@ -102,6 +102,10 @@ fn check_input_history(
     }
 }
 
+/// A changelog record read: its key, its value (`None`: a tombstone) and the input offset the
+/// value carries (`None`: not known).
+type ReadRecord = (Vec<u8>, Option<Vec<u8>>, Option<i64>);
+
 /// One store's changelog partition being restored.
 pub(crate) struct ChangelogRestore {
     pub(crate) topic: String,
@@ -111,7 +115,10 @@ pub(crate) struct ChangelogRestore {
     /// Next changelog offset to read.
     pub(crate) position: i64,
     total: u64,
-    /// Updates read but not yet written, with the newest input offset per key among them.
+    /// Records read since the last write, in order. Checked against the store's versions a
+    /// batch at a time (one MultiGet).
+    read: Vec<ReadRecord>,
+    /// Updates to write, with the newest input offset per key among them.
     batch: Vec<ChangelogUpdate>,
     batch_versions: KeyMap<i64>,
     /// Keys of the batch that owe their output (marked in the same write as the batch).
@@ -230,6 +237,7 @@ impl TaskRestore {
                 high,
                 position: start,
                 total: (high - start).max(0) as u64,
+                read: Vec::new(),
                 batch: Vec::new(),
                 batch_versions: KeyMap::default(),
                 owe_output: Vec::new(),
@@ -288,30 +296,50 @@ impl TaskRestore {
         changelog.position = offset + 1;
         if let Some(key) = key {
             let input = payload.and_then(|bytes| decode_changelog_value(bytes).0);
-            // Each changelog value is the key's state as of its input offset, so the newest
-            // offset wins, not the newest write: two owners of one partition for a while (a
-            // zombie, or a broker handing a partition out early) interleave their writes.
-            let current = match changelog.batch_versions.get(key) {
+            changelog
+                .read
+                .push((key.to_vec(), payload.map(<[u8]>::to_vec), input));
+        }
+        if changelog.read.len() >= BATCH || changelog.done() {
+            self.write_batch(index)?;
+        }
+        Ok(())
+    }
+
+    /// Turns the records read into the batch to write. Each changelog value is the key's
+    /// state as of its input offset, so the newest offset wins, not the newest write: two
+    /// owners of one partition for a while (a zombie, or a broker handing a partition out
+    /// early) interleave their writes. The store's versions of the keys are read ahead in one
+    /// MultiGet (a point lookup per record cost the restore a RocksDB search each).
+    fn check_versions(&mut self, index: usize) -> Result<()> {
+        let store = StoreId(index);
+        let read = std::mem::take(&mut self.changelogs[index].read);
+        let versioned = read
+            .iter()
+            .filter(|(_, _, input)| input.is_some())
+            .map(|(key, _, _)| key.as_slice());
+        self.store.read_ahead(store, versioned)?;
+        let resume_from = self.resume_from;
+        for (key, value, input) in read {
+            let changelog = &mut self.changelogs[index];
+            let current = match changelog.batch_versions.get(&key) {
                 Some(version) => Some(*version),
-                None => self.store.version(StoreId(index), key)?,
+                None if input.is_some() => self.store.version(store, &key)?,
+                None => None,
             };
             if input.is_some_and(|input| current.is_some_and(|c| c > input)) {
                 changelog.skipped += 1;
-            } else {
-                if let Some(input) = input {
-                    changelog.batch_versions.insert(key.to_vec(), input);
-                    if input >= self.resume_from {
-                        changelog.owe_output.push(key.to_vec());
-                    }
-                }
-                changelog
-                    .batch
-                    .push((key.to_vec(), payload.map(<[u8]>::to_vec)));
+                continue;
             }
+            if let Some(input) = input {
+                changelog.batch_versions.insert(key.clone(), input);
+                if input >= resume_from {
+                    changelog.owe_output.push(key.clone());
+                }
+            }
+            changelog.batch.push((key, value));
         }
-        if changelog.batch.len() >= BATCH || changelog.done() {
-            self.write_batch(index)?;
-        }
+        self.store.end_read_ahead();
         Ok(())
     }
 
@@ -329,6 +357,7 @@ impl TaskRestore {
 
     /// Writes what store `index` has read so far, with its progress, in one RocksDB batch.
     pub(crate) fn write_batch(&mut self, index: usize) -> Result<()> {
+        self.check_versions(index)?;
         let changelog = &mut self.changelogs[index];
         let finished = changelog.done();
         self.offsets.changelog_next[index] = Some(match finished {
@@ -407,7 +436,7 @@ impl TaskRestore {
     /// written, so the next restore of this store starts from there.
     pub(crate) fn abandon(mut self) -> Result<TaskStore> {
         for index in 0..self.changelogs.len() {
-            if !self.changelogs[index].batch.is_empty() {
+            if !self.changelogs[index].read.is_empty() {
                 self.write_batch(index)?;
             }
         }

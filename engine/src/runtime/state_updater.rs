@@ -939,6 +939,29 @@ mod tests {
         );
     }
 
+    /// The versions a restore compares against come from the store (read ahead a batch at a
+    /// time): a record older than the stored version is skipped, a newer one applied.
+    #[tokio::test]
+    async fn a_restored_record_older_than_the_stored_version_is_skipped() {
+        let mut h = harness();
+        h.commit_store_written_through_50(b"a"); // a = 99 from input 40
+        for offset in 0..50 {
+            h.fake.append(0, &format!("before{offset}"), "1", offset);
+        }
+        h.fake.append(0, "a", "7", 30); // an old owner's late write: older than the store's
+        h.fake.append(0, "b", "5", 39);
+        h.fake.append(0, "b", "4", 38); // older than b's update in the same batch
+        h.fake.append(0, "c", "1", 35);
+        h.fake.append(0, "c", "2", 42); // newer than the store's a, and than c's last
+        h.fake.state().committed.insert(0, 41);
+        h.add(0).await;
+        let restored = restored(h.next_handed_back());
+        assert_eq!(count_of(&restored.store, "a").as_deref(), Some("99"));
+        assert_eq!(count_of(&restored.store, "b").as_deref(), Some("5"));
+        assert_eq!(count_of(&restored.store, "c").as_deref(), Some("2"));
+        assert_eq!(restored.outcome.records, 3, "two of five records skipped");
+    }
+
     #[tokio::test]
     async fn restores_of_two_tasks_interleave_and_are_handed_back_apart() {
         let mut h = harness();
