@@ -116,13 +116,8 @@ pub(crate) struct ChangelogRestore {
     pub(crate) position: i64,
     total: u64,
     /// Records read since the last write, in order. Checked against the store's versions a
-    /// batch at a time (one MultiGet).
+    /// batch at a time (one MultiGet), then written.
     read: Vec<ReadRecord>,
-    /// Updates to write, with the newest input offset per key among them.
-    batch: Vec<ChangelogUpdate>,
-    batch_versions: KeyMap<i64>,
-    /// Keys of the batch that owe their output (marked in the same write as the batch).
-    owe_output: Vec<Vec<u8>>,
     applied: u64,
     skipped: u64,
     started: Instant,
@@ -238,9 +233,6 @@ impl TaskRestore {
                 position: start,
                 total: (high - start).max(0) as u64,
                 read: Vec::new(),
-                batch: Vec::new(),
-                batch_versions: KeyMap::default(),
-                owe_output: Vec::new(),
                 applied: 0,
                 skipped: 0,
                 started: Instant::now(),
@@ -306,12 +298,14 @@ impl TaskRestore {
         Ok(())
     }
 
-    /// Turns the records read into the batch to write. Each changelog value is the key's
-    /// state as of its input offset, so the newest offset wins, not the newest write: two
-    /// owners of one partition for a while (a zombie, or a broker handing a partition out
-    /// early) interleave their writes. The store's versions of the keys are read ahead in one
-    /// MultiGet (a point lookup per record cost the restore a RocksDB search each).
-    fn check_versions(&mut self, index: usize) -> Result<()> {
+    /// Turns the records of store `index` read since the last write into the updates to
+    /// write and the keys that owe their output. Each changelog value is the key's state as
+    /// of its input offset, so the newest offset wins, not the newest write: two owners of one
+    /// partition for a while (a zombie, or a broker handing a partition out early) interleave
+    /// their writes. The store's versions of the keys are read ahead in one MultiGet (a point
+    /// lookup per record cost the restore a RocksDB search each); writing the batch forgets
+    /// them.
+    fn check_versions(&mut self, index: usize) -> Result<(Vec<ChangelogUpdate>, Vec<Vec<u8>>)> {
         let store = StoreId(index);
         let read = std::mem::take(&mut self.changelogs[index].read);
         let versioned = read
@@ -319,28 +313,29 @@ impl TaskRestore {
             .filter(|(_, _, input)| input.is_some())
             .map(|(key, _, _)| key.as_slice());
         self.store.read_ahead(store, versioned)?;
-        let resume_from = self.resume_from;
+        let mut batch = Vec::with_capacity(read.len());
+        // The newest input offset per key among the batch's updates.
+        let mut batch_versions: KeyMap<i64> = KeyMap::default();
+        let mut owe_output = Vec::new();
         for (key, value, input) in read {
-            let changelog = &mut self.changelogs[index];
-            let current = match changelog.batch_versions.get(&key) {
+            let current = match batch_versions.get(&key) {
                 Some(version) => Some(*version),
                 None if input.is_some() => self.store.version(store, &key)?,
                 None => None,
             };
             if input.is_some_and(|input| current.is_some_and(|c| c > input)) {
-                changelog.skipped += 1;
+                self.changelogs[index].skipped += 1;
                 continue;
             }
             if let Some(input) = input {
-                changelog.batch_versions.insert(key.clone(), input);
-                if input >= resume_from {
-                    changelog.owe_output.push(key.clone());
+                batch_versions.insert(key.clone(), input);
+                if input >= self.resume_from {
+                    owe_output.push(key.clone());
                 }
             }
-            changelog.batch.push((key, value));
+            batch.push((key, value));
         }
-        self.store.end_read_ahead();
-        Ok(())
+        Ok((batch, owe_output))
     }
 
     /// The broker says store `index`'s changelog has nothing past `end` (compaction may hide
@@ -357,25 +352,18 @@ impl TaskRestore {
 
     /// Writes what store `index` has read so far, with its progress, in one RocksDB batch.
     pub(crate) fn write_batch(&mut self, index: usize) -> Result<()> {
-        self.check_versions(index)?;
+        let (batch, owe_output) = self.check_versions(index)?;
         let changelog = &mut self.changelogs[index];
         let finished = changelog.done();
         self.offsets.changelog_next[index] = Some(match finished {
             true => changelog.high,
             false => changelog.position,
         });
-        self.store.apply_restored(
-            StoreId(index),
-            &changelog.batch,
-            &changelog.owe_output,
-            &self.offsets,
-        )?;
-        let n = changelog.batch.len() as u64;
-        self.outcome.replay_marked += changelog.owe_output.len() as u64;
+        self.store
+            .apply_restored(StoreId(index), &batch, &owe_output, &self.offsets)?;
+        let n = batch.len() as u64;
+        self.outcome.replay_marked += owe_output.len() as u64;
         changelog.applied += n;
-        changelog.batch.clear();
-        changelog.batch_versions.clear();
-        changelog.owe_output.clear();
         let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
         self.metrics
             .restore_records
