@@ -16,3 +16,6 @@ export TANSU_BIN="${TANSU_BIN:-$KSTREAMS_CACHE/tansu-$TANSU_VERSION-${TANSU_FEAT
 export CARGO_DENY_VERSION=0.20.2
 export CARGO_DENY_BIN="$KSTREAMS_CACHE/cargo-deny/bin/cargo-deny"
 export PATH="$HOME/.cargo/bin:$PATH"
+# Python with confluent-kafka (the broker's transaction conformance test), installed by install-deps.sh.
+export CONFLUENT_KAFKA_VERSION=2.16.1
+export KSTREAMS_PYTHON="${KSTREAMS_PYTHON:-$KSTREAMS_CACHE/venv/bin/python}"

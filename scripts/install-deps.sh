@@ -66,6 +66,17 @@ fi
 # Where the test harness looks when TANSU_BIN is not set.
 ln -sfn "$(dirname "$(dirname "$TANSU_BIN")")" "$KSTREAMS_CACHE/tansu-current"
 
+# confluent-kafka, pinned, into the cache dir's venv: the independent client of the broker's
+# conformance test of transactions (suite/conformance/transactions.py).
+if "$KSTREAMS_PYTHON" -c 'import confluent_kafka, sys; sys.exit(confluent_kafka.version() != sys.argv[1])' \
+    "$CONFLUENT_KAFKA_VERSION" 2>/dev/null; then
+  echo "==> confluent-kafka $CONFLUENT_KAFKA_VERSION present in $KSTREAMS_CACHE/venv"
+else
+  echo "==> installing confluent-kafka $CONFLUENT_KAFKA_VERSION into $KSTREAMS_CACHE/venv"
+  python3 -m venv "$KSTREAMS_CACHE/venv"
+  "$KSTREAMS_CACHE/venv/bin/pip" install --quiet "confluent-kafka==$CONFLUENT_KAFKA_VERSION"
+fi
+
 # cargo-deny (supply-chain checks of deny.toml, run by .ci/run), pinned, into the cache dir.
 if [ -x "$CARGO_DENY_BIN" ] && "$CARGO_DENY_BIN" --version | grep -q " $CARGO_DENY_VERSION\$"; then
   echo "==> cargo-deny $CARGO_DENY_VERSION present at $CARGO_DENY_BIN"
