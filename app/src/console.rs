@@ -11,7 +11,7 @@ use clap::Args;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -248,7 +248,10 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let (_, mut client) = args.client.tool_config()?;
     client
         .set("group.id", "kstreams-count-console")
-        .set("enable.auto.commit", "false");
+        .set("enable.auto.commit", "false")
+        // The end of a partition, for --exit-at-end: its last offset may hold no record to
+        // read (a transaction marker, or aborted records a read_committed reader skips).
+        .set("enable.partition.eof", args.exit_at_end.to_string());
     let consumer: BaseConsumer = client.create().context("create consumer")?;
     let partitions = partition_count(consumer.client(), &args.topic)?;
     if partitions == 0 {
@@ -327,6 +330,9 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
                 }
                 printed += 1;
                 last_record = Instant::now();
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                unfinished.remove(&partition);
             }
             Some(Err(e)) => eprintln!("consume: {e}"),
             None => {

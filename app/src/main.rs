@@ -21,7 +21,7 @@ use clap::{Args, Parser, Subcommand};
 use client_args::ClientArgs;
 use kstreams_engine::{
     word_count, ClientMemorySettings, ClientSettings, DeserializationErrorPolicy, GroupProtocol,
-    KafkaStreams, StoreMemorySettings, StreamsConfig,
+    KafkaStreams, ProcessingGuarantee, StoreMemorySettings, StreamsConfig,
 };
 use tracing::{error, info, warn};
 
@@ -109,9 +109,14 @@ struct RunArgs {
     /// Name of the state store (and of its changelog topic).
     #[arg(long, env = "STORE_NAME", default_value = "count-store")]
     store_name: String,
-    /// How often to flush, persist state and offsets, and commit (Kafka Streams' commit.interval.ms).
-    #[arg(long, env = "COMMIT_INTERVAL_MS", default_value_t = 30_000)]
-    commit_interval_ms: u64,
+    /// How often to flush, persist state and offsets, and commit (Kafka Streams'
+    /// commit.interval.ms). Default: 30000 under at_least_once, 200 under exactly_once_v2.
+    #[arg(long, env = "COMMIT_INTERVAL_MS")]
+    commit_interval_ms: Option<u64>,
+    /// at_least_once, or exactly_once_v2: each task's changelog records, output and input
+    /// offsets of a commit in one Kafka transaction (Kafka Streams' processing.guarantee).
+    #[arg(long, env = "PROCESSING_GUARANTEE", default_value = "at_least_once")]
+    processing_guarantee: String,
     /// Static membership id (group.instance.id), e.g. the pod name; unset = dynamic membership.
     #[arg(long, env = "GROUP_INSTANCE_ID")]
     group_instance_id: Option<String>,
@@ -199,7 +204,11 @@ impl RunArgs {
         let session_timeout_ms = self.session_timeout_ms(&mut connection.settings)?;
         let mut config = StreamsConfig::new(&self.application_id, connection.broker);
         config.state_dir = self.state_dir.clone();
-        config.commit_interval = Duration::from_millis(self.commit_interval_ms);
+        config.processing_guarantee = self.processing_guarantee.parse::<ProcessingGuarantee>()?;
+        config.commit_interval = match self.commit_interval_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => config.processing_guarantee.default_commit_interval(),
+        };
         config.group_instance_id = self.group_instance_id.clone();
         config.deserialization_error_policy = self
             .deserialization_error_policy
@@ -395,6 +404,35 @@ mod tests {
         let cli = Cli::parse_from(["kstreams-count", "--group-protocol", "new"]);
         let error = cli.run.streams_config().unwrap_err().to_string();
         assert!(error.contains("group-protocol"), "{error}");
+    }
+
+    #[test]
+    fn the_guarantee_is_at_least_once_unless_chosen_and_sets_the_default_commit_interval() {
+        let default = config_from(&[]);
+        assert_eq!(
+            default.processing_guarantee,
+            ProcessingGuarantee::AtLeastOnce
+        );
+        assert_eq!(default.commit_interval, Duration::from_secs(30));
+        let exactly_once = config_from(&["--processing-guarantee", "exactly_once_v2"]);
+        assert_eq!(
+            exactly_once.processing_guarantee,
+            ProcessingGuarantee::ExactlyOnceV2
+        );
+        assert_eq!(
+            exactly_once.commit_interval,
+            kstreams_engine::EXACTLY_ONCE_COMMIT_INTERVAL
+        );
+        let chosen = config_from(&[
+            "--processing-guarantee",
+            "exactly_once_v2",
+            "--commit-interval-ms",
+            "5000",
+        ]);
+        assert_eq!(chosen.commit_interval, Duration::from_secs(5));
+        let cli = Cli::parse_from(["kstreams-count", "--processing-guarantee", "exactly_once"]);
+        let error = cli.run.streams_config().unwrap_err().to_string();
+        assert!(error.contains("processing-guarantee"), "{error}");
     }
 
     #[test]

@@ -15,7 +15,10 @@
 //!   BENCH_SCALING_PARTITIONS [1,2,4,8,16];
 //!   with BENCH_PIN=1 the word count runs on as many CPUs as partitions (taskset) and the
 //!   broker on the CPUs above them.
-//! - BENCH_APP_ARGS: extra kstreams-count flags for every run (default: none, the defaults).
+//! - BENCH_APP_ARGS: extra kstreams-count flags for every run (default: none, the defaults),
+//!   e.g. `--processing-guarantee exactly_once_v2`; BENCH_COMMIT_INTERVAL_MS [30000] the commit
+//!   interval (200 is exactly-once's default); BENCH_THROUGHPUT_STORAGE [memory] the throughput
+//!   section's broker storage (`sqlite`: what the tests run, with transactions).
 //! - BENCH_CHART [$CARGO_TARGET_DIR/bench-keys.svg]: where the chart of throughput and peak RSS
 //!   against distinct keys goes (drawn when some input was measured at two key counts or more).
 
@@ -51,6 +54,11 @@ fn main() {
     let mut report = Report::default();
     let show = |report: &Report| println!("{}", report.markdown());
 
+    let throughput_storage = match setting("BENCH_THROUGHPUT_STORAGE", "memory").as_str() {
+        "memory" => Storage::Memory,
+        "sqlite" => Storage::Sqlite,
+        other => panic!("BENCH_THROUGHPUT_STORAGE: `{other}` is neither memory nor sqlite"),
+    };
     if wants("throughput") {
         for records in list("BENCH_RECORDS", "1000000") {
             for keys in list("BENCH_KEYS", "1000,10000,100000,1000000") {
@@ -68,7 +76,7 @@ fn main() {
                         report.throughput.push(throughput(
                             input,
                             partitions as i32,
-                            Storage::Memory,
+                            throughput_storage,
                             None,
                             None,
                         ));

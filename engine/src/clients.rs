@@ -2,6 +2,8 @@
 //! built in one place: the engine's keys, then the user's client settings (file, environment,
 //! `-X`), with the keys the engine's guarantees rest on protected.
 
+use std::time::Duration;
+
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 
@@ -148,6 +150,18 @@ const OWNED_ON_CONSUMERS: &[OwnedKey] = &[
     },
 ];
 
+/// How long the broker lets a task's transaction stay open before it aborts it and fences the
+/// producer: longer than a commit may take (its deadline) plus a commit interval's processing
+/// before it, so only a task that stopped committing is aborted.
+pub(crate) const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A task's `transactional.id` under exactly-once: the same for every owner of the task, so a
+/// new owner's producer fences the old one's (its open transaction is aborted, its later
+/// sends and commits refused).
+pub(crate) fn transactional_id(config: &StreamsConfig, task: TaskId) -> String {
+    format!("{}-{task}", config.application_id)
+}
+
 /// Keys on the producers.
 const OWNED_ON_PRODUCERS: &[OwnedKey] = &[
     OwnedKey {
@@ -168,7 +182,11 @@ const OWNED_ON_PRODUCERS: &[OwnedKey] = &[
     },
     OwnedKey {
         key: "transactional.id",
-        why: "the engine does not use transactions",
+        why: "under --processing-guarantee exactly_once_v2 each task's producer has its own (<application id>-<task id>)",
+    },
+    OwnedKey {
+        key: "transaction.timeout.ms",
+        why: "the engine sets it above its commit deadline",
     },
 ];
 
@@ -235,7 +253,16 @@ fn engine_settings(config: &StreamsConfig, role: ClientRole) -> Vec<(&'static st
                 config.source_partitions,
             ));
         }
-        ClientRole::Producer(_) => {
+        ClientRole::Producer(task) => {
+            if config.processing_guarantee.exactly_once() {
+                settings.extend([
+                    ("transactional.id", transactional_id(config, task)),
+                    (
+                        "transaction.timeout.ms",
+                        TRANSACTION_TIMEOUT.as_millis().to_string(),
+                    ),
+                ]);
+            }
             settings.extend([
                 ("enable.idempotence", "true".into()),
                 ("acks", "all".into()),

@@ -81,6 +81,45 @@ setting_choices!(GroupProtocol, "group-protocol", {
     "consumer" => Self::Consumer,
 });
 
+/// What a commit promises (Kafka Streams' `processing.guarantee`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProcessingGuarantee {
+    /// Every input record's effect reaches the store, the changelog and the output at least
+    /// once; after a crash, output since the last commit may be written again.
+    #[default]
+    AtLeastOnce,
+    /// Each task's changelog records, output records and input offset of one commit go in one
+    /// Kafka transaction (a transactional producer per task, `transactional.id` =
+    /// `<application id>-<task id>`): a `read_committed` reader sees every output once, and a
+    /// task's earlier owner is fenced by the broker. RocksDB is written only once the
+    /// transaction has committed.
+    ExactlyOnceV2,
+}
+
+setting_choices!(ProcessingGuarantee, "processing-guarantee", {
+    "at_least_once" => Self::AtLeastOnce,
+    "exactly_once_v2" => Self::ExactlyOnceV2,
+});
+
+impl ProcessingGuarantee {
+    /// The commit interval when none is chosen: Kafka Streams' 30 s under at-least-once; under
+    /// exactly-once the output is seen only once committed, so commits are frequent (see
+    /// `docs/benchmarks.md` for how the interval was chosen).
+    pub fn default_commit_interval(self) -> Duration {
+        match self {
+            ProcessingGuarantee::AtLeastOnce => Duration::from_secs(30),
+            ProcessingGuarantee::ExactlyOnceV2 => EXACTLY_ONCE_COMMIT_INTERVAL,
+        }
+    }
+
+    pub fn exactly_once(self) -> bool {
+        self == ProcessingGuarantee::ExactlyOnceV2
+    }
+}
+
+/// The commit interval under exactly-once unless one is chosen.
+pub const EXACTLY_ONCE_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+
 /// Everything an engine instance needs to run. Build with [`StreamsConfig::new`] and adjust fields.
 #[derive(Debug, Clone)]
 pub struct StreamsConfig {
@@ -92,6 +131,8 @@ pub struct StreamsConfig {
     pub state_dir: PathBuf,
     /// How often tasks flush, write their state and offsets, and commit to the group.
     pub commit_interval: Duration,
+    /// At-least-once (the default) or exactly-once with Kafka transactions.
+    pub processing_guarantee: ProcessingGuarantee,
     /// Static membership id (`group.instance.id`), e.g. the StatefulSet pod name.
     pub group_instance_id: Option<String>,
     /// What a record that cannot be deserialized does.
@@ -134,6 +175,7 @@ impl StreamsConfig {
             bootstrap_servers: bootstrap_servers.into(),
             state_dir: PathBuf::from("/tmp/kafka-streams"),
             commit_interval: Duration::from_secs(30),
+            processing_guarantee: ProcessingGuarantee::default(),
             group_instance_id: None,
             deserialization_error_policy: DeserializationErrorPolicy::default(),
             replication_factor: -1,

@@ -8,19 +8,69 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, IntCounter};
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
 };
-use rdkafka::ClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 /// A record as the collector sends it; its delivery opaque carries its generation and send
 /// time.
 pub(crate) type SinkRecord<'a> = BaseRecord<'a, [u8], [u8], usize>;
 
+/// The instance's group membership as its consumer last saw it (generation and member id),
+/// which a transaction's input offsets are committed under: set by the rebalance listener at
+/// every assignment, read by the tasks' transactional commits.
+#[derive(Clone, Default)]
+pub struct GroupMetadataCell(Arc<Mutex<Option<Arc<ConsumerGroupMetadata>>>>);
+
+impl GroupMetadataCell {
+    pub(crate) fn set(&self, metadata: Option<ConsumerGroupMetadata>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = metadata.map(Arc::new);
+    }
+
+    pub(crate) fn get(&self) -> Option<Arc<ConsumerGroupMetadata>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// What a transaction commits besides its records: the task's next input offset, for the
+/// group, under the consumer's membership.
+pub(crate) struct TransactionOffsets<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub next_offset: i64,
+    pub group: Option<Arc<ConsumerGroupMetadata>>,
+}
+
+/// Why a transaction step failed, and whether the producer was fenced (another producer now
+/// holds the task's transactional id: the partition is another owner's) or the transaction
+/// can only be aborted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TransactionFailure {
+    pub reason: String,
+    pub fenced: bool,
+}
+
+impl TransactionFailure {
+    fn from_kafka(error: KafkaError) -> Self {
+        let fenced = match &error {
+            KafkaError::Transaction(rd) => rd.is_fatal() || fenced_code(rd.code()),
+            other => other.rdkafka_error_code().is_some_and(fenced_code),
+        };
+        Self {
+            reason: error.to_string(),
+            fenced,
+        }
+    }
+}
+
 /// What the record collector asks of its producer. Answers come back through the
-/// [`DeliveryTracker`] the sink was made with.
+/// [`DeliveryTracker`] the sink was made with. The transaction steps are used only under
+/// exactly-once (the producer then has a `transactional.id`).
 pub(crate) trait RecordSink: Send + Sync {
     /// Queues the record, or hands it back with the reason (a full queue is retried).
     #[allow(clippy::result_large_err)] // rdkafka's own send: the record comes back to retry
@@ -29,6 +79,21 @@ pub(crate) trait RecordSink: Send + Sync {
     fn flush(&self, timeout: Duration) -> KafkaResult<()>;
     /// Drops every record queued or in flight (each answered as refused), from any thread.
     fn purge(&self);
+    /// Registers the producer's transactional id with the broker: the id's earlier producer
+    /// is fenced and its open transaction aborted.
+    fn init_transactions(&self, timeout: Duration) -> Result<(), TransactionFailure>;
+    fn begin_transaction(&self) -> Result<(), TransactionFailure>;
+    /// Adds the input offset to the open transaction and commits it: every record sent in it
+    /// is acknowledged when this returns.
+    fn commit_transaction(
+        &self,
+        offsets: Option<&TransactionOffsets<'_>>,
+        timeout: Duration,
+    ) -> Result<(), TransactionFailure>;
+    fn abort_transaction(&self, timeout: Duration) -> Result<(), TransactionFailure>;
+    /// The producer's fatal error, once it has one (under exactly-once: fenced by a newer
+    /// producer of its transactional id); it sends nothing more.
+    fn fatal_error(&self) -> Option<TransactionFailure>;
 }
 
 impl RecordSink for ThreadedProducer<DeliveryTracker> {
@@ -44,6 +109,63 @@ impl RecordSink for ThreadedProducer<DeliveryTracker> {
     fn purge(&self) {
         Producer::purge(self, PurgeConfig::default().queue().inflight());
     }
+
+    fn init_transactions(&self, timeout: Duration) -> Result<(), TransactionFailure> {
+        Producer::init_transactions(self, timeout).map_err(TransactionFailure::from_kafka)
+    }
+
+    fn begin_transaction(&self) -> Result<(), TransactionFailure> {
+        Producer::begin_transaction(self).map_err(TransactionFailure::from_kafka)
+    }
+
+    fn commit_transaction(
+        &self,
+        offsets: Option<&TransactionOffsets<'_>>,
+        timeout: Duration,
+    ) -> Result<(), TransactionFailure> {
+        let deadline = Instant::now() + timeout;
+        if let Some(offsets) = offsets {
+            let Some(group) = &offsets.group else {
+                return Err(TransactionFailure {
+                    reason: "the consumer's group membership is not known yet".into(),
+                    fenced: false,
+                });
+            };
+            let mut list = TopicPartitionList::new();
+            list.add_partition_offset(
+                offsets.topic,
+                offsets.partition,
+                Offset::Offset(offsets.next_offset),
+            )
+            .map_err(TransactionFailure::from_kafka)?;
+            Producer::send_offsets_to_transaction(self, &list, group, timeout)
+                .map_err(TransactionFailure::from_kafka)?;
+        }
+        Producer::commit_transaction(self, deadline.saturating_duration_since(Instant::now()))
+            .map_err(TransactionFailure::from_kafka)
+    }
+
+    fn abort_transaction(&self, timeout: Duration) -> Result<(), TransactionFailure> {
+        Producer::abort_transaction(self, timeout).map_err(TransactionFailure::from_kafka)
+    }
+
+    fn fatal_error(&self) -> Option<TransactionFailure> {
+        let (code, reason) = self.client().fatal_error()?;
+        Some(TransactionFailure {
+            fenced: fenced_code(code),
+            reason,
+        })
+    }
+}
+
+/// The codes a producer gets once a newer producer of its transactional id took over.
+fn fenced_code(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::Fenced
+    )
 }
 
 /// What the broker answered for the records of one write-out generation.
@@ -286,6 +408,13 @@ pub(crate) struct InstantSinkState {
     pub sent: HashMap<String, u64>,
     /// The sink was purged (its task fenced).
     pub purged: bool,
+    /// Transactions: whether one is open, the partitions it wrote (each gets a marker's
+    /// offset when it ends), and what ended: (committed, the input offset it committed).
+    pub in_transaction: bool,
+    written_in_transaction: Vec<(String, i32)>,
+    pub transactions: Vec<(bool, Option<i64>)>,
+    /// The next commit fails with this failure (then it is cleared).
+    pub fail_commit: Option<TransactionFailure>,
 }
 
 #[cfg(test)]
@@ -329,7 +458,31 @@ impl InstantSinkState {
         };
         let next = partitions.entry(partition).or_default();
         *next += 1;
-        Ok(*next - 1)
+        let placed = *next - 1;
+        if self.in_transaction
+            && !self
+                .written_in_transaction
+                .iter()
+                .any(|(t, p)| t == topic && *p == partition)
+        {
+            self.written_in_transaction
+                .push((topic.to_string(), partition));
+        }
+        Ok(placed)
+    }
+
+    /// Ends the open transaction: a marker in each partition it wrote, as the broker does.
+    fn end_transaction(&mut self, committed: bool, input_next: Option<i64>) {
+        for (topic, partition) in std::mem::take(&mut self.written_in_transaction) {
+            *self
+                .next_offset
+                .entry(topic)
+                .or_default()
+                .entry(partition)
+                .or_default() += 1;
+        }
+        self.in_transaction = false;
+        self.transactions.push((committed, input_next));
     }
 }
 
@@ -370,5 +523,45 @@ impl RecordSink for InstantSink {
             let purged = Err("Local: Purged in queue".to_string());
             self.tracker.answered(opaque, purged);
         }
+    }
+
+    fn init_transactions(&self, _: Duration) -> Result<(), TransactionFailure> {
+        Ok(())
+    }
+
+    fn begin_transaction(&self) -> Result<(), TransactionFailure> {
+        let mut state = self.state.lock().expect("sink lock poisoned");
+        assert!(!state.in_transaction, "a transaction begun twice");
+        state.in_transaction = true;
+        Ok(())
+    }
+
+    fn commit_transaction(
+        &self,
+        offsets: Option<&TransactionOffsets<'_>>,
+        timeout: Duration,
+    ) -> Result<(), TransactionFailure> {
+        // Committing flushes: every record of the transaction is answered first.
+        self.flush(timeout)
+            .expect("an in-process flush cannot fail");
+        let mut state = self.state.lock().expect("sink lock poisoned");
+        assert!(state.in_transaction, "a commit without a transaction");
+        if let Some(failure) = state.fail_commit.take() {
+            return Err(failure);
+        }
+        state.end_transaction(true, offsets.map(|o| o.next_offset));
+        Ok(())
+    }
+
+    fn abort_transaction(&self, _: Duration) -> Result<(), TransactionFailure> {
+        let mut state = self.state.lock().expect("sink lock poisoned");
+        if state.in_transaction {
+            state.end_transaction(false, None);
+        }
+        Ok(())
+    }
+
+    fn fatal_error(&self) -> Option<TransactionFailure> {
+        None
     }
 }

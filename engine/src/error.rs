@@ -140,6 +140,29 @@ pub enum EngineError {
     )]
     Fenced { task: TaskId },
 
+    /// Under exactly-once: another producer took the task's transactional id (a new owner of
+    /// the partition started it), so this one's transaction was aborted by the broker and it
+    /// may send nothing more.
+    #[error(
+        "task {task}: its producer was fenced by a newer owner of the task (transactional id \
+         `{transactional_id}`): {reason}; its open transaction is aborted"
+    )]
+    ProducerFenced {
+        task: TaskId,
+        transactional_id: String,
+        reason: String,
+    },
+
+    /// Under exactly-once: the task's transaction could not commit and was aborted; nothing of
+    /// it is visible to read_committed readers or in RocksDB, and the task restarts from its
+    /// last commit.
+    #[error("task {task}: transaction {step} failed and was aborted: {reason}")]
+    TransactionAborted {
+        task: TaskId,
+        step: &'static str,
+        reason: String,
+    },
+
     /// Records could not be delivered to the broker.
     #[error("task {task}: producing to `{topic}` failed: {reason}")]
     Produce {

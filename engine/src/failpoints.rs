@@ -26,13 +26,22 @@ pub const REVOCATION_COMMIT_FAILS: &str = "revocation-commit-fails";
 /// output of restored keys.
 pub const ABORT_BEFORE_REPLAY: &str = "abort-before-replay";
 
+/// `return`: under exactly-once, abort the process once a write-out's records are sent
+/// (acknowledged or not) and before its transaction commits: the broker aborts the
+/// transaction when the task's next owner registers its transactional id.
+pub const TRANSACTION_ABORT_BEFORE_COMMIT: &str = "transaction-abort-before-commit";
+/// `return`: under exactly-once, abort the process once a write-out's transaction committed
+/// and before its state and offsets reach RocksDB: the restart restores them from the
+/// changelog.
+pub const TRANSACTION_ABORT_AFTER_COMMIT: &str = "transaction-abort-after-commit";
+
 /// `return(MS)`: the state updater waits MS milliseconds before each restore step (at most
 /// 5,000 records), as a slow broker or a long changelog would make it take longer.
 pub const RESTORE_STEP_DELAY: &str = "restore-step-delay";
 
 /// Every point this build knows, for the start-up check of `FAILPOINTS`.
 #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 9] = [
     WRITE_OUT_ABORT_AFTER,
     WRITE_OUT_PAUSE_AFTER,
     EARLY_WRITE_OUT_ABORT_AFTER,
@@ -40,6 +49,8 @@ pub const ALL: [&str; 7] = [
     REVOCATION_COMMIT_FAILS,
     ABORT_BEFORE_REPLAY,
     RESTORE_STEP_DELAY,
+    TRANSACTION_ABORT_BEFORE_COMMIT,
+    TRANSACTION_ABORT_AFTER_COMMIT,
 ];
 
 /// Why `FAILPOINTS` could not be applied.

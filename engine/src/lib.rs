@@ -49,7 +49,7 @@ pub use client_settings::{ClientSetting, ClientSettings, SettingSource};
 pub use clients::{default_key_partitioner, setting_error, tool_client_config, KEY_PARTITIONER};
 pub use config::{
     changelog_topic_name, normalize_bootstrap_servers, DeserializationErrorPolicy, GroupProtocol,
-    StreamsConfig,
+    ProcessingGuarantee, StreamsConfig, EXACTLY_ONCE_COMMIT_INTERVAL,
 };
 pub use dsl::{KGroupedStream, KStream, KTable, StreamsBuilder, Topology};
 pub use error::{EngineError, Result};
@@ -77,7 +77,8 @@ pub mod testing {
     pub mod failpoints {
         pub use crate::failpoints::{
             ABORT_BEFORE_REPLAY, ABORT_WITH_WRITE_OUT_IN_FLIGHT, EARLY_WRITE_OUT_ABORT_AFTER,
-            RESTORE_STEP_DELAY, REVOCATION_COMMIT_FAILS, WRITE_OUT_ABORT_AFTER, WRITE_OUT_PAUSE,
+            RESTORE_STEP_DELAY, REVOCATION_COMMIT_FAILS, TRANSACTION_ABORT_AFTER_COMMIT,
+            TRANSACTION_ABORT_BEFORE_COMMIT, WRITE_OUT_ABORT_AFTER, WRITE_OUT_PAUSE,
             WRITE_OUT_PAUSE_AFTER,
         };
     }

@@ -34,6 +34,7 @@ pub struct EngineMetrics {
     pub(crate) store_size: IntGaugeVec,
     pub(crate) commits: IntCounter,
     pub(crate) commit_failures: IntCounter,
+    pub(crate) transactions: IntCounterVec,
     pub(crate) commit_duration: Histogram,
     pub(crate) rebalances: IntCounter,
     pub(crate) tasks_assigned: IntCounter,
@@ -142,6 +143,10 @@ impl EngineMetrics {
             store_size: register(r, IntGaugeVec::new(opts("kstreams_state_store_size_bytes", "Estimated live data in the task's RocksDB"), TASK)),
             commits: register(r, IntCounter::new("kstreams_commits_total", "Commits of all tasks")),
             commit_failures: register(r, IntCounter::new("kstreams_commit_failures_total", "Commits that failed")),
+            transactions: register(r, IntCounterVec::new(
+                opts("kstreams_transactions_total", "Exactly-once: task transactions by outcome (committed; aborted: failed, the task restarted from its last commit; fenced: a newer owner of the task registered its transactional id)"),
+                &["outcome"],
+            )),
             commit_duration: register(r, Histogram::with_opts(seconds(
                 "kstreams_commit_duration_seconds",
                 "From the start of a task's commit write-out (changelog and output records sent) until its state and offsets are in RocksDB",

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tracing::warn;
+
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::BaseRecord;
 
@@ -12,7 +14,8 @@ use crate::clients::{client_config, setting_error, ClientRole};
 use crate::config::StreamsConfig;
 pub use crate::delivery::WriteOutListener;
 use crate::delivery::{
-    delivery_opaque, AcknowledgedRun, DeliveryMetrics, DeliveryTracker, RecordSink, SinkRecord,
+    delivery_opaque, AcknowledgedRun, DeliveryMetrics, DeliveryTracker, GroupMetadataCell,
+    RecordSink, SinkRecord, TransactionFailure, TransactionOffsets,
 };
 use crate::error::{EngineError, Result};
 use crate::fence::Fence;
@@ -24,6 +27,36 @@ use crate::task_id::TaskId;
 
 /// Longest a record waits for room in the producer's queue before the task fails.
 const QUEUE_FULL_WAIT: Duration = Duration::from_secs(60);
+
+/// Longest the broker may take to register a task's transactional id (fencing its earlier
+/// owner) or to abort a transaction.
+const TRANSACTION_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a failed step waits to learn whether the producer was fenced.
+const FENCE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Under exactly-once: what a task's transactions commit with, and where they stand.
+pub(crate) struct TransactionScope {
+    /// The task's input topic (its partition is the task's).
+    pub input_topic: String,
+    /// The consumer's group membership, which the input offsets are committed under.
+    pub group: GroupMetadataCell,
+    pub transactional_id: String,
+}
+
+struct Transactions {
+    scope: TransactionScope,
+    /// A transaction is open (begun at the first record sent after a commit).
+    open: bool,
+    /// The input offset the last committed transaction committed.
+    committed_input: Option<i64>,
+    /// The newest write-out generation whose transaction committed: only those may reach
+    /// RocksDB.
+    committed_generation: Option<u64>,
+    /// A transaction failed: nothing more is sent or written (the task restarts).
+    failed: Option<String>,
+    /// Once a step failed: whether the producer turned out fenced (asked once).
+    fenced: std::sync::OnceLock<bool>,
+}
 
 /// Sends a task's records and reports, after a flush, where its changelogs stand.
 pub struct RecordCollector {
@@ -40,6 +73,10 @@ pub struct RecordCollector {
     generation: u64,
     /// Records sent in the current generation.
     sent_in_generation: u64,
+    /// Under exactly-once, the task's transactions; `None` under at-least-once.
+    transactions: Option<Transactions>,
+    /// Transactions by outcome (`None`: not measured, as in the benchmarks).
+    transaction_outcomes: Option<prometheus::IntCounterVec>,
 }
 
 impl RecordCollector {
@@ -91,7 +128,158 @@ impl RecordCollector {
             output_records_sent: 0,
             generation: 0,
             sent_in_generation: 0,
+            transactions: None,
+            transaction_outcomes: metrics.map(|m| m.transactions.clone()),
         })
+    }
+
+    /// Exactly-once: registers the task's transactional id with the broker (fencing the
+    /// producer of any earlier owner of the task and aborting its open transaction), before
+    /// the task restores its changelogs, so that no earlier owner's transaction can commit
+    /// after the restore has read to the end. From now on records are sent in transactions.
+    pub(crate) fn start_transactions(&mut self, scope: TransactionScope) -> Result<()> {
+        self.producer
+            .init_transactions(TRANSACTION_STEP_TIMEOUT)
+            .map_err(|failure| self.transaction_error("registering", &scope, failure))?;
+        self.transactions = Some(Transactions {
+            scope,
+            open: false,
+            committed_input: None,
+            committed_generation: None,
+            failed: None,
+            fenced: std::sync::OnceLock::new(),
+        });
+        Ok(())
+    }
+
+    /// Records go in transactions (exactly-once).
+    pub(crate) fn transactional(&self) -> bool {
+        self.transactions.is_some()
+    }
+
+    /// Whether write-out `generation` may be written to RocksDB: under exactly-once only once
+    /// its transaction committed.
+    pub(crate) fn may_write(&self, generation: u64) -> bool {
+        match &self.transactions {
+            None => true,
+            Some(t) => t.committed_generation.is_some_and(|c| generation <= c),
+        }
+    }
+
+    fn count_transaction(&self, outcome: &str) {
+        if let Some(outcomes) = &self.transaction_outcomes {
+            outcomes.with_label_values(&[outcome]).inc();
+        }
+    }
+
+    /// Under exactly-once, a failure of a producer that a newer owner of the task fenced is
+    /// reported as fenced, whatever the step that met it (a send, a delivery, a flush).
+    fn or_fenced(&self, error: EngineError) -> EngineError {
+        let Some(transactions) = &self.transactions else {
+            return error;
+        };
+        let fenced = *transactions.fenced.get_or_init(|| {
+            let fatal = || self.producer.fatal_error().is_some_and(|f| f.fenced);
+            // A produce refused as fenced leaves the transaction abortable, not the producer
+            // failed; aborting tells: the broker refuses the abort (or the epoch bump before
+            // it) once a newer producer holds the transactional id. The transaction must be
+            // aborted anyway.
+            fatal()
+                || match self.producer.abort_transaction(FENCE_CHECK_TIMEOUT) {
+                    Err(failure) => failure.fenced || fatal(),
+                    Ok(()) => false,
+                }
+        });
+        match fenced {
+            true => EngineError::ProducerFenced {
+                task: self.task,
+                transactional_id: transactions.scope.transactional_id.clone(),
+                reason: format!("after: {error}"),
+            },
+            false => error,
+        }
+    }
+
+    fn transaction_error(
+        &self,
+        step: &'static str,
+        scope: &TransactionScope,
+        failure: TransactionFailure,
+    ) -> EngineError {
+        self.count_transaction(if failure.fenced { "fenced" } else { "aborted" });
+        if failure.fenced {
+            EngineError::ProducerFenced {
+                task: self.task,
+                transactional_id: scope.transactional_id.clone(),
+                reason: failure.reason,
+            }
+        } else {
+            EngineError::TransactionAborted {
+                task: self.task,
+                step,
+                reason: failure.reason,
+            }
+        }
+    }
+
+    /// Commits the open transaction with every write-out generation sealed so far and the
+    /// task's next input offset (`input_next`, for the group): when it returns, every record
+    /// of it is acknowledged and visible to read_committed readers. A failure aborts the
+    /// transaction (or finds the producer fenced) and leaves the collector refusing to send
+    /// or write anything more. Nothing to do when nothing was sent or consumed since the last
+    /// commit.
+    pub(crate) fn commit_transaction(
+        &mut self,
+        input_next: Option<i64>,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.ensure_unfenced()?;
+        let sealed_through = self.generation.checked_sub(1);
+        let task = self.task;
+        let Some(transactions) = self.transactions.as_mut() else {
+            return Ok(());
+        };
+        let input_moved = input_next.is_some() && input_next != transactions.committed_input;
+        if !transactions.open && !input_moved {
+            transactions.committed_generation = sealed_through;
+            return Ok(());
+        }
+        let mut result = Ok(());
+        if !transactions.open {
+            result = self.producer.begin_transaction();
+        }
+        let transactions = self.transactions.as_mut().expect("checked above");
+        if result.is_ok() {
+            let offsets = input_next.map(|next_offset| TransactionOffsets {
+                topic: &transactions.scope.input_topic,
+                partition: task.partition,
+                next_offset,
+                group: transactions.scope.group.get(),
+            });
+            result = self.producer.commit_transaction(offsets.as_ref(), timeout);
+        }
+        let transactions = self.transactions.as_mut().expect("checked above");
+        transactions.open = false;
+        match result {
+            Ok(()) => {
+                transactions.committed_input = input_next;
+                transactions.committed_generation = sealed_through;
+                self.count_transaction("committed");
+                Ok(())
+            }
+            Err(failure) => {
+                transactions.failed = Some(failure.reason.clone());
+                if !failure.fenced {
+                    // Best effort: the broker aborts it anyway once the next owner (or this
+                    // task's restart) registers the transactional id, or at its timeout.
+                    if let Err(abort) = self.producer.abort_transaction(TRANSACTION_STEP_TIMEOUT) {
+                        warn!(task = %self.task, "aborting the failed transaction failed too: {}", abort.reason);
+                    }
+                }
+                let transactions = self.transactions.as_ref().expect("checked above");
+                Err(self.transaction_error("commit", &transactions.scope, failure))
+            }
+        }
     }
 
     /// A collector whose records are acknowledged as they are sent, in process (see
@@ -121,16 +309,42 @@ impl RecordCollector {
         self.fence = fence;
     }
 
-    /// An error once the task is fenced.
+    /// An error once the task is fenced, or (exactly-once) once a transaction failed.
     pub(crate) fn ensure_unfenced(&self) -> Result<()> {
-        match self.fence.is_closed() {
-            true => Err(EngineError::Fenced { task: self.task }),
-            false => Ok(()),
+        if self.fence.is_closed() {
+            return Err(EngineError::Fenced { task: self.task });
         }
+        if let Some(reason) = self.transactions.as_ref().and_then(|t| t.failed.as_ref()) {
+            return Err(EngineError::TransactionAborted {
+                task: self.task,
+                step: "commit (earlier)",
+                reason: reason.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Exactly-once: opens a transaction before the first record after a commit.
+    fn begin_transaction_if_needed(&mut self) -> Result<()> {
+        let Some(transactions) = self.transactions.as_mut() else {
+            return Ok(());
+        };
+        if transactions.open {
+            return Ok(());
+        }
+        if let Err(failure) = self.producer.begin_transaction() {
+            let transactions = self.transactions.as_mut().expect("checked above");
+            transactions.failed = Some(failure.reason.clone());
+            let scope = &self.transactions.as_ref().expect("checked above").scope;
+            return Err(self.transaction_error("begin", scope, failure));
+        }
+        self.transactions.as_mut().expect("checked above").open = true;
+        Ok(())
     }
 
     fn send(&mut self, topic: &str, record: SinkRecord<'_>) -> Result<()> {
         self.ensure_unfenced()?;
+        self.begin_transaction_if_needed()?;
         let mut record = record;
         let mut queue_full_since = None;
         loop {
@@ -157,11 +371,11 @@ impl RecordCollector {
                     record = returned;
                 }
                 Err((error, _)) => {
-                    return Err(EngineError::Produce {
+                    return Err(self.or_fenced(EngineError::Produce {
                         task: self.task,
                         topic: topic.to_string(),
                         reason: error.to_string(),
-                    })
+                    }))
                 }
             }
         }
@@ -225,7 +439,7 @@ impl RecordCollector {
     pub fn flush(&mut self, timeout: Duration) -> Result<()> {
         let flushed = self.producer.flush(timeout);
         self.refused()?;
-        flushed.map_err(EngineError::kafka("flush producer"))
+        flushed.map_err(|e| self.or_fenced(EngineError::kafka("flush producer")(e)))
     }
 
     /// Ends the current write-out generation (every record sent since the last seal) and
@@ -247,11 +461,11 @@ impl RecordCollector {
     }
 
     fn refusal(&self, reason: String) -> EngineError {
-        EngineError::Produce {
+        self.or_fenced(EngineError::Produce {
             task: self.task,
             topic: "(see reason)".into(),
             reason,
-        }
+        })
     }
 
     /// For a sealed generation whose every record the broker acknowledged: per store, the

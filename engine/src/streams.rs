@@ -14,6 +14,7 @@ use tracing::{error, info};
 
 use crate::clients::{client_config, setting_error, ClientRole};
 use crate::config::StreamsConfig;
+use crate::delivery::GroupMetadataCell;
 use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::http;
@@ -116,6 +117,7 @@ impl KafkaStreams {
         let (restored_tx, restored_rx) = crossbeam_channel::unbounded();
         let (fatal_tx, fatal) = unbounded_channel();
         let topology = Arc::new(topology);
+        let group_metadata = GroupMetadataCell::default();
         let (updater, _updater_thread) = state_updater::start(
             config.clone(),
             topology.source_topic().to_string(),
@@ -138,6 +140,7 @@ impl KafkaStreams {
                 fatal: fatal_tx.clone(),
                 status: status.clone(),
                 leftover_tasks: leftover.clone(),
+                group_metadata: group_metadata.clone(),
             },
         )
         .await
@@ -153,6 +156,7 @@ impl KafkaStreams {
                 status: status.clone(),
                 metrics: metrics.clone(),
                 broker_errors_seen: Default::default(),
+                group_metadata,
             },
         )?;
         consumer

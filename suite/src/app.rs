@@ -310,6 +310,44 @@ impl App {
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
+
+    /// Sends `signal` (`-STOP`, `-CONT`, `-TERM`) to the process without waiting.
+    pub fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill {signal} failed");
+    }
+
+    /// The next input offset the instance's first task will process (-1: none yet, or no
+    /// answer).
+    pub fn next_input(&self) -> i64 {
+        let Some(status) = self.status() else {
+            return -1;
+        };
+        status["tasks"][0]["processed_offset"]
+            .as_i64()
+            .map_or(-1, |processed| processed + 1)
+    }
+}
+
+/// Runs an instance until its first task processed the input below `end`, then stops it
+/// cleanly; answers its log.
+pub fn run_until_processed(
+    broker: &Broker,
+    options: &AppOptions,
+    name: &str,
+    end: i64,
+    timeout: Duration,
+) -> String {
+    let mut app = App::spawn(&broker.address(), options);
+    let what = format!("{name} processed the input below offset {end}");
+    crate::wait_until(&what, timeout, || app.next_input() >= end);
+    let log = app.log();
+    let stopped = app.terminate(timeout);
+    assert!(stopped.success(), "{name}: exit {stopped}; log:\n{log}");
+    log
 }
 
 impl Drop for App {

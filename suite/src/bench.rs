@@ -309,7 +309,10 @@ impl AppSetup {
         let mut options = AppOptions::fresh(state_root);
         // The product's defaults: 30 s commits and a 10 s session (the tests' 6 s session once
         // cost a 1M-key first run on sqlite its assignment when the broker fell behind).
-        options.commit_interval_ms = 30_000;
+        options.commit_interval_ms = std::env::var("BENCH_COMMIT_INTERVAL_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(30_000);
         options.session_timeout_ms = None;
         for (key, value) in broker.storage.client_overrides() {
             options.extra_args.push(format!("-X{key}={value}"));

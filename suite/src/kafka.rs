@@ -169,9 +169,24 @@ impl Broker {
         ))
     }
 
-    /// High watermark of every partition of a topic, by partition.
+    /// Where every partition of a topic ends for a read_committed reader (the last stable
+    /// offset: the high watermark unless a transaction is open), by partition.
     pub fn end_offsets(&self, topic: &str) -> Vec<i64> {
-        let consumer: BaseConsumer = self.client().create().unwrap();
+        self.ends(topic, "read_committed")
+    }
+
+    /// High watermark of every partition of a topic as a read_uncommitted reader sees it: past
+    /// the records of open transactions, which [`Broker::end_offsets`] stops before.
+    pub fn end_offsets_uncommitted(&self, topic: &str) -> Vec<i64> {
+        self.ends(topic, "read_uncommitted")
+    }
+
+    fn ends(&self, topic: &str, isolation: &str) -> Vec<i64> {
+        let consumer: BaseConsumer = self
+            .client()
+            .set("isolation.level", isolation)
+            .create()
+            .unwrap();
         (0..self.partitions(topic).unwrap_or(0) as i32)
             .map(|p| {
                 consumer

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod chart;
 pub mod kafka;
 pub mod load;
+pub mod owners;
 pub mod ownership;
 pub mod partitioning;
 pub mod prometheus;
@@ -18,10 +19,11 @@ pub mod wait;
 use std::net::TcpListener;
 
 pub use app::{
-    app_bin, broker_and_app, http_get, key_value_lines, restart_after_crash, run_cli, App,
-    AppOptions,
+    app_bin, broker_and_app, http_get, key_value_lines, restart_after_crash, run_cli,
+    run_until_processed, App, AppOptions,
 };
-pub use load::{word_count_input, Load};
+pub use load::{produce_paced, produce_round, word_count_input, Load};
+pub use owners::TwoOwners;
 pub use ownership::{ownership_from_log, ownership_overlaps, Ownership};
 pub use partitioning::java_partition;
 pub use prometheus::{metric_sum, Prometheus, PROMETHEUS_NAMESPACE, PROMETHEUS_POD_PREFIX};

@@ -28,6 +28,23 @@ pub fn word_count_input(
     (records, expected)
 }
 
+/// One record for each of the keys `key-0` .. `key-<keys - 1>`, valued `round-<round>`.
+pub fn produce_round(broker: &Broker, topic: &str, round: usize, keys: usize) {
+    let records: Vec<(String, String)> = (0..keys)
+        .map(|k| (format!("key-{k}"), format!("round-{round}")))
+        .collect();
+    broker.produce_strings(topic, records.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+}
+
+/// Produces `records` in 100 chunks spread over ~20 s, so that crashes land mid-stream.
+pub fn produce_paced(broker: &Broker, topic: &str, records: &[(String, String)]) {
+    for chunk in records.chunks(records.len().div_ceil(100)) {
+        broker.produce_strings(topic, chunk.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        // Pacing the load generator (not synchronisation): ~100 chunks over ~20 s.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A producer thread writing `key-<n>` records at a steady rate until stopped; it knows the
 /// exact count per key it got acknowledged.
 pub struct Load {

@@ -54,7 +54,9 @@ fn transactions_behave_as_kafkas_for_an_independent_client() {
         "abandoned_transaction_times_out",
     ] {
         assert!(
-            stdout.lines().any(|line| line.starts_with(&format!("ok {check} "))),
+            stdout
+                .lines()
+                .any(|line| line.starts_with(&format!("ok {check} "))),
             "{check} did not pass; stdout:\n{stdout}"
         );
     }

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kstreams_suite::{
-    broker_and_app, poll_until, read_store_counts, skip_without_private_broker, wait_until,
-    word_count_input, App, AppOptions, Broker,
+    broker_and_app, poll_until, produce_paced, read_store_counts, skip_without_private_broker,
+    wait_until, word_count_input, App, AppOptions, Broker,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -28,15 +28,6 @@ fn seed(default: u64) -> u64 {
         .unwrap_or(default);
     eprintln!("chaos seed {seed} (set CHAOS_SEED to replay or vary)");
     seed
-}
-
-/// Produces `records` in chunks spread over ~20 s, so that crashes land mid-stream.
-fn produce_paced(broker: &Broker, topic: &str, records: &[(String, String)]) {
-    for chunk in records.chunks(records.len() / 100) {
-        broker.produce_strings(topic, chunk.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        // Pacing the load generator (not synchronisation): ~100 chunks over ~20 s.
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn assert_counts(

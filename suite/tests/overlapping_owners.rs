@@ -6,12 +6,12 @@
 //! correctness review), or its tail restore skips them for good.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
 use kstreams_engine::testing::failpoints;
 use kstreams_suite::{
-    read_store_counts, take_turn, wait_until, wrong_counts, App, AppOptions, Broker,
+    produce_round, read_store_counts, run_until_processed, take_turn, wait_until, wrong_counts,
+    App, AppOptions, Broker, TwoOwners,
 };
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -24,51 +24,12 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(90);
 /// write-out's acknowledgements, or X's write-out would fail rather than land late.
 const KEYS: usize = 20_000;
 
-fn signal(app: &App, signal: &str) {
-    let sent = Command::new("kill")
-        .args([signal, &app.pid().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success(), "kill {signal} failed");
-}
-
-/// The next input offset a running instance's only task will process (-1: none yet).
-fn next_input(app: &App) -> i64 {
-    let Some(status) = app.status() else {
-        return -1;
-    };
-    status["tasks"][0]["processed_offset"]
-        .as_i64()
-        .map_or(-1, |processed| processed + 1)
-}
-
 /// The most records of another writer an instance's log says it found among its own.
 fn foreign_records_seen(log: &str) -> u64 {
     log.split(" records of another writer")
         .filter_map(|before| before.rsplit(' ').next()?.parse().ok())
         .max()
         .unwrap_or(0)
-}
-
-/// One record for each of the first `keys` keys.
-/// Runs an instance until it processed its task's input below `end`, then stops it cleanly.
-fn run_until_processed(broker: &Broker, options: &AppOptions, name: &str, end: i64) {
-    let mut app = App::spawn(&broker.address(), options);
-    let what = format!("{name} processed the input below offset {end}");
-    wait_until(&what, PROCESS_TIMEOUT, || next_input(&app) >= end);
-    let stopped = app.terminate(EXIT_TIMEOUT);
-    assert!(
-        stopped.success(),
-        "{name}: exit {stopped}; log:\n{}",
-        app.log()
-    );
-}
-
-fn produce_round(broker: &Broker, topic: &str, round: usize, keys: usize) {
-    let records: Vec<(String, String)> = (0..keys)
-        .map(|k| (format!("key-{k}"), format!("round-{round}")))
-        .collect();
-    broker.produce_strings(topic, records.iter().map(|(k, v)| (k.as_str(), v.as_str())));
 }
 
 /// The old owner X (at the defaults, but for a shutdown bound longer than its freeze) counts
@@ -84,45 +45,19 @@ fn an_old_owner_frozen_mid_write_out_loses_no_update_of_the_new_owner() {
     let _turn = take_turn();
     let root = tempfile::tempdir().unwrap();
     let broker = Broker::start();
-    let x_options = {
-        let mut options = AppOptions::fresh(&root.path().join("x"));
-        options.commit_interval_ms = 30_000; // the product's default
-        options.session_timeout_ms = None; // the product's default (10 s)
-        options.extra_args = vec!["--shutdown-timeout-ms".into(), "600000".into()];
-        options
-    };
-    let y_options = AppOptions {
-        state_dir: root.path().join("y").join("state"),
-        extra_args: vec![],
-        ..x_options.clone()
-    };
+    let mut x_options = AppOptions::fresh(&root.path().join("x"));
+    x_options.commit_interval_ms = 30_000; // the product's default
     let held_at = KEYS / 2;
-    let mut x_held = x_options.clone();
-    x_held.env = vec![(
-        "FAILPOINTS".into(),
-        format!("{}=1*return({held_at})", failpoints::WRITE_OUT_PAUSE_AFTER),
-    )];
-    broker.create_topic(&x_options.input_topic, 1);
-    broker.create_topic(&x_options.output_topic, 1);
+    let owners = TwoOwners::new(&broker, root.path(), x_options, held_at);
+    let (x_options, y_options) = (&owners.x, &owners.y);
     let changelog = x_options.changelog_topic();
-
-    produce_round(&broker, &x_options.input_topic, 1, KEYS);
-    let mut x = App::spawn(&broker.address(), &x_held);
-    wait_until("X processed the first round", PROCESS_TIMEOUT, || {
-        next_input(&x) >= KEYS as i64
-    });
-    assert_eq!(
-        broker.record_count(&changelog),
-        0,
-        "X committed before its final write-out (the interval commit came first)"
-    );
-    signal(&x, "-TERM");
-    wait_until(
-        "X's write-out held with half its changelog records acknowledged",
+    let mut x = owners.freeze_x_mid_write_out(
+        &broker,
+        KEYS,
+        held_at,
         PROCESS_TIMEOUT,
-        || broker.end_offsets(&changelog)[0] >= held_at as i64,
+        |broker, changelog| broker.end_offsets(changelog)[0],
     );
-    signal(&x, "-STOP");
     let landed = broker.record_count(&changelog);
     assert_eq!(
         landed, held_at as i64,
@@ -131,10 +66,10 @@ fn an_old_owner_frozen_mid_write_out_loses_no_update_of_the_new_owner() {
     );
 
     produce_round(&broker, &x_options.input_topic, 2, KEYS);
-    run_until_processed(&broker, &y_options, "Y", 2 * KEYS as i64);
+    run_until_processed(&broker, y_options, "Y", 2 * KEYS as i64, PROCESS_TIMEOUT);
     let y_logged = broker.end_offsets(&changelog)[0];
 
-    signal(&x, "-CONT");
+    x.signal("-CONT");
     let Some(x_stopped) = x.wait_exit(EXIT_TIMEOUT) else {
         panic!("X did not stop after SIGCONT; log:\n{}", x.log());
     };
@@ -150,11 +85,11 @@ fn an_old_owner_frozen_mid_write_out_loses_no_update_of_the_new_owner() {
 
     produce_round(&broker, &x_options.input_topic, 3, KEYS / 2);
     let end = (2 * KEYS + KEYS / 2) as i64;
-    run_until_processed(&broker, &y_options, "Y again", end);
+    run_until_processed(&broker, y_options, "Y again", end, PROCESS_TIMEOUT);
 
-    let mut restarted = App::spawn(&broker.address(), &x_options);
+    let mut restarted = App::spawn(&broker.address(), x_options);
     wait_until("X runs its task again", READY_TIMEOUT, || {
-        next_input(&restarted) >= end
+        restarted.next_input() >= end
     });
     let stopped = restarted.terminate(EXIT_TIMEOUT);
     assert!(

@@ -10,6 +10,7 @@ use tracing::{error, warn};
 
 use std::sync::Arc;
 
+use crate::delivery::GroupMetadataCell;
 use crate::metrics::EngineMetrics;
 use crate::status::InstanceStatus;
 use crate::task_id::TaskId;
@@ -28,6 +29,8 @@ pub struct RebalanceListener {
     pub(crate) metrics: EngineMetrics,
     /// Each broker's request-error total at the last statistics.
     pub(crate) broker_errors_seen: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Where the consumer's group membership is kept for the tasks' transactions.
+    pub(crate) group_metadata: GroupMetadataCell,
 }
 
 impl ClientContext for RebalanceListener {
@@ -110,6 +113,7 @@ impl RebalanceListener {
         if let Some((generation, member_id)) = group_membership(consumer) {
             self.status.set_membership(generation, member_id);
         }
+        self.group_metadata.set(consumer.group_metadata());
     }
 
     fn source_partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {

@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::assignment::{AssignmentChange, AssignmentEvent};
 use crate::config::StreamsConfig;
+use crate::delivery::GroupMetadataCell;
 use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::failpoints;
@@ -51,6 +52,8 @@ pub struct SupervisorArgs {
     pub status: Arc<InstanceStatus>,
     /// Task directories found on disk at start-up (candidates for cleanup until assigned).
     pub leftover_tasks: Vec<TaskId>,
+    /// The consumer's group membership, for the tasks' exactly-once commits.
+    pub group_metadata: GroupMetadataCell,
 }
 
 /// Whether stopping tasks waits until they have stopped.
@@ -369,6 +372,7 @@ impl SupervisorState {
             committed: self.args.committed.clone(),
             queued: queued.clone(),
             fence: fence.clone(),
+            group_metadata: self.args.group_metadata.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, StreamTask, args, myself.get_cell())
             .await
@@ -469,6 +473,22 @@ impl SupervisorState {
                 .args
                 .fatal
                 .send(EngineError::TaskFailed { task, reason });
+            return;
+        }
+        let fenced = failure
+            .downcast_ref::<EngineError>()
+            .is_some_and(|e| matches!(e, EngineError::ProducerFenced { .. }));
+        if fenced {
+            // Exactly-once: a newer owner of the task registered its transactional id, so the
+            // partition is most likely another member's by now; starting again at once would
+            // fence that owner in turn. Not this task's fault: not counted against its budget.
+            // Once the group has had a session timeout to move the partition, the task starts
+            // again if it is still assigned here.
+            let delay = self.args.config.session_timeout;
+            warn!(%task, "task fenced by a newer owner; starting it again in {delay:?} if its partition is still assigned here: {reason}");
+            self.awaiting_start.insert(task.partition);
+            let partition = task.partition;
+            myself.send_after(delay, move || SupervisorMsg::RetryStart(partition));
             return;
         }
         if self.budget_spent(task, &reason) {

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::clients::TRANSACTION_TIMEOUT;
 use crate::delivery::AcknowledgedRun;
 use crate::error::{EngineError, Result};
 use crate::failpoints;
@@ -24,6 +25,9 @@ pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 /// fails in the task rather than outliving the ask.
 pub(crate) const COMMIT_DEADLINE: Duration = Duration::from_secs(60);
 const _: () = assert!(COMMIT_DEADLINE.as_millis() < TASK_COMMIT_TIMEOUT.as_millis());
+// A transaction (open from the first record after a commit to the next commit's end) is not
+// aborted by the broker while its commit may still succeed.
+const _: () = assert!(COMMIT_DEADLINE.as_millis() < TRANSACTION_TIMEOUT.as_millis());
 
 /// How long, after a flush, the delivery reports of its records may take to be counted
 /// (the producer's thread serves them).
@@ -92,7 +96,22 @@ impl TaskCheckpoint<'_> {
         )?;
         let generation = self.collector.seal();
         self.store.seal(generation, input_next, trigger);
-        written.extend(self.write_acknowledged()?);
+        if self.collector.transactional() {
+            // Exactly-once: the write-out is a transaction, committed with the input offset
+            // (its records all acknowledged) before anything of it reaches RocksDB; no
+            // write-out stays in flight while the task processes on.
+            if failpoints::fires(failpoints::TRANSACTION_ABORT_BEFORE_COMMIT) {
+                failpoints::crash(failpoints::TRANSACTION_ABORT_BEFORE_COMMIT);
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            self.collector.commit_transaction(input_next, remaining)?;
+            if failpoints::fires(failpoints::TRANSACTION_ABORT_AFTER_COMMIT) {
+                failpoints::crash(failpoints::TRANSACTION_ABORT_AFTER_COMMIT);
+            }
+            written.extend(self.wait_for_write_outs(deadline)?);
+        } else {
+            written.extend(self.write_acknowledged()?);
+        }
         Ok(written)
     }
 
@@ -120,13 +139,18 @@ impl TaskCheckpoint<'_> {
         while let Some(sealed) = self.store.oldest_sealed() {
             // A fenced task's partition may be another member's: its store stays as it was.
             self.collector.ensure_unfenced()?;
+            if !self.collector.may_write(sealed.generation) {
+                // Exactly-once: its transaction has not committed (yet).
+                break;
+            }
             let Some(acknowledged) = self.collector.take_acknowledged(sealed.generation)? else {
                 break;
             };
+            let transactional = self.collector.transactional();
             let mut foreign = None;
             for (store, run) in acknowledged.into_iter().enumerate() {
                 let next = &mut self.changelog_next[store];
-                match advance_changelog_next(*next, run) {
+                match advance_changelog_next(*next, run, transactional) {
                     Ok(advanced) => *next = advanced,
                     Err((records, from, to)) => foreign = Some((store, records, from, to)),
                 }
@@ -186,15 +210,22 @@ impl TaskCheckpoint<'_> {
 /// lie among the task's (`Err`: how many, between which offsets) and the position stays where
 /// it was, so that the next restore reads them (a position past them would make a restore on
 /// this volume skip them for good).
+///
+/// Under exactly-once (`transactional`) the run may start past the position: what lies
+/// between is the broker's transaction markers (one per partition a transaction wrote) and
+/// aborted records, which no read_committed restore returns; another producer of the task's
+/// transactional id cannot commit there, the broker fences it.
 pub(crate) fn advance_changelog_next(
     next: Option<i64>,
     run: Option<AcknowledgedRun>,
+    transactional: bool,
 ) -> std::result::Result<Option<i64>, (u64, i64, i64)> {
     let Some(run) = run else {
         return Ok(next);
     };
     match next {
         Some(next) if run.first == next && run.unbroken() => Ok(Some(run.last + 1)),
+        Some(next) if transactional && run.first > next && run.unbroken() => Ok(Some(run.last + 1)),
         Some(next) if run.first >= next => {
             let span = (run.last + 1 - next) as u64;
             Err((span - run.records, next, run.last + 1))
@@ -360,6 +391,19 @@ mod tests {
             }
         }
 
+        /// The same under exactly-once: the collector's records go in transactions.
+        fn exactly_once() -> Self {
+            let mut h = Self::new();
+            h.collector
+                .start_transactions(crate::record_collector::TransactionScope {
+                    input_topic: "in".into(),
+                    group: crate::delivery::GroupMetadataCell::default(),
+                    transactional_id: "app-0_0".into(),
+                })
+                .unwrap();
+            h
+        }
+
         fn count(&mut self, keys: &[&str]) {
             for key in keys {
                 let record = InputRecord {
@@ -487,6 +531,87 @@ mod tests {
     }
 
     #[test]
+    fn under_exactly_once_a_write_out_is_a_transaction_committed_with_its_input_offset_before_rocksdb(
+    ) {
+        let mut h = CheckpointHarness::exactly_once();
+        h.count(&["a", "a", "b"]);
+        let written = h.start_write_out().unwrap();
+        assert_eq!(
+            written.iter().map(|w| w.input_next).collect::<Vec<_>>(),
+            vec![Some(3)],
+            "no write-out stays in flight: it is written once committed"
+        );
+        assert_eq!(h.sink.lock().unwrap().transactions, vec![(true, Some(3))]);
+        let (offsets, a) = h.on_disk("a");
+        assert_eq!((offsets.input_next, a), (Some(3), Some(2)));
+        assert_eq!(offsets.changelog_next, vec![Some(2)]);
+
+        // The next transaction's records lie past the first one's marker (offset 2).
+        h.count(&["c"]);
+        let written = h.start_write_out().unwrap();
+        assert_eq!(written.len(), 1);
+        let (offsets, c) = h.on_disk("c");
+        assert_eq!((offsets.input_next, c), (Some(4), Some(1)));
+        assert_eq!(
+            offsets.changelog_next,
+            vec![Some(4)],
+            "stepped over the marker, not failed as another writer's record"
+        );
+        assert_eq!(
+            h.sink.lock().unwrap().transactions,
+            vec![(true, Some(3)), (true, Some(4))]
+        );
+        // Nothing sent and no input since: no transaction.
+        h.start_write_out().unwrap();
+        assert_eq!(h.sink.lock().unwrap().transactions.len(), 2);
+    }
+
+    #[test]
+    fn under_exactly_once_a_failed_commit_aborts_and_nothing_of_it_reaches_rocksdb() {
+        let mut h = CheckpointHarness::exactly_once();
+        h.count(&["a"]);
+        h.start_write_out().unwrap();
+        h.sink.lock().unwrap().fail_commit = Some(crate::delivery::TransactionFailure {
+            reason: "Broker: Request timed out".into(),
+            fenced: false,
+        });
+        h.count(&["a", "b"]);
+        let error = h.start_write_out().unwrap_err();
+        assert!(
+            matches!(error, EngineError::TransactionAborted { .. }),
+            "{error}"
+        );
+        assert_eq!(
+            h.sink.lock().unwrap().transactions,
+            vec![(true, Some(1)), (false, None)],
+            "the failed transaction was aborted"
+        );
+        let (offsets, a) = h.on_disk("a");
+        assert_eq!((offsets.input_next, a), (Some(1), Some(1)));
+        assert_eq!(h.on_disk("b").1, None);
+        // Its records were all acknowledged, yet a later write-out answer writes nothing.
+        assert!(h.checkpoint().write_acknowledged().is_err());
+        assert_eq!(h.on_disk("b").1, None);
+        assert!(h.collector.send_output("out", b"k", b"1", None).is_err());
+    }
+
+    #[test]
+    fn under_exactly_once_a_fenced_producer_fails_the_commit_as_fenced() {
+        let mut h = CheckpointHarness::exactly_once();
+        h.sink.lock().unwrap().fail_commit = Some(crate::delivery::TransactionFailure {
+            reason: "Local: This instance has been fenced by a newer instance".into(),
+            fenced: true,
+        });
+        h.count(&["a"]);
+        let error = h.start_write_out().unwrap_err();
+        assert!(
+            matches!(error, EngineError::ProducerFenced { ref transactional_id, .. } if transactional_id == "app-0_0"),
+            "{error}"
+        );
+        assert_eq!(h.on_disk("a").1, None);
+    }
+
+    #[test]
     fn only_commits_are_counted_as_commits() {
         let metrics = EngineMetrics::new("write-out-test", "input-topic");
         let out = |trigger| WrittenOut {
@@ -517,29 +642,51 @@ mod tests {
     #[test]
     fn the_changelog_position_advances_only_over_an_unbroken_run_of_the_tasks_own_records() {
         assert_eq!(
-            advance_changelog_next(Some(10), None),
+            advance_changelog_next(Some(10), None, false),
             Ok(Some(10)),
             "none sent"
         );
         assert_eq!(
-            advance_changelog_next(Some(10), run(10, 15, 6)),
+            advance_changelog_next(Some(10), run(10, 15, 6), false),
             Ok(Some(16))
         );
         assert_eq!(
-            advance_changelog_next(Some(16), run(20, 25, 6)),
+            advance_changelog_next(Some(16), run(20, 25, 6), false),
             Err((4, 16, 26)),
             "another writer's 4 records before ours: the position stays below them"
         );
         assert_eq!(
-            advance_changelog_next(Some(10), run(10, 15, 4)),
+            advance_changelog_next(Some(10), run(10, 15, 4), false),
             Err((2, 10, 16)),
             "2 of another writer's among ours"
         );
         assert_eq!(
-            advance_changelog_next(Some(10), run(8, 9, 2)),
+            advance_changelog_next(Some(10), run(8, 9, 2), false),
             Err((0, 8, 10))
         );
-        assert_eq!(advance_changelog_next(None, run(0, 1, 2)), Err((0, 0, 2)));
+        assert_eq!(
+            advance_changelog_next(None, run(0, 1, 2), false),
+            Err((0, 0, 2))
+        );
+    }
+
+    #[test]
+    fn under_exactly_once_the_position_steps_over_transaction_markers_not_into_a_broken_run() {
+        assert_eq!(
+            advance_changelog_next(Some(16), run(17, 20, 4), true),
+            Ok(Some(21)),
+            "the last transaction's marker at 16, then ours"
+        );
+        assert_eq!(
+            advance_changelog_next(Some(16), run(17, 20, 3), true),
+            Err((2, 16, 21)),
+            "another writer among our records in one transaction"
+        );
+        assert_eq!(
+            advance_changelog_next(Some(16), run(17, 20, 4), false),
+            Err((1, 16, 21)),
+            "under at-least-once a gap is another writer's"
+        );
     }
 
     /// G1 of the 2026-12-04 correctness review: an old owner's late write-out lands after the

@@ -15,14 +15,16 @@ use crossbeam_channel::Sender;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{debug, info, warn};
 
+use crate::clients::transactional_id;
 use crate::config::{DeserializationErrorPolicy, StreamsConfig};
+use crate::delivery::GroupMetadataCell;
 use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::failpoints;
 use crate::fence::Fence;
 use crate::metrics::EngineMetrics;
 use crate::processor::{EmitContext, InputRecord, Processor, ProcessorContext, RecordError};
-use crate::record_collector::RecordCollector;
+use crate::record_collector::{RecordCollector, TransactionScope};
 use crate::runtime::checkpoint::policy::{on_failure, CommitTrigger};
 use crate::runtime::checkpoint::{count_commits, TaskCheckpoint, WriteOut, WrittenOut};
 use crate::runtime::state_updater::StateUpdaterHandle;
@@ -60,6 +62,9 @@ pub struct TaskArgs {
     /// Closed by the supervisor once the partition may be another member's: the task then
     /// sends and writes nothing more.
     pub fence: Fence,
+    /// The consumer's group membership, which exactly-once transactions commit input offsets
+    /// under.
+    pub group_metadata: GroupMetadataCell,
 }
 
 pub struct TaskState {
@@ -67,6 +72,9 @@ pub struct TaskState {
     /// Opening, restoring, running (with what it runs with), closed.
     lifecycle: TaskLifecycle<RunningTask>,
     last_commit: Instant,
+    /// The task's changelog writer, made (and under exactly-once registered with the broker,
+    /// fencing earlier owners) before the restore; the running task takes it.
+    collector: Option<RecordCollector>,
 }
 
 /// What a running task works with.
@@ -109,6 +117,7 @@ impl Actor for StreamTask {
             lifecycle: TaskLifecycle::new(args.task, args.progress.clone()),
             args,
             last_commit: Instant::now(),
+            collector: None,
         })
     }
 
@@ -132,6 +141,8 @@ impl Actor for StreamTask {
         if let Some(reason) = wiped {
             args.metrics.state_wipes.with_label_values(&[reason]).inc();
         }
+        let collector = tokio::task::block_in_place(|| state.new_collector(&myself))?;
+        state.collector = Some(collector);
         state.lifecycle.start_restoring()?;
         let args = &state.args;
         args.updater.add(RestoringTask {
@@ -232,19 +243,12 @@ impl TaskState {
     /// takes input from where the last commit left it.
     fn run(&mut self, restored: RestoredStore, myself: &ActorRef<TaskMsg>) -> Result<()> {
         let RestoredStore { store, outcome } = restored;
+        let collector = match self.collector.take() {
+            Some(collector) => collector,
+            None => self.new_collector(myself)?,
+        };
         let args = &self.args;
         let stored = store.read_offsets()?;
-        let listener = myself.clone();
-        let mut collector = RecordCollector::new(
-            args.task,
-            &args.config,
-            args.topology.stores(),
-            Some(&args.metrics),
-            Some(Box::new(move || {
-                let _ = listener.cast(TaskMsg::WriteOutAnswered);
-            })),
-        )?;
-        collector.fence_with(args.fence.clone());
         let mut running = RunningTask {
             task: args.task,
             config: args.config.clone(),
@@ -275,6 +279,32 @@ impl TaskState {
             running.position.next().map_or("(beginning)".to_string(), |o| o.to_string())
         );
         self.lifecycle.run(running)
+    }
+
+    /// The task's changelog writer behind its fence; under exactly-once its transactional id
+    /// is registered with the broker first, which fences the producer of any earlier owner of
+    /// the task and aborts that owner's open transaction.
+    fn new_collector(&self, myself: &ActorRef<TaskMsg>) -> Result<RecordCollector> {
+        let args = &self.args;
+        let listener = myself.clone();
+        let mut collector = RecordCollector::new(
+            args.task,
+            &args.config,
+            args.topology.stores(),
+            Some(&args.metrics),
+            Some(Box::new(move || {
+                let _ = listener.cast(TaskMsg::WriteOutAnswered);
+            })),
+        )?;
+        collector.fence_with(args.fence.clone());
+        if args.config.processing_guarantee.exactly_once() {
+            collector.start_transactions(TransactionScope {
+                input_topic: args.topology.source_topic().to_string(),
+                group: args.group_metadata.clone(),
+                transactional_id: transactional_id(&args.config, args.task),
+            })?;
+        }
+        Ok(collector)
     }
 
     /// Commits a running task now (nothing to do for one still restoring): everything it
