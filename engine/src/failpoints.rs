@@ -35,13 +35,19 @@ pub const TRANSACTION_ABORT_BEFORE_COMMIT: &str = "transaction-abort-before-comm
 /// changelog.
 pub const TRANSACTION_ABORT_AFTER_COMMIT: &str = "transaction-abort-after-commit";
 
+/// `return`: under exactly-once, a transaction's commit fails as the broker could make it fail
+/// (an abortable error, e.g. a timeout): the task aborts it and restarts from its last commit.
+pub const TRANSACTION_COMMIT_FAILS: &str = "transaction-commit-fails";
+/// `return`: under exactly-once, abort the process while it aborts a failed transaction.
+pub const TRANSACTION_ABORT_DURING_ABORT: &str = "transaction-abort-during-abort";
+
 /// `return(MS)`: the state updater waits MS milliseconds before each restore step (at most
 /// 5,000 records), as a slow broker or a long changelog would make it take longer.
 pub const RESTORE_STEP_DELAY: &str = "restore-step-delay";
 
 /// Every point this build knows, for the start-up check of `FAILPOINTS`.
 #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 11] = [
     WRITE_OUT_ABORT_AFTER,
     WRITE_OUT_PAUSE_AFTER,
     EARLY_WRITE_OUT_ABORT_AFTER,
@@ -51,6 +57,8 @@ pub const ALL: [&str; 9] = [
     RESTORE_STEP_DELAY,
     TRANSACTION_ABORT_BEFORE_COMMIT,
     TRANSACTION_ABORT_AFTER_COMMIT,
+    TRANSACTION_COMMIT_FAILS,
+    TRANSACTION_ABORT_DURING_ABORT,
 ];
 
 /// Why `FAILPOINTS` could not be applied.

@@ -18,6 +18,7 @@ use crate::delivery::{
     RecordSink, SinkRecord, TransactionFailure, TransactionOffsets,
 };
 use crate::error::{EngineError, Result};
+use crate::failpoints;
 use crate::fence::Fence;
 use crate::memory_budget::ProducerBudget;
 use crate::metrics::EngineMetrics;
@@ -256,7 +257,13 @@ impl RecordCollector {
                 next_offset,
                 group: transactions.scope.group.get(),
             });
-            result = self.producer.commit_transaction(offsets.as_ref(), timeout);
+            result = match failpoints::fires(failpoints::TRANSACTION_COMMIT_FAILS) {
+                true => Err(TransactionFailure {
+                    reason: format!("failpoint {}", failpoints::TRANSACTION_COMMIT_FAILS),
+                    fenced: false,
+                }),
+                false => self.producer.commit_transaction(offsets.as_ref(), timeout),
+            };
         }
         let transactions = self.transactions.as_mut().expect("checked above");
         transactions.open = false;
@@ -270,6 +277,9 @@ impl RecordCollector {
             Err(failure) => {
                 transactions.failed = Some(failure.reason.clone());
                 if !failure.fenced {
+                    if failpoints::fires(failpoints::TRANSACTION_ABORT_DURING_ABORT) {
+                        failpoints::crash(failpoints::TRANSACTION_ABORT_DURING_ABORT);
+                    }
                     // Best effort: the broker aborts it anyway once the next owner (or this
                     // task's restart) registers the transactional id, or at its timeout.
                     if let Err(abort) = self.producer.abort_transaction(TRANSACTION_STEP_TIMEOUT) {

@@ -125,42 +125,79 @@ fn sigkills_at_100k_keys_leave_every_count_once_on_the_output_and_exact_in_the_s
     });
 }
 
-/// The process aborts right before a transaction's commit (its records sent, its input offset
-/// not) and, in a second run, right after one (committed, not yet in RocksDB); a restart on the
-/// same volume counts on.
+/// A fresh application under exactly-once with 60,000 records over 10,000 keys waiting on its
+/// input, and their expected counts.
+fn with_input(root: &std::path::Path) -> (Broker, AppOptions, HashMap<String, u64>) {
+    let (broker, options) = broker_and_app(root);
+    let options = exactly_once(options);
+    let (records, expected) = word_count_input(60_000, 10_000);
+    broker.produce_strings(
+        &options.input_topic,
+        records.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    (broker, options, expected)
+}
+
+/// The process aborts at each step of a transaction: right before its commit (its records
+/// sent, its input offset not), right after it (committed, not yet in RocksDB), and in the
+/// middle of aborting one whose commit failed. A restart on the same volume counts on.
 #[test]
-fn a_crash_on_either_side_of_a_transactions_commit_leaves_every_count_once() {
+fn a_crash_at_any_step_of_a_transaction_leaves_every_count_once() {
     let _turn = take_turn();
-    for failpoint in [
-        failpoints::TRANSACTION_ABORT_BEFORE_COMMIT,
-        failpoints::TRANSACTION_ABORT_AFTER_COMMIT,
-    ] {
+    // A few transactions commit first, so the crash lands with state and output behind it.
+    let crashes = [
+        format!(
+            "{}=6*off->return",
+            failpoints::TRANSACTION_ABORT_BEFORE_COMMIT
+        ),
+        format!(
+            "{}=6*off->return",
+            failpoints::TRANSACTION_ABORT_AFTER_COMMIT
+        ),
+        format!(
+            "{}=6*off->return;{}=return",
+            failpoints::TRANSACTION_COMMIT_FAILS,
+            failpoints::TRANSACTION_ABORT_DURING_ABORT
+        ),
+    ];
+    for failpoints in crashes {
         let root = tempfile::tempdir().unwrap();
-        let (broker, options) = broker_and_app(root.path());
-        let options = exactly_once(options);
-        let (records, expected) = word_count_input(100_000, 10_000);
-        broker.produce_strings(
-            &options.input_topic,
-            records.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        );
+        let (broker, options, expected) = with_input(root.path());
         let mut crashing = options.clone();
-        // A few transactions commit first, so the crash lands with state and output behind it.
-        crashing.env = vec![("FAILPOINTS".into(), format!("{failpoint}=6*off->return"))];
+        crashing.env = vec![("FAILPOINTS".into(), failpoints.clone())];
         let mut app = App::spawn(&broker.address(), &crashing);
         let Some(status) = app.wait_exit(TIMEOUT) else {
             panic!(
-                "{failpoint} did not crash the instance; log:\n{}",
+                "{failpoints} did not crash the instance; log:\n{}",
                 app.log()
             );
         };
         assert!(
-            !status.success() && app.log().contains("failpoint"),
-            "{failpoint}: exit {status} without the failpoint; log:\n{}",
+            !status.success() && app.log().contains("aborting the process"),
+            "{failpoints}: exit {status} without the failpoint; log:\n{}",
             app.log()
         );
         let restarted = App::spawn(&broker.address(), &options);
         finish(&broker, &options, restarted, &expected);
     }
+}
+
+/// A transaction whose commit fails is aborted; its task restarts from its last commit in the
+/// same process and counts on, with nothing of the aborted transaction seen.
+#[test]
+fn an_aborted_transaction_restarts_its_task_and_is_never_seen() {
+    let _turn = take_turn();
+    let root = tempfile::tempdir().unwrap();
+    let (broker, mut options, expected) = with_input(root.path());
+    options.env = vec![(
+        "FAILPOINTS".into(),
+        format!("{}=6*off->1*return", failpoints::TRANSACTION_COMMIT_FAILS),
+    )];
+    let app = App::spawn(&broker.address(), &options);
+    wait_until("a transaction aborted", TIMEOUT, || {
+        app.metric("kstreams_transactions_total", &[r#"outcome="aborted""#]) == Some(1.0)
+    });
+    finish(&broker, &options, app, &expected);
 }
 
 /// G1 and G2 of the 2026-12-04 correctness review under exactly-once, black-box: the old owner
