@@ -566,12 +566,12 @@ impl RunningTask {
     }
 
     /// Commits now: everything processed is in RocksDB when it returns; answers the input
-    /// offset to commit to the group.
+    /// offset to commit to the group (none under exactly-once: the transaction committed it).
     fn commit(&mut self, trigger: WriteOut) -> Result<Option<i64>> {
         let input_next = self.position.next();
         let written = self.checkpoint().commit(input_next, trigger)?;
         self.report_written(written);
-        Ok(input_next)
+        Ok(input_next.filter(|_| !self.collector.transactional()))
     }
 
     /// Starts a write-out of everything processed; the task processes on while it is in
@@ -598,7 +598,10 @@ impl RunningTask {
             return;
         }
         count_commits(&self.metrics, &written);
-        for out in written {
+        // Under exactly-once each write-out's transaction already committed its input offset
+        // to the group; the consumer commits none of its own (as Kafka Streams').
+        let for_the_group = !self.collector.transactional();
+        for out in written.into_iter().filter(|_| for_the_group) {
             if let Some(next_offset) = out.input_next {
                 let _ = self.committed.send(TaskCommitted {
                     partition: self.task.partition,
