@@ -455,7 +455,7 @@ impl SupervisorState {
 
     /// Restarts a failed task from its last committed state, unless a restart cannot help
     /// ([`EngineError::stops_the_instance`]) or it failed too often within the window: then
-    /// the instance stops with the cause.
+    /// the instance stops with the cause. A task fenced by a newer owner starts again later.
     async fn restart_or_give_up(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
@@ -463,39 +463,29 @@ impl SupervisorState {
         failure: &ActorProcessingErr,
     ) {
         let reason = failure.to_string();
-        // A restart would meet the same condition (a topic's lost history): stop at once.
-        let unrecoverable = failure
-            .downcast_ref::<EngineError>()
-            .is_some_and(EngineError::stops_the_instance);
-        if unrecoverable {
-            error!(%task, "not restarting the task: {reason}");
-            let _ = self
-                .args
-                .fatal
-                .send(EngineError::TaskFailed { task, reason });
-            return;
+        match after_failure(failure.downcast_ref::<EngineError>()) {
+            AfterFailure::StopInstance => {
+                error!(%task, "not restarting the task: {reason}");
+                let _ = self
+                    .args
+                    .fatal
+                    .send(EngineError::TaskFailed { task, reason });
+            }
+            AfterFailure::StartAfterSessionTimeout => {
+                let delay = self.args.config.session_timeout;
+                warn!(%task, "task fenced by a newer owner; starting it again in {delay:?} if its partition is still assigned here: {reason}");
+                self.awaiting_start.insert(task.partition);
+                let partition = task.partition;
+                myself.send_after(delay, move || SupervisorMsg::RetryStart(partition));
+            }
+            AfterFailure::Restart => {
+                if self.budget_spent(task, &reason) {
+                    return;
+                }
+                self.args.metrics.task_restarts.inc();
+                self.start_or_retry(myself, task.partition).await;
+            }
         }
-        let fenced = failure
-            .downcast_ref::<EngineError>()
-            .is_some_and(|e| matches!(e, EngineError::ProducerFenced { .. }));
-        if fenced {
-            // Exactly-once: a newer owner of the task registered its transactional id, so the
-            // partition is most likely another member's by now; starting again at once would
-            // fence that owner in turn. Not this task's fault: not counted against its budget.
-            // Once the group has had a session timeout to move the partition, the task starts
-            // again if it is still assigned here.
-            let delay = self.args.config.session_timeout;
-            warn!(%task, "task fenced by a newer owner; starting it again in {delay:?} if its partition is still assigned here: {reason}");
-            self.awaiting_start.insert(task.partition);
-            let partition = task.partition;
-            myself.send_after(delay, move || SupervisorMsg::RetryStart(partition));
-            return;
-        }
-        if self.budget_spent(task, &reason) {
-            return;
-        }
-        self.args.metrics.task_restarts.inc();
-        self.start_or_retry(myself, task.partition).await;
     }
 
     /// Counts a failure of `task`; once it failed too often within the window, reports the
@@ -554,6 +544,29 @@ impl SupervisorState {
     }
 }
 
+/// What becomes of a task that failed with `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterFailure {
+    /// A restart would meet the same condition (a topic's lost history): the instance stops.
+    StopInstance,
+    /// Exactly-once: a newer owner of the task registered its transactional id, so the
+    /// partition is most likely another member's by now, and starting again at once would
+    /// fence that owner in turn. Not the task's fault: not counted against its restart budget.
+    /// Once the group has had a session timeout to move the partition, the task starts again
+    /// if it is still assigned here.
+    StartAfterSessionTimeout,
+    /// Restarted from its last commit, within its restart budget.
+    Restart,
+}
+
+fn after_failure(error: Option<&EngineError>) -> AfterFailure {
+    match error {
+        Some(e) if e.stops_the_instance() => AfterFailure::StopInstance,
+        Some(EngineError::ProducerFenced { .. }) => AfterFailure::StartAfterSessionTimeout,
+        _ => AfterFailure::Restart,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::mpsc;
@@ -590,6 +603,33 @@ mod tests {
             let _ = tokio::task::block_in_place(|| release.recv());
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_fenced_task_starts_later_a_lost_history_stops_the_instance_the_rest_restart() {
+        let task = TaskId::new(0, 2);
+        let fenced = EngineError::ProducerFenced {
+            task,
+            transactional_id: "app-0_2".into(),
+            reason: "fenced".into(),
+        };
+        assert_eq!(
+            after_failure(Some(&fenced)),
+            AfterFailure::StartAfterSessionTimeout
+        );
+        let lost = EngineError::HistoryLost {
+            task,
+            topic: "app-store-changelog".into(),
+            detail: "ends below".into(),
+        };
+        assert_eq!(after_failure(Some(&lost)), AfterFailure::StopInstance);
+        let aborted = EngineError::TransactionAborted {
+            task,
+            step: "commit",
+            reason: "timed out".into(),
+        };
+        assert_eq!(after_failure(Some(&aborted)), AfterFailure::Restart);
+        assert_eq!(after_failure(None), AfterFailure::Restart);
     }
 
     /// G3: the orphan is fenced once its deadline passes, while it is still busy; a task that
