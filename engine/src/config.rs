@@ -174,7 +174,7 @@ impl StreamsConfig {
             application_id: application_id.into(),
             bootstrap_servers: bootstrap_servers.into(),
             state_dir: PathBuf::from("/tmp/kafka-streams"),
-            commit_interval: Duration::from_secs(30),
+            commit_interval: ProcessingGuarantee::default().default_commit_interval(),
             processing_guarantee: ProcessingGuarantee::default(),
             group_instance_id: None,
             deserialization_error_policy: DeserializationErrorPolicy::default(),

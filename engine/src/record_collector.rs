@@ -141,7 +141,9 @@ impl RecordCollector {
     pub(crate) fn start_transactions(&mut self, scope: TransactionScope) -> Result<()> {
         self.producer
             .init_transactions(TRANSACTION_STEP_TIMEOUT)
-            .map_err(|failure| self.transaction_error("registering", &scope, failure))?;
+            .map_err(|failure| {
+                self.transaction_error("registering", &scope.transactional_id, failure)
+            })?;
         self.transactions = Some(Transactions {
             scope,
             open: false,
@@ -204,14 +206,14 @@ impl RecordCollector {
     fn transaction_error(
         &self,
         step: &'static str,
-        scope: &TransactionScope,
+        transactional_id: &str,
         failure: TransactionFailure,
     ) -> EngineError {
         self.count_transaction(if failure.fenced { "fenced" } else { "aborted" });
         if failure.fenced {
             EngineError::ProducerFenced {
                 task: self.task,
-                transactional_id: scope.transactional_id.clone(),
+                transactional_id: transactional_id.to_string(),
                 reason: failure.reason,
             }
         } else {
@@ -236,7 +238,6 @@ impl RecordCollector {
     ) -> Result<()> {
         self.ensure_unfenced()?;
         let sealed_through = self.generation.checked_sub(1);
-        let task = self.task;
         let Some(transactions) = self.transactions.as_mut() else {
             return Ok(());
         };
@@ -245,51 +246,46 @@ impl RecordCollector {
             transactions.committed_generation = sealed_through;
             return Ok(());
         }
-        let mut result = Ok(());
-        if !transactions.open {
-            result = self.producer.begin_transaction();
-        }
-        let transactions = self.transactions.as_mut().expect("checked above");
-        if result.is_ok() {
-            let offsets = input_next.map(|next_offset| TransactionOffsets {
-                topic: &transactions.scope.input_topic,
-                partition: task.partition,
-                next_offset,
-                group: transactions.scope.group.get(),
-            });
-            result = match failpoints::fires(failpoints::TRANSACTION_COMMIT_FAILS) {
-                true => Err(TransactionFailure {
-                    reason: format!("failpoint {}", failpoints::TRANSACTION_COMMIT_FAILS),
-                    fenced: false,
-                }),
-                false => self.producer.commit_transaction(offsets.as_ref(), timeout),
-            };
-        }
+        // Nothing sent since the last commit, but input consumed: a transaction of the input
+        // offset alone.
+        self.begin_transaction_if_needed()?;
         let transactions = self.transactions.as_mut().expect("checked above");
         transactions.open = false;
-        match result {
+        let offsets = input_next.map(|next_offset| TransactionOffsets {
+            topic: &transactions.scope.input_topic,
+            partition: self.task.partition,
+            next_offset,
+            group: transactions.scope.group.get(),
+        });
+        let result = match failpoints::fires(failpoints::TRANSACTION_COMMIT_FAILS) {
+            true => Err(TransactionFailure {
+                reason: format!("failpoint {}", failpoints::TRANSACTION_COMMIT_FAILS),
+                fenced: false,
+            }),
+            false => self.producer.commit_transaction(offsets.as_ref(), timeout),
+        };
+        let failure = match result {
             Ok(()) => {
                 transactions.committed_input = input_next;
                 transactions.committed_generation = sealed_through;
                 self.count_transaction("committed");
-                Ok(())
+                return Ok(());
             }
-            Err(failure) => {
-                transactions.failed = Some(failure.reason.clone());
-                if !failure.fenced {
-                    if failpoints::fires(failpoints::TRANSACTION_ABORT_DURING_ABORT) {
-                        failpoints::crash(failpoints::TRANSACTION_ABORT_DURING_ABORT);
-                    }
-                    // Best effort: the broker aborts it anyway once the next owner (or this
-                    // task's restart) registers the transactional id, or at its timeout.
-                    if let Err(abort) = self.producer.abort_transaction(TRANSACTION_STEP_TIMEOUT) {
-                        warn!(task = %self.task, "aborting the failed transaction failed too: {}", abort.reason);
-                    }
-                }
-                let transactions = self.transactions.as_ref().expect("checked above");
-                Err(self.transaction_error("commit", &transactions.scope, failure))
+            Err(failure) => failure,
+        };
+        transactions.failed = Some(failure.reason.clone());
+        let transactional_id = transactions.scope.transactional_id.clone();
+        if !failure.fenced {
+            if failpoints::fires(failpoints::TRANSACTION_ABORT_DURING_ABORT) {
+                failpoints::crash(failpoints::TRANSACTION_ABORT_DURING_ABORT);
+            }
+            // Best effort: the broker aborts it anyway once the next owner (or this task's
+            // restart) registers the transactional id, or at its timeout.
+            if let Err(abort) = self.producer.abort_transaction(TRANSACTION_STEP_TIMEOUT) {
+                warn!(task = %self.task, "aborting the failed transaction failed too: {}", abort.reason);
             }
         }
+        Err(self.transaction_error("commit", &transactional_id, failure))
     }
 
     /// A collector whose records are acknowledged as they are sent, in process (see
@@ -342,14 +338,17 @@ impl RecordCollector {
         if transactions.open {
             return Ok(());
         }
-        if let Err(failure) = self.producer.begin_transaction() {
-            let transactions = self.transactions.as_mut().expect("checked above");
-            transactions.failed = Some(failure.reason.clone());
-            let scope = &self.transactions.as_ref().expect("checked above").scope;
-            return Err(self.transaction_error("begin", scope, failure));
+        match self.producer.begin_transaction() {
+            Ok(()) => {
+                transactions.open = true;
+                Ok(())
+            }
+            Err(failure) => {
+                transactions.failed = Some(failure.reason.clone());
+                let transactional_id = transactions.scope.transactional_id.clone();
+                Err(self.transaction_error("begin", &transactional_id, failure))
+            }
         }
-        self.transactions.as_mut().expect("checked above").open = true;
-        Ok(())
     }
 
     fn send(&mut self, topic: &str, record: SinkRecord<'_>) -> Result<()> {

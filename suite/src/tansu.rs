@@ -16,15 +16,22 @@ use crate::{free_port, poll_until};
 /// The tansu binary: `$TANSU_BIN`, else the one `scripts/install-deps.sh` built last (with
 /// the patches in `third_party/tansu/`).
 pub fn tansu_bin() -> PathBuf {
-    let path = std::env::var_os("TANSU_BIN")
+    installed_tool("tansu broker", "TANSU_BIN", "tansu-current/bin/tansu")
+}
+
+/// A program `scripts/install-deps.sh` installs: `$variable`, else `cached` under
+/// `~/.cache/kstreams/`; fails naming both when it is not there.
+pub fn installed_tool(what: &str, variable: &str, cached: &str) -> PathBuf {
+    let path = std::env::var_os(variable)
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/kstreams/tansu-current/bin/tansu")
+                .join(".cache/kstreams")
+                .join(cached)
         });
     assert!(
         path.is_file(),
-        "tansu broker not found at {} (run scripts/install-deps.sh or set TANSU_BIN)",
+        "{what} not found at {} (run scripts/install-deps.sh or set {variable})",
         path.display()
     );
     path

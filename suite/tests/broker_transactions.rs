@@ -5,23 +5,16 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use kstreams_suite::{unique, Broker};
+use kstreams_suite::{installed_tool, unique, Broker};
 
 /// Python with confluent-kafka: `$KSTREAMS_PYTHON`, else the venv `scripts/install-deps.sh`
 /// fills.
 fn python() -> PathBuf {
-    let path = std::env::var_os("KSTREAMS_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/kstreams/venv/bin/python")
-        });
-    assert!(
-        path.is_file(),
-        "python with confluent-kafka not found at {} (run scripts/install-deps.sh or set KSTREAMS_PYTHON)",
-        path.display()
-    );
-    path
+    installed_tool(
+        "python with confluent-kafka",
+        "KSTREAMS_PYTHON",
+        "venv/bin/python",
+    )
 }
 
 /// Commit and abort (read_committed sees exactly the committed records, the group exactly the

@@ -224,8 +224,11 @@ pub(crate) fn advance_changelog_next(
         return Ok(next);
     };
     match next {
-        Some(next) if run.first == next && run.unbroken() => Ok(Some(run.last + 1)),
-        Some(next) if transactional && run.first > next && run.unbroken() => Ok(Some(run.last + 1)),
+        Some(next)
+            if run.unbroken() && (run.first == next || (transactional && run.first > next)) =>
+        {
+            Ok(Some(run.last + 1))
+        }
         Some(next) if run.first >= next => {
             let span = (run.last + 1 - next) as u64;
             Err((span - run.records, next, run.last + 1))

@@ -243,10 +243,11 @@ impl TaskState {
     /// takes input from where the last commit left it.
     fn run(&mut self, restored: RestoredStore, myself: &ActorRef<TaskMsg>) -> Result<()> {
         let RestoredStore { store, outcome } = restored;
-        let collector = match self.collector.take() {
-            Some(collector) => collector,
-            None => self.new_collector(myself)?,
-        };
+        // Made in `post_start`, before the restore (under exactly-once, so that no earlier
+        // owner can commit after it).
+        let collector = self.collector.take().ok_or_else(|| {
+            EngineError::actor("task", "restored before its changelog writer was made")
+        })?;
         let args = &self.args;
         let stored = store.read_offsets()?;
         let mut running = RunningTask {
