@@ -125,6 +125,11 @@ struct RunArgs {
     /// and later: the broker assigns and its group.consumer.session.timeout.ms applies).
     #[arg(long, env = "GROUP_PROTOCOL", default_value = "classic")]
     group_protocol: String,
+    /// Standby replicas per task (num.standby.replicas): other instances keep each task's
+    /// store warm from its changelog, so a failover or a moved partition restores only the
+    /// tail. Placed by rendezvous hashing over the group's members (see the README).
+    #[arg(long, env = "NUM_STANDBY_REPLICAS", default_value_t = 0)]
+    num_standby_replicas: usize,
     /// What to do with a record whose key or value is not valid UTF-8: log-and-continue or fail.
     #[arg(
         long,
@@ -214,6 +219,7 @@ impl RunArgs {
             .deserialization_error_policy
             .parse::<DeserializationErrorPolicy>()?;
         config.group_protocol = self.group_protocol.parse::<GroupProtocol>()?;
+        config.num_standby_replicas = self.num_standby_replicas;
         config.replication_factor = self.replication_factor;
         config.metrics_address = match self.metrics_address.as_str() {
             "off" => None,

@@ -155,6 +155,10 @@ pub struct StreamsConfig {
     pub session_timeout: Duration,
     /// The consumer group protocol.
     pub group_protocol: GroupProtocol,
+    /// Standby replicas per task (Kafka Streams' `num.standby.replicas`): other instances keep
+    /// a copy of each task's store up to date from its changelog, so a failover restores only
+    /// the tail. Placed without the assignor (see `standby`); needs the classic protocol.
+    pub num_standby_replicas: usize,
     /// The user's librdkafka settings (TLS, SASL, tuning), applied to every client the engine
     /// creates; keys the engine's guarantees rest on are refused (see `clients`).
     pub client_settings: ClientSettings,
@@ -183,6 +187,7 @@ impl StreamsConfig {
             shutdown_timeout: Duration::from_secs(30),
             session_timeout: Duration::from_secs(10),
             group_protocol: GroupProtocol::default(),
+            num_standby_replicas: 0,
             liveness_timeout: Duration::from_secs(60),
             task_failure_limit: 3,
             task_failure_window: Duration::from_secs(300),
@@ -232,6 +237,15 @@ impl StreamsConfig {
         }
         if self.state_dir.as_os_str().is_empty() {
             return invalid("state-dir", "must not be empty".into());
+        }
+        if self.num_standby_replicas > 0 && self.group_protocol == GroupProtocol::Consumer {
+            return invalid(
+                "num-standby-replicas",
+                "standby replicas are placed from the group's members as DescribeGroups lists \
+                 them, which covers only the classic protocol: use --group-protocol classic, or \
+                 no standbys"
+                    .into(),
+            );
         }
         if self.commit_interval.is_zero() {
             return invalid("commit-interval-ms", "must be greater than 0".into());

@@ -37,6 +37,7 @@ mod record_collector;
 mod reset;
 mod runtime;
 mod serde;
+mod standby;
 mod state_directory;
 pub mod status;
 mod store;

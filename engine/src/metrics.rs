@@ -26,6 +26,9 @@ pub struct EngineMetrics {
     pub(crate) consumer_lag: IntGaugeVec,
     pub(crate) restore_records: IntCounterVec,
     pub(crate) restore_remaining: IntGaugeVec,
+    pub(crate) standby_records: IntCounterVec,
+    pub(crate) standby_lag: IntGaugeVec,
+    pub(crate) standby_tasks: IntGauge,
     pub(crate) restore_duration: Histogram,
     pub(crate) tasks_restoring: IntGauge,
     pub(crate) tasks_running: IntGauge,
@@ -128,6 +131,12 @@ impl EngineMetrics {
                 opts("kstreams_restore_remaining_records", "Changelog records left to restore (0 when not restoring)"),
                 TASK,
             )),
+            standby_records: register(r, IntCounterVec::new(opts("kstreams_standby_records_total", "Changelog records a standby replica applied"), TASK)),
+            standby_lag: register(r, IntGaugeVec::new(
+                opts("kstreams_standby_lag_records", "Changelog records a standby replica's store is behind: what its promotion would restore"),
+                TASK,
+            )),
+            standby_tasks: register(r, IntGauge::new("kstreams_standby_tasks", "Standby replicas this instance keeps warm")),
             restore_duration: register(r, Histogram::with_opts(seconds(
                 "kstreams_restore_duration_seconds",
                 "Time a task spent restoring its stores",
@@ -243,6 +252,7 @@ impl EngineMetrics {
         let (restoring, running) = status.phase_counts();
         self.tasks_restoring.set(restoring as i64);
         self.tasks_running.set(running as i64);
+        self.standby_tasks.set(status.standby_tasks().len() as i64);
         self.instance_ready.set(i64::from(status.is_ready()));
         // The one writer of the lag gauge: the high watermark comes from the consumer's
         // statistics, the next offset from the task, both kept in the task's progress.
@@ -286,6 +296,21 @@ impl EngineMetrics {
         }
         // A histogram without observations: its buckets at 0, no claim about latency.
         self.end_to_end_latency.with_label_values(&labels);
+    }
+
+    /// Starts a standby's series (its lag at its first measurement).
+    pub(crate) fn start_standby(&self, task: TaskId) {
+        let [id, partition] = Self::task_labels(task);
+        self.standby_records
+            .with_label_values(&[id.as_str(), partition.as_str()]);
+    }
+
+    /// Drops a standby's lag (promoted, or no longer placed here).
+    pub(crate) fn forget_standby(&self, task: TaskId) {
+        let [id, partition] = Self::task_labels(task);
+        let _ = self
+            .standby_lag
+            .remove_label_values(&[id.as_str(), partition.as_str()]);
     }
 
     /// Drops a task's per-task series (when it leaves this instance).

@@ -1,7 +1,7 @@
 //! What an instance reports about itself: liveness and readiness, and each task's phase,
 //! restore progress, processed offset and lag (read by `/status`, `/health/*` and the poller).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -190,6 +190,8 @@ pub struct InstanceStatus {
     /// since (0: not in that state).
     lost_at_ms: AtomicU64,
     tasks: Mutex<BTreeMap<TaskId, Arc<TaskProgress>>>,
+    /// Standby replicas held here, and each one's lag in changelog records (-1 until known).
+    standbys: Mutex<BTreeMap<TaskId, Arc<AtomicI64>>>,
 }
 
 /// One task in the `/status` document.
@@ -241,7 +243,19 @@ pub struct InstanceView {
     pub generation: i64,
     pub ready: bool,
     pub tasks: Vec<TaskView>,
+    /// Standby replicas kept warm here (`--num-standby-replicas`).
+    #[serde(default)]
+    pub standbys: Vec<StandbyView>,
     pub assignments: Vec<AssignmentRecord>,
+}
+
+/// One standby replica in the `/status` document.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StandbyView {
+    pub task_id: String,
+    pub partition: i32,
+    /// Changelog records behind: what promoting it would restore (absent until measured).
+    pub lag: Option<i64>,
 }
 
 impl InstanceStatus {
@@ -258,6 +272,7 @@ impl InstanceStatus {
             last_poll_ms: AtomicU64::new(0),
             lost_at_ms: AtomicU64::new(0),
             tasks: Mutex::default(),
+            standbys: Mutex::default(),
         }
     }
 
@@ -284,6 +299,27 @@ impl InstanceStatus {
         self.tasks().remove(&task);
     }
 
+    fn standbys(&self) -> std::sync::MutexGuard<'_, BTreeMap<TaskId, Arc<AtomicI64>>> {
+        self.standbys.lock().expect("status lock poisoned")
+    }
+
+    /// Registers a standby replica; its lag is written through the handle.
+    pub fn add_standby(&self, task: TaskId) -> Arc<AtomicI64> {
+        let lag = Arc::new(AtomicI64::new(-1));
+        self.standbys().insert(task, lag.clone());
+        lag
+    }
+
+    /// Forgets a standby replica; answers whether it was held.
+    pub fn remove_standby(&self, task: TaskId) -> bool {
+        self.standbys().remove(&task).is_some()
+    }
+
+    /// The standby replicas held here.
+    pub fn standby_tasks(&self) -> BTreeSet<TaskId> {
+        self.standbys().keys().copied().collect()
+    }
+
     /// Tasks not yet running (opening their store or restoring), and tasks running.
     pub fn phase_counts(&self) -> (usize, usize) {
         let tasks = self.tasks();
@@ -302,6 +338,11 @@ impl InstanceStatus {
     pub fn set_membership(&self, generation: i32, member_id: String) {
         self.generation.store(generation.into(), Ordering::Relaxed);
         *self.member_id.lock().expect("status lock poisoned") = member_id;
+    }
+
+    /// The member id the coordinator gave this consumer (empty before the first join).
+    pub fn member_id(&self) -> String {
+        self.member_id.lock().expect("status lock poisoned").clone()
     }
 
     /// The group generation last joined, -1 before the first join.
@@ -416,6 +457,15 @@ impl InstanceStatus {
             generation: self.generation.load(Ordering::Relaxed),
             ready: self.is_ready(),
             tasks,
+            standbys: self
+                .standbys()
+                .iter()
+                .map(|(id, lag)| StandbyView {
+                    task_id: id.to_string(),
+                    partition: id.partition,
+                    lag: Some(lag.load(Ordering::Relaxed)).filter(|l| *l >= 0),
+                })
+                .collect(),
             assignments: self
                 .assignments
                 .lock()

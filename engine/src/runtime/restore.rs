@@ -3,7 +3,12 @@
 //! changelog record is applied (the newest input offset per key wins), where input resumes
 //! (the task's own last commit or the group's, never past it), and which restored keys are
 //! marked, durably, as possibly owing their output. The state updater drives it.
+//! A standby replica is a restore that never ends: it follows its changelogs, and the position
+//! it keeps in its store is one its promotion can safely restore from (see [`Follow`]).
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -106,11 +111,65 @@ fn check_input_history(
 /// value carries (`None`: not known).
 type ReadRecord = (Vec<u8>, Option<Vec<u8>>, Option<i64>);
 
+/// What a standby knows of one changelog beyond what a restore does: which stretches of what
+/// it applied may still be past the group's last commit.
+///
+/// Under at-least-once, a changelog record whose input offset is at or past the group's commit
+/// may belong to a write-out whose output never landed; a restore marks such keys as owing
+/// their output (the restore's `owe_output`). A standby cannot know where the commit will
+/// stand when it is promoted, so the position it keeps is the start of the first stretch it
+/// applied that holds such a record: promotion restores from there, re-applying (versions make
+/// that a no-op) and marking what it must. A write-out's records all carry input offsets past
+/// the previous commit, so stretches resolve as the group commits, one commit interval behind.
+#[derive(Default)]
+pub(crate) struct Follow {
+    /// Applied stretches not yet known to lie wholly below the group's commit: their first
+    /// offset and the highest input offset they hold.
+    unresolved: VecDeque<(i64, i64)>,
+    /// Where the stretch being read began.
+    stretch_start: i64,
+    /// The highest input offset read in it (-1: none).
+    stretch_max_input: i64,
+}
+
+impl Follow {
+    fn new(start: i64) -> Self {
+        Self {
+            unresolved: VecDeque::new(),
+            stretch_start: start,
+            stretch_max_input: -1,
+        }
+    }
+
+    /// The stretch read since the last write ends at `position` (just written).
+    fn close_stretch(&mut self, position: i64) {
+        if self.stretch_max_input >= 0 {
+            self.unresolved
+                .push_back((self.stretch_start, self.stretch_max_input));
+        }
+        self.stretch_start = position;
+        self.stretch_max_input = -1;
+    }
+
+    /// Where a promotion must restore from, with the group's commit at `ceiling`: the first
+    /// stretch that may hold input at or past it, or `position` when none does.
+    fn safe_position(&mut self, ceiling: Option<i64>, position: i64) -> i64 {
+        while let (Some((_, max_input)), Some(ceiling)) = (self.unresolved.front(), ceiling) {
+            if *max_input >= ceiling {
+                break;
+            }
+            self.unresolved.pop_front();
+        }
+        self.unresolved.front().map_or(position, |(start, _)| *start)
+    }
+}
+
 /// One store's changelog partition being restored.
 pub(crate) struct ChangelogRestore {
     pub(crate) topic: String,
     name: String,
-    /// The changelog's end when the restore began: restored once `position` reaches it.
+    /// The changelog's end when the restore began: restored once `position` reaches it. A
+    /// standby's never ends; its end is refreshed for its lag.
     pub(crate) high: i64,
     /// Next changelog offset to read.
     pub(crate) position: i64,
@@ -122,11 +181,13 @@ pub(crate) struct ChangelogRestore {
     skipped: u64,
     started: Instant,
     last_report: Instant,
+    /// Set for a standby's changelog.
+    follow: Option<Follow>,
 }
 
 impl ChangelogRestore {
     pub(crate) fn done(&self) -> bool {
-        self.position >= self.high
+        self.follow.is_none() && self.position >= self.high
     }
 }
 
@@ -148,6 +209,21 @@ pub(crate) struct TaskRestore {
     started: Instant,
     /// When a record of this task last arrived (or the restore began).
     pub(crate) last_progress: Instant,
+    /// A standby's: the group's last commit for its input partition, and where its lag goes.
+    standby: Option<StandbyFollow>,
+}
+
+/// What a standby restore keeps besides its changelogs.
+struct StandbyFollow {
+    ceiling: Option<i64>,
+    lag: Arc<AtomicI64>,
+}
+
+/// Whether a restore ends once caught up (an active task's) or follows its changelogs for as
+/// long as it is kept (a standby replica's, which reports its lag here).
+pub(crate) enum RestoreKind {
+    Active,
+    Standby(Arc<AtomicI64>),
 }
 
 impl TaskRestore {
@@ -159,11 +235,16 @@ impl TaskRestore {
         task: TaskId,
         mut store: TaskStore,
         progress: std::sync::Arc<TaskProgress>,
+        kind: RestoreKind,
         consumer: &impl RestoreConsumer,
         config: &StreamsConfig,
         source_topic: &str,
         metrics: &EngineMetrics,
     ) -> Result<Self> {
+        let standby = match kind {
+            RestoreKind::Active => None,
+            RestoreKind::Standby(lag) => Some(lag),
+        };
         let mut outcome = RestoreOutcome::default();
         let store_names = store.store_names().to_vec();
         let mut watermarks = Vec::new();
@@ -193,6 +274,14 @@ impl TaskRestore {
                 outcome.wiped = Some("reset");
                 offsets = store.read_offsets()?;
             }
+            // A standby vouches for nothing: the active task decides about the history; the
+            // copy starts over from what the changelog holds now.
+            Some(lost) if standby.is_some() => {
+                warn!(%task, "standby: {lost}; wiping its copy and reading the changelog afresh");
+                store.wipe()?;
+                outcome.wiped = Some("standby_history_lost");
+                offsets = store.read_offsets()?;
+            }
             Some(lost) => return Err(lost),
             None => {}
         }
@@ -201,24 +290,34 @@ impl TaskRestore {
         // or a previous owner's last window), but only some of them: a write-out sends one
         // record per key, in no input order, so the keys whose records did not land must see
         // their input again. Re-processing skips what a key's restored version reflects.
-        let (_, input_end) = consumer
-            .watermarks(source_topic, task.partition, METADATA_TIMEOUT)
-            .map_err(EngineError::kafka("read input watermarks"))?;
-        check_input_history(
-            task,
-            source_topic,
-            input_end,
-            offsets.input_next,
-            group_committed,
-        )?;
-        outcome.input_next = offsets.input_next.max(group_committed);
-        offsets.input_next = outcome.input_next;
+        if standby.is_some() {
+            // The copy's input position is the group's, whoever owns the partition: a
+            // position of this instance's own from an earlier ownership would say the store
+            // holds input it may not (promotion resumes at the group's commit).
+            offsets.input_next = None;
+        } else {
+            let (_, input_end) = consumer
+                .watermarks(source_topic, task.partition, METADATA_TIMEOUT)
+                .map_err(EngineError::kafka("read input watermarks"))?;
+            check_input_history(
+                task,
+                source_topic,
+                input_end,
+                offsets.input_next,
+                group_committed,
+            )?;
+            outcome.input_next = offsets.input_next.max(group_committed);
+            offsets.input_next = outcome.input_next;
+        }
         let labels = EngineMetrics::task_labels(task);
         let mut changelogs = Vec::new();
         let mut remaining = 0u64;
         for (index, (name, (topic, low, high))) in store_names.iter().zip(watermarks).enumerate() {
             let start = offsets.changelog_next[index].unwrap_or(0).clamp(low, high);
-            if start >= high {
+            if standby.is_some() {
+                offsets.changelog_next[index] = Some(start);
+                info!(%task, store = %name, "standby: following {topic} from offset {start} ({} records behind)", high - start);
+            } else if start >= high {
                 info!(%task, store = %name, "store is up to date with its changelog (offset {high}), nothing to restore");
                 offsets.changelog_next[index] = Some(high);
             } else {
@@ -237,26 +336,72 @@ impl TaskRestore {
                 skipped: 0,
                 started: Instant::now(),
                 last_report: Instant::now(),
+                follow: standby.as_ref().map(|_| Follow::new(start)),
             });
         }
-        progress.add_restore_total(remaining);
-        metrics
-            .restore_remaining
-            .with_label_values(&[labels[0].as_str(), labels[1].as_str()])
-            .set(remaining as i64);
+        let labels_ref = [labels[0].as_str(), labels[1].as_str()];
+        match &standby {
+            None => {
+                progress.add_restore_total(remaining);
+                metrics
+                    .restore_remaining
+                    .with_label_values(&labels_ref)
+                    .set(remaining as i64);
+            }
+            Some(lag) => {
+                let behind: i64 = changelogs.iter().map(|c| c.high - c.position).sum();
+                lag.store(behind.max(0), Ordering::Relaxed);
+                metrics
+                    .standby_lag
+                    .with_label_values(&labels_ref)
+                    .set(behind.max(0));
+            }
+        }
+        let resume_from = match standby {
+            // A standby marks nothing: its promotion's restore does (see `Follow`).
+            Some(_) => i64::MAX,
+            None => outcome.input_next.unwrap_or(0),
+        };
         Ok(Self {
             task,
             store,
             changelogs,
             progress,
             offsets,
-            resume_from: outcome.input_next.unwrap_or(0),
+            resume_from,
             outcome,
             metrics: metrics.clone(),
             labels,
             started: Instant::now(),
             last_progress: Instant::now(),
+            standby: standby.map(|lag| StandbyFollow {
+                ceiling: group_committed,
+                lag,
+            }),
         })
+    }
+
+    /// Whether this is a standby replica's restore (it never ends).
+    pub(crate) fn is_standby(&self) -> bool {
+        self.standby.is_some()
+    }
+
+    /// A standby's news from the broker: the group's commit for its input partition and its
+    /// changelogs' ends. Writes the position a promotion would restore from, and the lag.
+    pub(crate) fn follow(&mut self, ceiling: Option<i64>, ends: &[Option<i64>]) -> Result<()> {
+        let Some(standby) = &mut self.standby else {
+            return Ok(());
+        };
+        standby.ceiling = ceiling;
+        for (changelog, end) in self.changelogs.iter_mut().zip(ends) {
+            if let Some(end) = end {
+                changelog.high = changelog.high.max(*end);
+            }
+        }
+        for index in 0..self.changelogs.len() {
+            self.write_batch(index)?;
+        }
+        Ok(())
     }
 
     /// The changelog partitions still to read, at the offsets to read them from.
@@ -288,6 +433,9 @@ impl TaskRestore {
         changelog.position = offset + 1;
         if let Some(key) = key {
             let input = payload.and_then(|bytes| decode_changelog_value(bytes).0);
+            if let (Some(follow), Some(input)) = (&mut changelog.follow, input) {
+                follow.stretch_max_input = follow.stretch_max_input.max(input);
+            }
             changelog
                 .read
                 .push((key.to_vec(), payload.map(<[u8]>::to_vec), input));
@@ -355,9 +503,14 @@ impl TaskRestore {
         let (batch, owe_output) = self.check_versions(index)?;
         let changelog = &mut self.changelogs[index];
         let finished = changelog.done();
-        self.offsets.changelog_next[index] = Some(match finished {
-            true => changelog.high,
-            false => changelog.position,
+        let ceiling = self.standby.as_ref().and_then(|s| s.ceiling);
+        self.offsets.changelog_next[index] = Some(match (&mut changelog.follow, finished) {
+            (Some(follow), _) => {
+                follow.close_stretch(changelog.position);
+                follow.safe_position(ceiling, changelog.position)
+            }
+            (None, true) => changelog.high,
+            (None, false) => changelog.position,
         });
         self.store
             .apply_restored(StoreId(index), &batch, &owe_output, &self.offsets)?;
@@ -365,6 +518,24 @@ impl TaskRestore {
         self.outcome.replay_marked += owe_output.len() as u64;
         changelog.applied += n;
         let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
+        if let Some(standby) = &self.standby {
+            self.metrics
+                .standby_records
+                .with_label_values(&labels)
+                .inc_by(n);
+            let behind: i64 = self
+                .changelogs
+                .iter()
+                .zip(&self.offsets.changelog_next)
+                .map(|(c, safe)| c.high.max(c.position) - safe.unwrap_or(0))
+                .sum();
+            standby.lag.store(behind.max(0), Ordering::Relaxed);
+            self.metrics
+                .standby_lag
+                .with_label_values(&labels)
+                .set(behind.max(0));
+            return Ok(());
+        }
         self.metrics
             .restore_records
             .with_label_values(&labels)
@@ -407,6 +578,9 @@ impl TaskRestore {
 
     /// The restore is over: the store and what was found, for the task to run with.
     pub(crate) fn finish(self) -> (TaskStore, RestoreOutcome) {
+        if self.standby.is_some() {
+            return (self.store, self.outcome);
+        }
         let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
         self.metrics
             .restore_remaining
@@ -424,7 +598,8 @@ impl TaskRestore {
     /// written, so the next restore of this store starts from there.
     pub(crate) fn abandon(mut self) -> Result<TaskStore> {
         for index in 0..self.changelogs.len() {
-            if !self.changelogs[index].read.is_empty() {
+            // A standby writes its latest safe position even with nothing read since.
+            if !self.changelogs[index].read.is_empty() || self.standby.is_some() {
                 self.write_batch(index)?;
             }
         }

@@ -5,8 +5,11 @@
 //! A task hands it its store; it gives the store back once caught up. A task that stops while
 //! restoring leaves it within one step, with its progress written. A restore that makes no
 //! progress for a while is reported and its changelogs read again from where it stood.
+//! Standby replicas are restores it keeps: never handed back, they follow their changelogs
+//! until taken out (promoted, or placed elsewhere).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,9 +27,10 @@ use crate::error::{EngineError, Result};
 use crate::failpoints;
 use crate::metrics::EngineMetrics;
 use crate::runtime::consumer_port::RestoreConsumer;
-use crate::runtime::restore::TaskRestore;
+use crate::runtime::restore::{RestoreKind, TaskRestore};
 use crate::runtime::wiring::{RestoreEvent, RestoredStore, RestoringTask, TaskMsg};
-use crate::status::InstanceStatus;
+use crate::status::{InstanceStatus, TaskProgress};
+use crate::store::TaskStore;
 use crate::task_id::TaskId;
 
 /// Most records one step takes from the restore consumer before looking at its commands.
@@ -40,11 +44,17 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 const PREPARING_WAIT: Duration = Duration::from_millis(20);
 /// A restore that reads nothing this long is reported and its changelogs fetched afresh.
 pub(crate) const RESTORE_STALL: Duration = Duration::from_secs(30);
+/// How often standbys learn the group's commit and their changelogs' ends (their safe
+/// position and lag move with them).
+const FOLLOW_REFRESH: Duration = Duration::from_secs(2);
+const FOLLOW_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub enum UpdaterCommand {
     /// Restore this task's stores; it is handed back (restored or failed) through the channel
     /// the consumer loop drains.
     Add(Box<RestoringTask>),
+    /// Keep this store as a standby replica, its lag written to the handle.
+    AddStandby(TaskId, Box<TaskStore>, Arc<AtomicI64>),
     /// Stop restoring this task (it is stopping): what was read is written, the store closed,
     /// then `closed` is answered.
     Remove(TaskId, Sender<()>),
@@ -63,7 +73,13 @@ impl StateUpdaterHandle {
             .map_err(|_| EngineError::actor("state updater", "stopped"))
     }
 
-    /// Takes the task out of the updater and waits (up to `wait`) until its store is closed.
+    pub fn add_standby(&self, task: TaskId, store: TaskStore, lag: Arc<AtomicI64>) -> Result<()> {
+        self.commands
+            .send(UpdaterCommand::AddStandby(task, Box::new(store), lag))
+            .map_err(|_| EngineError::actor("state updater", "stopped"))
+    }
+
+    /// Takes the task (or standby) out of the updater and waits (up to `wait`) until its store is closed.
     pub fn remove(&self, task: TaskId, wait: Duration) -> Result<()> {
         let (closed, answer) = crossbeam_channel::bounded(1);
         self.commands
@@ -142,14 +158,15 @@ struct UpdaterContext {
 
 struct Restoring {
     restore: TaskRestore,
-    owner: ActorRef<TaskMsg>,
+    /// The task to hand the store back to; none for a standby.
+    owner: Option<ActorRef<TaskMsg>>,
 }
 
 /// A task's restore worked out off the updater's thread (it asks the broker for the
 /// changelogs' ends and the group's offset, which can take seconds on a busy broker).
 struct Prepared {
     id: u64,
-    owner: ActorRef<TaskMsg>,
+    owner: Option<ActorRef<TaskMsg>>,
     task: TaskId,
     restore: Result<TaskRestore>,
 }
@@ -172,6 +189,8 @@ struct StateUpdater<R: RestoreConsumer> {
     tasks: BTreeMap<i32, Restoring>,
     /// A restore that reads nothing this long is reported and fetched afresh.
     stall_after: Duration,
+    /// When standbys last learnt the group's commit and their changelogs' ends.
+    followed_at: Instant,
 }
 
 impl<R: RestoreConsumer> StateUpdater<R> {
@@ -202,6 +221,7 @@ impl<R: RestoreConsumer> StateUpdater<R> {
             next_preparation: 0,
             tasks: BTreeMap::new(),
             stall_after: RESTORE_STALL,
+            followed_at: Instant::now(),
         };
         (updater, StateUpdaterHandle { commands })
     }
@@ -237,13 +257,26 @@ impl<R: RestoreConsumer> StateUpdater<R> {
             self.step();
             self.hand_back_restored();
             self.refetch_stalled();
+            self.refresh_standbys();
         }
         true
     }
 
     fn apply(&mut self, command: UpdaterCommand) {
         match command {
-            UpdaterCommand::Add(task) => self.add(*task),
+            UpdaterCommand::Add(task) => {
+                let RestoringTask {
+                    task,
+                    store,
+                    progress,
+                    owner,
+                } = *task;
+                self.prepare(task, store, progress, RestoreKind::Active, Some(owner));
+            }
+            UpdaterCommand::AddStandby(task, store, lag) => {
+                let progress = Arc::new(TaskProgress::default());
+                self.prepare(task, *store, progress, RestoreKind::Standby(lag), None);
+            }
             UpdaterCommand::Remove(task, closed) => {
                 // A restore still being prepared is dropped (and its store closed) as soon as
                 // its preparation returns.
@@ -259,11 +292,15 @@ impl<R: RestoreConsumer> StateUpdater<R> {
                         .unfinished()
                         .map(|(_, c)| c.high - c.position)
                         .sum();
+                    let standby = restoring.restore.is_standby();
                     match restoring.restore.abandon() {
                         Ok(store) => drop(store),
                         Err(e) => warn!(%task, "writing the restore's last batch failed: {e}"),
                     }
-                    info!(%task, "restore stopped with {remaining} changelog records left (the task is stopping); progress kept");
+                    match standby {
+                        true => info!(%task, "standby closed (promoted, or placed elsewhere); its position kept"),
+                        false => info!(%task, "restore stopped with {remaining} changelog records left (the task is stopping); progress kept"),
+                    }
                 }
                 let _ = closed.send(());
             }
@@ -272,13 +309,14 @@ impl<R: RestoreConsumer> StateUpdater<R> {
 
     /// Works the task's restore out on a short-lived thread, so that a slow broker answer
     /// holds up neither the other restores nor a stopping task.
-    fn add(&mut self, task: RestoringTask) {
-        let RestoringTask {
-            task,
-            store,
-            progress,
-            owner,
-        } = task;
+    fn prepare(
+        &mut self,
+        task: TaskId,
+        store: TaskStore,
+        progress: Arc<TaskProgress>,
+        kind: RestoreKind,
+        owner: Option<ActorRef<TaskMsg>>,
+    ) {
         let id = self.next_preparation;
         self.next_preparation += 1;
         self.preparing.insert(id, (task, true));
@@ -292,6 +330,7 @@ impl<R: RestoreConsumer> StateUpdater<R> {
                     task,
                     store,
                     progress,
+                    kind,
                     &*consumer,
                     &config,
                     &source_topic,
@@ -371,7 +410,8 @@ impl<R: RestoreConsumer> StateUpdater<R> {
     /// every restoring changelog over, from the offset read to.
     fn choose_reader(&mut self) {
         let (not_running, running) = self.status.phase_counts();
-        let alone = running == 0 && self.preparing.is_empty() && not_running == self.tasks.len();
+        let active = self.tasks.values().filter(|r| r.owner.is_some()).count();
+        let alone = running == 0 && self.preparing.is_empty() && not_running == active;
         let wanted = if alone {
             RestoreFetch::Alone
         } else {
@@ -489,7 +529,11 @@ impl<R: RestoreConsumer> StateUpdater<R> {
             .map(|(p, _)| *p)
             .collect();
         for partition in done {
-            let Some(Restoring { restore, owner }) = self.tasks.remove(&partition) else {
+            let Some(Restoring {
+                restore,
+                owner: Some(owner),
+            }) = self.tasks.remove(&partition)
+            else {
                 continue;
             };
             self.unassign(&restore);
@@ -506,9 +550,62 @@ impl<R: RestoreConsumer> StateUpdater<R> {
         }
     }
 
-    fn fail(&self, owner: ActorRef<TaskMsg>, task: TaskId, error: EngineError) {
-        error!(%task, "restore failed: {error}");
-        let _ = self.handed_back.send(RestoreEvent::Failed(owner, error));
+    fn fail(&self, owner: Option<ActorRef<TaskMsg>>, task: TaskId, error: EngineError) {
+        match owner {
+            Some(owner) => {
+                error!(%task, "restore failed: {error}");
+                let _ = self.handed_back.send(RestoreEvent::Failed(owner, error));
+            }
+            // Dropped: the supervisor places it again at its next look at the group.
+            None => {
+                warn!(%task, "standby failed, dropped: {error}");
+                self.status.remove_standby(task);
+                self.metrics.forget_standby(task);
+            }
+        }
+    }
+
+    /// Every [`FOLLOW_REFRESH`], tells each standby the group's commit for its input partition
+    /// and its changelogs' ends.
+    fn refresh_standbys(&mut self) {
+        if self.followed_at.elapsed() < FOLLOW_REFRESH {
+            return;
+        }
+        self.followed_at = Instant::now();
+        let consumer = self.readers.beside.clone();
+        let standbys: Vec<i32> = self
+            .tasks
+            .iter()
+            .filter(|(_, r)| r.restore.is_standby())
+            .map(|(p, _)| *p)
+            .collect();
+        for partition in standbys {
+            let ceiling =
+                match consumer.group_committed(&self.source_topic, partition, FOLLOW_TIMEOUT) {
+                    Ok(committed) => committed,
+                    Err(e) => {
+                        debug!(partition, "standby: reading the group's commit: {e}");
+                        continue;
+                    }
+                };
+            let Some(restoring) = self.tasks.get_mut(&partition) else {
+                continue;
+            };
+            let ends: Vec<Option<i64>> = restoring
+                .restore
+                .changelogs
+                .iter()
+                .map(|c| {
+                    consumer
+                        .watermarks(&c.topic, partition, FOLLOW_TIMEOUT)
+                        .ok()
+                        .map(|(_, high)| high)
+                })
+                .collect();
+            if let Err(error) = restoring.restore.follow(ceiling, &ends) {
+                self.drop_failed(partition, error);
+            }
+        }
     }
 
     /// Restores that read nothing for [`RESTORE_STALL`] are reported and fetched afresh from
@@ -517,6 +614,7 @@ impl<R: RestoreConsumer> StateUpdater<R> {
         let stalled: Vec<i32> = self
             .tasks
             .iter()
+            .filter(|(_, r)| !r.restore.is_standby())
             .filter(|(_, r)| r.restore.last_progress.elapsed() >= self.stall_after)
             .map(|(partition, _)| *partition)
             .collect();
@@ -937,6 +1035,58 @@ mod tests {
             restored.outcome.replay_marked, 1,
             "only c is past the commit"
         );
+    }
+
+    /// A standby follows its changelog for as long as it is kept, never handed back. The
+    /// position it keeps is one its promotion can restore from: not past a stretch holding
+    /// input at or past the group's commit (whose output may not have landed), so that the
+    /// promoted task's restore marks those keys as owing their output.
+    #[tokio::test]
+    async fn a_standby_follows_is_never_handed_back_and_keeps_a_position_safe_to_promote_from() {
+        let mut h = harness();
+        for (n, key) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            h.fake.append(0, key, "1", n as i64); // committed input
+        }
+        h.fake.append(0, "a", "2", 12); // past the group's commit: output may be owed
+        h.fake.append(0, "f", "1", 13);
+        h.fake.state().committed.insert(0, 10);
+        let task = TaskId::new(0, 0);
+        let lag = h.status.add_standby(task);
+        h.handle.add_standby(task, h.open_store(0), lag.clone()).unwrap();
+        let refresh = |h: &mut Harness| h.updater.followed_at = Instant::now() - FOLLOW_REFRESH;
+        h.turn_until("the standby read everything", |h| {
+            h.restoring(0) && h.read_of(0) == 7
+        });
+        refresh(&mut h);
+        assert!(h.updater.turn());
+        assert!(h.handed_back.try_recv().is_err(), "a standby is never handed back");
+        assert_eq!(
+            lag.load(std::sync::atomic::Ordering::Relaxed),
+            7,
+            "its one stretch holds input past the commit: promotion would restore all of it"
+        );
+        h.fake.state().committed.insert(0, 14);
+        refresh(&mut h);
+        assert!(h.updater.turn());
+        assert_eq!(lag.load(std::sync::atomic::Ordering::Relaxed), 0, "the group committed past it");
+        h.fake.append(0, "b", "2", 15); // the owner's next write-out, not committed yet
+        h.turn_until("the standby read the new record", |h| h.read_of(0) == 8);
+        let (closed, answer) = crossbeam_channel::bounded(1);
+        h.updater.apply(UpdaterCommand::Remove(task, closed));
+        assert!(answer.try_recv().is_ok() && !h.restoring(0), "closed at once");
+        let store = h.open_store(0);
+        assert_eq!(count_of(&store, "a").as_deref(), Some("2"));
+        assert_eq!(count_of(&store, "b").as_deref(), Some("2"), "applied, though not safe yet");
+        let offsets = store.read_offsets().unwrap();
+        assert_eq!(offsets.changelog_next, vec![Some(7)], "not past the uncommitted stretch");
+        assert_eq!(offsets.input_next, None, "a standby vouches for no input position");
+        drop(store);
+        // Promoted with the commit still at 14: only the tail is restored, and b owes output.
+        h.add(0).await;
+        let restored = restored(h.next_handed_back());
+        assert_eq!(restored.outcome.records, 1);
+        assert_eq!(restored.outcome.replay_marked, 1);
+        assert_eq!(restored.outcome.input_next, Some(14));
     }
 
     /// The versions a restore compares against come from the store (read ahead a batch at a

@@ -1,7 +1,9 @@
 //! The supervisor actor: owns the partition assignment, starts a task actor per assigned
 //! partition (retrying one that cannot start), stops revoked ones after their commit (always,
 //! even when it fails), tells the consumer loop where each running task's input goes, and
-//! restarts failed tasks or reports the instance failed.
+//! restarts failed tasks or reports the instance failed. With standby replicas it also looks
+//! at the group's members and keeps the standbys placed here (see `standby`) in the state
+//! updater, closing a standby before its partition's active task opens the store.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::AtomicUsize;
@@ -22,6 +24,7 @@ use crate::error::{EngineError, Result};
 use crate::failpoints;
 use crate::fence::Fence;
 use crate::metrics::EngineMetrics;
+use crate::standby::{standby_partitions, GroupMembers, MEMBERSHIP_REFRESH};
 use crate::runtime::checkpoint::policy::{on_failure, CommitTrigger, FailureVerdict};
 use crate::runtime::state_updater::StateUpdaterHandle;
 use crate::runtime::task::{StreamTask, TaskArgs};
@@ -30,6 +33,7 @@ use crate::runtime::wiring::{
     STORE_RELEASE_WAIT, TASK_COMMIT_TIMEOUT, TASK_STOP_TIMEOUT,
 };
 use crate::state_directory::StateDirectory;
+use crate::store::TaskStore;
 use crate::status::{unix_millis, AssignmentRecord, InstanceStatus, TaskPhase, TaskProgress};
 use crate::store_memory::StoreMemory;
 use crate::task_id::TaskId;
@@ -86,6 +90,10 @@ pub struct SupervisorState {
     failures: HashMap<TaskId, VecDeque<Instant>>,
     /// Task directories on disk that this instance does not own, and since when.
     unowned_since: HashMap<TaskId, Instant>,
+    /// Reads the group's members for standby placement (none without standbys).
+    group_members: Option<Arc<GroupMembers>>,
+    /// Whether a look at the group's members is under way.
+    looking: bool,
 }
 
 pub struct Supervisor;
@@ -132,12 +140,21 @@ impl Actor for Supervisor {
         myself.send_interval(period, || SupervisorMsg::CleanStateDirs);
         let now = Instant::now();
         let unowned_since = args.leftover_tasks.iter().map(|t| (*t, now)).collect();
+        let group_members = match args.config.num_standby_replicas {
+            0 => None,
+            _ => {
+                myself.send_interval(MEMBERSHIP_REFRESH, || SupervisorMsg::LookAtGroup);
+                Some(Arc::new(GroupMembers::new(&args.config)?))
+            }
+        };
         Ok(SupervisorState {
             args,
             tasks: BTreeMap::new(),
             awaiting_start: BTreeSet::new(),
             failures: HashMap::new(),
             unowned_since,
+            group_members,
+            looking: false,
         })
     }
 
@@ -151,6 +168,12 @@ impl Actor for Supervisor {
             SupervisorMsg::Rebalance(event, reply) => {
                 let result = state.rebalance(&myself, event).await;
                 let _ = reply.send(result);
+                state.look_at_group(&myself);
+            }
+            SupervisorMsg::LookAtGroup => state.look_at_group(&myself),
+            SupervisorMsg::GroupMembers(members) => {
+                state.looking = false;
+                state.place_standbys(&members);
             }
             SupervisorMsg::CommitAll(reply) => {
                 let partitions: Vec<i32> = state.tasks.keys().copied().collect();
@@ -204,6 +227,9 @@ impl Actor for Supervisor {
             SupervisorMsg::StopAll(reply) => {
                 let partitions: Vec<i32> = state.tasks.keys().copied().collect();
                 state.stop(&partitions, StopWait::UntilStopped).await;
+                for task in state.args.status.standby_tasks() {
+                    state.close_standby(task);
+                }
                 info!(
                     "shutdown: stopped tasks [{}]",
                     task_names(&partitions).join(", ")
@@ -354,6 +380,12 @@ impl SupervisorState {
 
     async fn start_task(&mut self, myself: &ActorRef<SupervisorMsg>, partition: i32) -> Result<()> {
         let task = TaskId::new(0, partition);
+        if self.args.status.standby_tasks().contains(&task) {
+            // Promotion: the standby's store, closed with its safe position, is opened by the
+            // task, which restores only the changelog's tail from there.
+            info!(%task, "promoting the standby replica held here: the task restores only the changelog's tail");
+            self.close_standby(task);
+        }
         self.unowned_since.remove(&task);
         self.args.metrics.start_task(task);
         let progress = self.args.status.add_task(task);
@@ -518,12 +550,108 @@ impl SupervisorState {
         false
     }
 
-    /// Deletes the directories of tasks this instance has not owned for the cleanup delay.
+    /// Asks the broker for the group's members off the actor (the answer comes back as
+    /// [`SupervisorMsg::GroupMembers`] once the group is stable); one look at a time.
+    fn look_at_group(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        let Some(group_members) = self.group_members.clone() else {
+            return;
+        };
+        if self.looking {
+            return;
+        }
+        self.looking = true;
+        let myself = myself.clone();
+        tokio::task::spawn_blocking(move || {
+            let members = match group_members.stable_members() {
+                Ok(Some(members)) => members,
+                Ok(None) => Vec::new(),
+                Err(e) => {
+                    warn!("standby placement: {e}; looking again in {MEMBERSHIP_REFRESH:?}");
+                    Vec::new()
+                }
+            };
+            let _ = myself.send_message(SupervisorMsg::GroupMembers(members));
+        });
+    }
+
+    /// Opens the standbys placed here and closes those no longer placed here (or active).
+    fn place_standbys(&mut self, members: &[String]) {
+        let me = self.args.status.member_id();
+        if members.is_empty() || !members.contains(&me) {
+            return; // rebalancing, or not yet seen as a member: keep what is held
+        }
+        let active: BTreeSet<i32> = self
+            .tasks
+            .keys()
+            .chain(&self.awaiting_start)
+            .copied()
+            .collect();
+        let config = &self.args.config;
+        let wanted: BTreeSet<TaskId> = standby_partitions(
+            &me,
+            members,
+            config.source_partitions,
+            config.num_standby_replicas,
+            &active,
+        )
+        .into_iter()
+        .map(|p| TaskId::new(0, p))
+        .collect();
+        let held = self.args.status.standby_tasks();
+        for task in held.difference(&wanted) {
+            self.close_standby(*task);
+        }
+        for task in wanted.difference(&held) {
+            if let Err(e) = self.open_standby(*task) {
+                warn!(%task, "standby could not start, trying again at the next look: {e}");
+            }
+        }
+    }
+
+    fn open_standby(&mut self, task: TaskId) -> Result<()> {
+        let dir = self.args.state_directory.task_dir(task);
+        let args = &self.args;
+        let (store, wiped) = tokio::task::block_in_place(|| {
+            TaskStore::open_or_wipe(
+                task,
+                &dir,
+                args.topology.stores(),
+                &args.store_memory,
+                Duration::from_millis(100),
+            )
+        })?;
+        if let Some(reason) = wiped {
+            args.metrics.state_wipes.with_label_values(&[reason]).inc();
+        }
+        let lag = args.status.add_standby(task);
+        args.metrics.start_standby(task);
+        self.unowned_since.remove(&task);
+        info!(%task, "keeping a standby replica of the task");
+        args.updater.add_standby(task, store, lag)
+    }
+
+    /// Takes a standby out of the state updater, its store closed with its position written.
+    fn close_standby(&mut self, task: TaskId) {
+        if !self.args.status.remove_standby(task) {
+            return;
+        }
+        self.args.metrics.forget_standby(task);
+        let updater = self.args.updater.clone();
+        if let Err(e) = tokio::task::block_in_place(|| updater.remove(task, STORE_RELEASE_WAIT)) {
+            warn!(%task, "closing its standby: {e}");
+        }
+        self.unowned_since.insert(task, Instant::now());
+    }
+
+    /// Deletes the directories of tasks this instance has not owned for the cleanup delay
+    /// (a standby's is held, not unowned).
     fn clean_state_dirs(&mut self) {
         let delay = self.args.config.state_cleanup_delay;
+        let standbys = self.args.status.standby_tasks();
         let due: Vec<TaskId> = self
             .unowned_since
             .iter()
+            .filter(|(task, _)| !standbys.contains(task))
             .filter(|(_, since)| since.elapsed() >= delay)
             .map(|(task, _)| *task)
             .collect();

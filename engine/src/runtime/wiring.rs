@@ -67,6 +67,10 @@ pub enum SupervisorMsg {
     CleanStateDirs,
     /// Stop every task without committing (after a final CommitAll on shutdown).
     StopAll(RpcReplyPort<()>),
+    /// Time to look at the group's members again (standby placement).
+    LookAtGroup,
+    /// The group's members, as the broker lists them once the group is stable.
+    GroupMembers(Vec<String>),
 }
 
 pub enum TaskMsg {

@@ -1,0 +1,154 @@
+//! Where standby replicas go: each instance works out, from the group's member list alone,
+//! which partitions' stores it keeps warm (rendezvous hashing, so every member agrees without
+//! talking and without a custom assignor, which librdkafka cannot take), and reads that list
+//! from the broker (DescribeGroups).
+
+use std::collections::BTreeSet;
+use std::hash::Hasher;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::clients::{client_config, setting_error, ClientRole};
+use crate::config::StreamsConfig;
+use crate::error::{EngineError, Result};
+
+/// How often an instance with standbys reads the group's members again (besides after each
+/// of its own rebalances): a member that joins or leaves without changing this instance's
+/// assignment moves standbys too.
+pub(crate) const MEMBERSHIP_REFRESH: Duration = Duration::from_secs(5);
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A member's rank for a partition: the highest ranks hold its warm copies.
+fn rank(member: &str, partition: i32) -> u64 {
+    let mut hasher = fnv::FnvHasher::default();
+    hasher.write(member.as_bytes());
+    hasher.write(&partition.to_be_bytes());
+    hasher.finish()
+}
+
+/// The partitions `me` keeps a standby of: for each partition, the `replicas + 1` members of
+/// highest rank hold a warm copy, and each of them that does not own the partition holds it as
+/// a standby. The assignor does not know where the copies are, so the owner may be outside
+/// them; then `replicas + 1` standbys exist for the partition, never fewer than `replicas`.
+/// With `replicas >= members - 1` every member holds every partition it does not own.
+pub(crate) fn standby_partitions(
+    me: &str,
+    members: &[String],
+    partitions: usize,
+    replicas: usize,
+    owned: &BTreeSet<i32>,
+) -> BTreeSet<i32> {
+    if replicas == 0 || !members.iter().any(|m| m == me) {
+        return BTreeSet::new();
+    }
+    (0..partitions as i32)
+        .filter(|p| !owned.contains(p))
+        .filter(|&p| {
+            let mut ranked: Vec<(u64, &str)> =
+                members.iter().map(|m| (rank(m, p), m.as_str())).collect();
+            ranked.sort_unstable_by(|a, b| b.cmp(a));
+            ranked.iter().take(replicas + 1).any(|(_, m)| *m == me)
+        })
+        .collect()
+}
+
+/// Reads the group's members from the broker, for standby placement.
+pub(crate) struct GroupMembers {
+    consumer: BaseConsumer,
+    group: String,
+}
+
+impl GroupMembers {
+    pub(crate) fn new(config: &StreamsConfig) -> Result<Self> {
+        let consumer = client_config(config, ClientRole::Admin)
+            .create()
+            .map_err(|e| setting_error(&config.client_settings, e))?;
+        Ok(Self {
+            consumer,
+            group: config.group_id().to_string(),
+        })
+    }
+
+    /// The member ids of the group once it is stable (`None` while it rebalances: placement
+    /// waits for the next look rather than act on a passing state). Blocks on the broker.
+    pub(crate) fn stable_members(&self) -> Result<Option<Vec<String>>> {
+        let list = self
+            .consumer
+            .fetch_group_list(Some(&self.group), DESCRIBE_TIMEOUT)
+            .map_err(EngineError::kafka("describe the consumer group"))?;
+        let Some(group) = list.groups().iter().find(|g| g.name() == self.group) else {
+            return Ok(None);
+        };
+        if group.state() != "Stable" {
+            return Ok(None);
+        }
+        let mut members: Vec<String> = group.members().iter().map(|m| m.id().into()).collect();
+        members.sort();
+        Ok(Some(members))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("rdkafka-member-{i}")).collect()
+    }
+
+    fn owned(partitions: &[i32]) -> BTreeSet<i32> {
+        partitions.iter().copied().collect()
+    }
+
+    #[test]
+    fn with_replicas_for_every_other_member_each_holds_all_it_does_not_own() {
+        let group = members(3);
+        let held = standby_partitions(&group[0], &group, 4, 2, &owned(&[1]));
+        assert_eq!(held, owned(&[0, 2, 3]));
+    }
+
+    #[test]
+    fn no_replicas_or_not_a_member_holds_nothing() {
+        let group = members(3);
+        assert!(standby_partitions(&group[0], &group, 4, 0, &owned(&[])).is_empty());
+        assert!(standby_partitions("someone-else", &group, 4, 2, &owned(&[])).is_empty());
+    }
+
+    #[test]
+    fn every_partition_has_at_least_the_replicas_asked_and_members_agree() {
+        let group = members(5);
+        for replicas in 1..=3 {
+            // Any owner per partition: member p % 5 owns partition p.
+            let owners: Vec<usize> = (0..12).map(|p| p % 5).collect();
+            let mut copies = [0usize; 12];
+            for (index, me) in group.iter().enumerate() {
+                let mine: BTreeSet<i32> = (0..12)
+                    .filter(|p| owners[*p as usize] == index)
+                    .collect();
+                for p in standby_partitions(me, &group, 12, replicas, &mine) {
+                    copies[p as usize] += 1;
+                }
+            }
+            for (p, n) in copies.iter().enumerate() {
+                assert!(
+                    (replicas..=replicas + 1).contains(n),
+                    "partition {p} has {n} standbys with {replicas} asked"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn placement_depends_on_the_members_not_their_order() {
+        let group = members(4);
+        let mut shuffled = group.clone();
+        shuffled.reverse();
+        for me in &group {
+            assert_eq!(
+                standby_partitions(me, &group, 8, 1, &owned(&[])),
+                standby_partitions(me, &shuffled, 8, 1, &owned(&[]))
+            );
+        }
+    }
+}
