@@ -123,9 +123,8 @@ mod tests {
             let owners: Vec<usize> = (0..12).map(|p| p % 5).collect();
             let mut copies = [0usize; 12];
             for (index, me) in group.iter().enumerate() {
-                let mine: BTreeSet<i32> = (0..12)
-                    .filter(|p| owners[*p as usize] == index)
-                    .collect();
+                let mine: BTreeSet<i32> =
+                    (0..12).filter(|p| owners[*p as usize] == index).collect();
                 for p in standby_partitions(me, &group, 12, replicas, &mine) {
                     copies[p as usize] += 1;
                 }

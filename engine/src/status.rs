@@ -190,8 +190,8 @@ pub struct InstanceStatus {
     /// since (0: not in that state).
     lost_at_ms: AtomicU64,
     tasks: Mutex<BTreeMap<TaskId, Arc<TaskProgress>>>,
-    /// Standby replicas held here, and each one's lag in changelog records (-1 until known).
-    standbys: Mutex<BTreeMap<TaskId, Arc<AtomicI64>>>,
+    /// Standby replicas held here, and how far each one stands.
+    standbys: Mutex<BTreeMap<TaskId, Arc<StandbyProgress>>>,
 }
 
 /// One task in the `/status` document.
@@ -249,6 +249,37 @@ pub struct InstanceView {
     pub assignments: Vec<AssignmentRecord>,
 }
 
+/// How far a standby replica stands, written by the state updater.
+#[derive(Debug, Default)]
+pub struct StandbyProgress {
+    /// Changelog records behind, all stores together (-1 until known).
+    lag: AtomicI64,
+    /// Per store, the changelog offset its promotion would restore from.
+    positions: Mutex<Vec<i64>>,
+}
+
+impl StandbyProgress {
+    fn new() -> Self {
+        Self {
+            lag: AtomicI64::new(-1),
+            positions: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn set_lag(&self, lag: i64) {
+        self.lag.store(lag, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set(&self, lag: i64, positions: Vec<i64>) {
+        *self.positions.lock().expect("status lock poisoned") = positions;
+        self.set_lag(lag);
+    }
+
+    pub fn lag(&self) -> Option<i64> {
+        Some(self.lag.load(Ordering::Relaxed)).filter(|l| *l >= 0)
+    }
+}
+
 /// One standby replica in the `/status` document.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StandbyView {
@@ -256,6 +287,9 @@ pub struct StandbyView {
     pub partition: i32,
     /// Changelog records behind: what promoting it would restore (absent until measured).
     pub lag: Option<i64>,
+    /// Per store, the changelog offset promoting it would restore from.
+    #[serde(default)]
+    pub positions: Vec<i64>,
 }
 
 impl InstanceStatus {
@@ -299,15 +333,15 @@ impl InstanceStatus {
         self.tasks().remove(&task);
     }
 
-    fn standbys(&self) -> std::sync::MutexGuard<'_, BTreeMap<TaskId, Arc<AtomicI64>>> {
+    fn standbys(&self) -> std::sync::MutexGuard<'_, BTreeMap<TaskId, Arc<StandbyProgress>>> {
         self.standbys.lock().expect("status lock poisoned")
     }
 
-    /// Registers a standby replica; its lag is written through the handle.
-    pub fn add_standby(&self, task: TaskId) -> Arc<AtomicI64> {
-        let lag = Arc::new(AtomicI64::new(-1));
-        self.standbys().insert(task, lag.clone());
-        lag
+    /// Registers a standby replica; how far it stands is written through the handle.
+    pub fn add_standby(&self, task: TaskId) -> Arc<StandbyProgress> {
+        let progress = Arc::new(StandbyProgress::new());
+        self.standbys().insert(task, progress.clone());
+        progress
     }
 
     /// Forgets a standby replica; answers whether it was held.
@@ -460,10 +494,15 @@ impl InstanceStatus {
             standbys: self
                 .standbys()
                 .iter()
-                .map(|(id, lag)| StandbyView {
+                .map(|(id, progress)| StandbyView {
                     task_id: id.to_string(),
                     partition: id.partition,
-                    lag: Some(lag.load(Ordering::Relaxed)).filter(|l| *l >= 0),
+                    lag: progress.lag(),
+                    positions: progress
+                        .positions
+                        .lock()
+                        .expect("status lock poisoned")
+                        .clone(),
                 })
                 .collect(),
             assignments: self

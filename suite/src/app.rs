@@ -1,6 +1,7 @@
 //! The `kstreams-count` binary as a child process: how to run it, its log, its HTTP
 //! endpoints (`/status`, `/metrics`, health), stopping and killing it.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -78,6 +79,49 @@ impl AppOptions {
             env: vec![],
         }
     }
+}
+
+impl AppOptions {
+    /// One instance's options per name, each with its own state directory under `root`
+    /// (`state-<name>`), as instances on separate volumes.
+    pub fn instances(&self, root: &Path, names: &[&str]) -> Vec<AppOptions> {
+        names
+            .iter()
+            .map(|name| {
+                let mut o = self.clone();
+                o.state_dir = root.join(format!("state-{name}"));
+                o
+            })
+            .collect()
+    }
+
+    /// The product's defaults: no session timeout given on the command line (10 s), and the
+    /// default commit interval (30 s).
+    pub fn with_product_defaults(mut self) -> Self {
+        self.session_timeout_ms = None;
+        self.commit_interval_ms = 30_000;
+        self
+    }
+}
+
+/// The ids (`0_P`) of the tasks of `partitions` partitions.
+pub fn all_tasks(partitions: usize) -> BTreeSet<String> {
+    (0..partitions).map(|p| format!("0_{p}")).collect()
+}
+
+/// Every task of `partitions` runs on exactly one of `apps`, and every instance runs at least
+/// one: the group formed with all of them.
+pub fn group_complete(apps: &[App], partitions: usize) -> bool {
+    let mut seen = BTreeSet::new();
+    for app in apps {
+        let Some(tasks) = app.running_tasks() else {
+            return false;
+        };
+        if tasks.is_empty() || tasks.iter().any(|t| !seen.insert(t.clone())) {
+            return false;
+        }
+    }
+    seen == all_tasks(partitions)
 }
 
 /// A fresh broker and application, with the application's input and output topics created
@@ -205,6 +249,21 @@ impl App {
     /// The group member id this instance holds (`/status`), if it answers.
     pub fn member_id(&self) -> Option<String> {
         self.view().map(|v| v.member_id)
+    }
+
+    /// Tasks the instance runs (phase `running`), if it answers and is ready.
+    pub fn running_tasks(&self) -> Option<BTreeSet<String>> {
+        if !self.is_ready() {
+            return None;
+        }
+        let view = self.view()?;
+        Some(
+            view.tasks
+                .iter()
+                .filter(|t| t.state == kstreams_engine::TaskPhase::Running)
+                .map(|t| t.task_id.clone())
+                .collect(),
+        )
     }
 
     /// `(task id, state)` of every task in `/status`.

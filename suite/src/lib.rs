@@ -19,8 +19,8 @@ pub mod wait;
 use std::net::TcpListener;
 
 pub use app::{
-    app_bin, broker_and_app, http_get, key_value_lines, restart_after_crash, run_cli,
-    run_until_processed, App, AppOptions,
+    all_tasks, app_bin, broker_and_app, group_complete, http_get, key_value_lines,
+    restart_after_crash, run_cli, run_until_processed, App, AppOptions,
 };
 pub use load::{produce_paced, produce_round, word_count_input, Load};
 pub use owners::TwoOwners;

@@ -7,8 +7,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use kstreams_suite::{
-    broker_and_app, poll_until, skip_without_private_broker, take_turn, App, AppOptions, Broker,
-    Load,
+    all_tasks, broker_and_app, group_complete, poll_until, skip_without_private_broker, take_turn,
+    App, AppOptions, Broker, Load,
 };
 
 /// The product's default session timeout (`--session-timeout-ms`), which these tests keep.
@@ -28,49 +28,8 @@ const PARTITIONS: usize = 4;
 // and a member starved of CPU by another test misses heartbeats for reasons that are not the
 // broker's.
 
-/// The product's defaults: no session timeout or commit interval given on the command line.
-fn with_defaults(mut options: AppOptions) -> AppOptions {
-    options.session_timeout_ms = None;
-    options.commit_interval_ms = 30_000;
-    options
-}
-
-/// Tasks the instance runs (phase `running`), if it answers and is ready.
-fn running_tasks(app: &App) -> Option<BTreeSet<String>> {
-    if !app.is_ready() {
-        return None;
-    }
-    let view = app.view()?;
-    Some(
-        view.tasks
-            .iter()
-            .filter(|t| t.state == kstreams_engine::TaskPhase::Running)
-            .map(|t| t.task_id.clone())
-            .collect(),
-    )
-}
-
-fn all_tasks() -> BTreeSet<String> {
-    (0..PARTITIONS).map(|p| format!("0_{p}")).collect()
-}
-
-/// Every task runs on exactly one of `apps`, and every instance runs at least one: the group
-/// formed with all of them.
-fn group_complete(apps: &[App]) -> bool {
-    let mut seen = BTreeSet::new();
-    for app in apps {
-        let Some(tasks) = running_tasks(app) else {
-            return false;
-        };
-        if tasks.is_empty() || tasks.iter().any(|t| !seen.insert(t.clone())) {
-            return false;
-        }
-    }
-    seen == all_tasks()
-}
-
 fn ownership(apps: &[App]) -> Vec<Option<BTreeSet<String>>> {
-    apps.iter().map(running_tasks).collect()
+    apps.iter().map(App::running_tasks).collect()
 }
 
 fn summary(times: &[Duration]) -> String {
@@ -102,11 +61,13 @@ fn one_instance_sigkilled_and_restarted_gets_every_task_back_within_two_session_
     let _turn = take_turn();
     let root = tempfile::tempdir().unwrap();
     let (broker, options) = broker_and_app(root.path());
-    let options = with_defaults(options);
+    let options = options.with_product_defaults();
     let load = Load::start(&broker, &options.input_topic, 200, 500);
     let mut app = App::spawn(&broker.address(), &options);
     assert!(
-        poll_until(TIMEOUT, || running_tasks(&app) == Some(all_tasks())).is_some(),
+        poll_until(TIMEOUT, || app.running_tasks()
+            == Some(all_tasks(PARTITIONS)))
+        .is_some(),
         "the first start did not run every task within {TIMEOUT:?}; log:\n{}",
         app.log()
     );
@@ -115,13 +76,13 @@ fn one_instance_sigkilled_and_restarted_gets_every_task_back_within_two_session_
         app.kill();
         app = App::spawn(&broker.address(), &options);
         match poll_until(TASKS_BACK_BOUND, || {
-            running_tasks(&app) == Some(all_tasks())
+            app.running_tasks() == Some(all_tasks(PARTITIONS))
         }) {
             Some(took) => times.push(took),
             None => panic!(
                 "cycle {cycle}: the restarted instance did not run every task within \
                  {TASKS_BACK_BOUND:?} (runs {:?}); its log:\n{}\nthe broker's log:\n{}",
-                running_tasks(&app),
+                app.running_tasks(),
                 app.log(),
                 broker.log_tail(300)
             ),
@@ -143,22 +104,15 @@ fn the_group_leader_among_three_sigkilled_and_restarted_gets_the_group_back_with
     let _turn = take_turn();
     let root = tempfile::tempdir().unwrap();
     let (broker, options) = broker_and_app(root.path());
-    let options = with_defaults(options);
-    let instance_options: Vec<AppOptions> = ["a", "b", "c"]
-        .iter()
-        .map(|name| {
-            let mut o = options.clone();
-            o.state_dir = root.path().join(format!("state-{name}"));
-            o
-        })
-        .collect();
+    let options = options.with_product_defaults();
+    let instance_options = options.instances(root.path(), &["a", "b", "c"]);
     let load = Load::start(&broker, &options.input_topic, 200, 500);
     let mut apps: Vec<App> = instance_options
         .iter()
         .map(|o| App::spawn(&broker.address(), o))
         .collect();
     assert!(
-        poll_until(TIMEOUT, || group_complete(&apps)).is_some(),
+        poll_until(TIMEOUT, || group_complete(&apps, PARTITIONS)).is_some(),
         "three instances did not share every task within {TIMEOUT:?} ({:?}); the broker's \
          log:\n{}",
         ownership(&apps),
@@ -197,7 +151,7 @@ fn the_group_leader_among_three_sigkilled_and_restarted_gets_the_group_back_with
             });
         apps[index].kill();
         apps[index] = App::spawn(&broker.address(), &instance_options[index]);
-        match poll_until(TASKS_BACK_BOUND, || group_complete(&apps)) {
+        match poll_until(TASKS_BACK_BOUND, || group_complete(&apps, PARTITIONS)) {
             Some(took) => times.push(took),
             None => panic!(
                 "cycle {cycle}: after the leader (instance {index}) was killed and restarted, \
@@ -226,7 +180,7 @@ fn one_instance_counts_a_million_record_partition_without_losing_its_session() {
     let _turn = take_turn();
     let root = tempfile::tempdir().unwrap();
     let broker = Broker::start();
-    let options = with_defaults(AppOptions::fresh(root.path()));
+    let options = AppOptions::fresh(root.path()).with_product_defaults();
     broker.create_topic(&options.input_topic, 1);
     broker.create_topic(&options.output_topic, 1);
     let mut expected: HashMap<String, u64> = HashMap::new();

@@ -7,7 +7,6 @@
 //! it keeps in its store is one its promotion can safely restore from (see [`Follow`]).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use crate::config::StreamsConfig;
 use crate::error::{EngineError, Result};
 use crate::metrics::EngineMetrics;
 use crate::runtime::consumer_port::RestoreConsumer;
-use crate::status::TaskProgress;
+use crate::status::{StandbyProgress, TaskProgress};
 use crate::store::changelog_format::decode_changelog_value;
 use crate::store::StoreId;
 use crate::store::{ChangelogUpdate, KeyMap, StoredOffsets, TaskStore};
@@ -160,7 +159,9 @@ impl Follow {
             }
             self.unresolved.pop_front();
         }
-        self.unresolved.front().map_or(position, |(start, _)| *start)
+        self.unresolved
+            .front()
+            .map_or(position, |(start, _)| *start)
     }
 }
 
@@ -198,7 +199,7 @@ pub(crate) struct TaskRestore {
     pub(crate) task: TaskId,
     pub(crate) store: TaskStore,
     pub(crate) changelogs: Vec<ChangelogRestore>,
-    pub(crate) progress: std::sync::Arc<TaskProgress>,
+    pub(crate) progress: Arc<TaskProgress>,
     offsets: StoredOffsets,
     /// Input offsets at or past this are newer than the last commit: keys restored from them
     /// may owe their output.
@@ -216,14 +217,15 @@ pub(crate) struct TaskRestore {
 /// What a standby restore keeps besides its changelogs.
 struct StandbyFollow {
     ceiling: Option<i64>,
-    lag: Arc<AtomicI64>,
+    progress: Arc<StandbyProgress>,
 }
 
 /// Whether a restore ends once caught up (an active task's) or follows its changelogs for as
 /// long as it is kept (a standby replica's, which reports its lag here).
 pub(crate) enum RestoreKind {
-    Active,
-    Standby(Arc<AtomicI64>),
+    /// An active task's, with the progress `/status` shows for it.
+    Active(Arc<TaskProgress>),
+    Standby(Arc<StandbyProgress>),
 }
 
 impl TaskRestore {
@@ -234,16 +236,15 @@ impl TaskRestore {
     pub(crate) fn begin(
         task: TaskId,
         mut store: TaskStore,
-        progress: std::sync::Arc<TaskProgress>,
         kind: RestoreKind,
         consumer: &impl RestoreConsumer,
         config: &StreamsConfig,
         source_topic: &str,
         metrics: &EngineMetrics,
     ) -> Result<Self> {
-        let standby = match kind {
-            RestoreKind::Active => None,
-            RestoreKind::Standby(lag) => Some(lag),
+        let (progress, standby) = match kind {
+            RestoreKind::Active(progress) => (progress, None),
+            RestoreKind::Standby(standby) => (Arc::default(), Some(standby)),
         };
         let mut outcome = RestoreOutcome::default();
         let store_names = store.store_names().to_vec();
@@ -348,9 +349,10 @@ impl TaskRestore {
                     .with_label_values(&labels_ref)
                     .set(remaining as i64);
             }
-            Some(lag) => {
+            Some(progress) => {
                 let behind: i64 = changelogs.iter().map(|c| c.high - c.position).sum();
-                lag.store(behind.max(0), Ordering::Relaxed);
+                let positions = changelogs.iter().map(|c| c.position).collect();
+                progress.set(behind.max(0), positions);
                 metrics
                     .standby_lag
                     .with_label_values(&labels_ref)
@@ -374,11 +376,19 @@ impl TaskRestore {
             labels,
             started: Instant::now(),
             last_progress: Instant::now(),
-            standby: standby.map(|lag| StandbyFollow {
+            standby: standby.map(|progress| StandbyFollow {
                 ceiling: group_committed,
-                lag,
+                progress,
             }),
         })
+    }
+
+    /// A standby's lag: per store, from the position its promotion would restore from to the
+    /// furthest it knows the changelog reaches.
+    fn standby_lag(&self) -> i64 {
+        let behind = self.changelogs.iter().zip(&self.offsets.changelog_next);
+        let behind = behind.map(|(c, safe)| c.high.max(c.position) - safe.unwrap_or(0));
+        behind.sum::<i64>().max(0)
     }
 
     /// Whether this is a standby replica's restore (it never ends).
@@ -431,6 +441,14 @@ impl TaskRestore {
             return Ok(()); // read twice (a compacted partition, or a re-seek)
         }
         changelog.position = offset + 1;
+        if changelog.follow.is_some() && changelog.position > changelog.high {
+            // Read past the end last looked up: the lag grows now, not at the next look.
+            changelog.high = changelog.position;
+            if let Some(standby) = &self.standby {
+                standby.progress.set_lag(self.standby_lag());
+            }
+        }
+        let changelog = &mut self.changelogs[index];
         if let Some(key) = key {
             let input = payload.and_then(|bytes| decode_changelog_value(bytes).0);
             if let (Some(follow), Some(input)) = (&mut changelog.follow, input) {
@@ -518,22 +536,21 @@ impl TaskRestore {
         self.outcome.replay_marked += owe_output.len() as u64;
         changelog.applied += n;
         let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
-        if let Some(standby) = &self.standby {
+        if self.standby.is_some() {
             self.metrics
                 .standby_records
                 .with_label_values(&labels)
                 .inc_by(n);
-            let behind: i64 = self
-                .changelogs
-                .iter()
-                .zip(&self.offsets.changelog_next)
-                .map(|(c, safe)| c.high.max(c.position) - safe.unwrap_or(0))
-                .sum();
-            standby.lag.store(behind.max(0), Ordering::Relaxed);
+            let positions = self.offsets.changelog_next.iter().map(|p| p.unwrap_or(0));
+            let positions: Vec<i64> = positions.collect();
+            let behind = self.standby_lag();
+            if let Some(standby) = &self.standby {
+                standby.progress.set(behind, positions);
+            }
             self.metrics
                 .standby_lag
                 .with_label_values(&labels)
-                .set(behind.max(0));
+                .set(behind);
             return Ok(());
         }
         self.metrics

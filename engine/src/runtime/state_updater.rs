@@ -9,7 +9,6 @@
 //! until taken out (promoted, or placed elsewhere).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,7 +28,7 @@ use crate::metrics::EngineMetrics;
 use crate::runtime::consumer_port::RestoreConsumer;
 use crate::runtime::restore::{RestoreKind, TaskRestore};
 use crate::runtime::wiring::{RestoreEvent, RestoredStore, RestoringTask, TaskMsg};
-use crate::status::{InstanceStatus, TaskProgress};
+use crate::status::{InstanceStatus, StandbyProgress};
 use crate::store::TaskStore;
 use crate::task_id::TaskId;
 
@@ -54,7 +53,7 @@ pub enum UpdaterCommand {
     /// the consumer loop drains.
     Add(Box<RestoringTask>),
     /// Keep this store as a standby replica, its lag written to the handle.
-    AddStandby(TaskId, Box<TaskStore>, Arc<AtomicI64>),
+    AddStandby(TaskId, Box<TaskStore>, Arc<StandbyProgress>),
     /// Stop restoring this task (it is stopping): what was read is written, the store closed,
     /// then `closed` is answered.
     Remove(TaskId, Sender<()>),
@@ -73,9 +72,14 @@ impl StateUpdaterHandle {
             .map_err(|_| EngineError::actor("state updater", "stopped"))
     }
 
-    pub fn add_standby(&self, task: TaskId, store: TaskStore, lag: Arc<AtomicI64>) -> Result<()> {
+    pub fn add_standby(
+        &self,
+        task: TaskId,
+        store: TaskStore,
+        progress: Arc<StandbyProgress>,
+    ) -> Result<()> {
         self.commands
-            .send(UpdaterCommand::AddStandby(task, Box::new(store), lag))
+            .send(UpdaterCommand::AddStandby(task, Box::new(store), progress))
             .map_err(|_| EngineError::actor("state updater", "stopped"))
     }
 
@@ -271,11 +275,10 @@ impl<R: RestoreConsumer> StateUpdater<R> {
                     progress,
                     owner,
                 } = *task;
-                self.prepare(task, store, progress, RestoreKind::Active, Some(owner));
+                self.prepare(task, store, RestoreKind::Active(progress), Some(owner));
             }
-            UpdaterCommand::AddStandby(task, store, lag) => {
-                let progress = Arc::new(TaskProgress::default());
-                self.prepare(task, *store, progress, RestoreKind::Standby(lag), None);
+            UpdaterCommand::AddStandby(task, store, progress) => {
+                self.prepare(task, *store, RestoreKind::Standby(progress), None);
             }
             UpdaterCommand::Remove(task, closed) => {
                 // A restore still being prepared is dropped (and its store closed) as soon as
@@ -298,8 +301,12 @@ impl<R: RestoreConsumer> StateUpdater<R> {
                         Err(e) => warn!(%task, "writing the restore's last batch failed: {e}"),
                     }
                     match standby {
-                        true => info!(%task, "standby closed (promoted, or placed elsewhere); its position kept"),
-                        false => info!(%task, "restore stopped with {remaining} changelog records left (the task is stopping); progress kept"),
+                        true => {
+                            info!(%task, "standby closed (promoted, or placed elsewhere); its position kept")
+                        }
+                        false => {
+                            info!(%task, "restore stopped with {remaining} changelog records left (the task is stopping); progress kept")
+                        }
                     }
                 }
                 let _ = closed.send(());
@@ -313,7 +320,6 @@ impl<R: RestoreConsumer> StateUpdater<R> {
         &mut self,
         task: TaskId,
         store: TaskStore,
-        progress: Arc<TaskProgress>,
         kind: RestoreKind,
         owner: Option<ActorRef<TaskMsg>>,
     ) {
@@ -329,7 +335,6 @@ impl<R: RestoreConsumer> StateUpdater<R> {
                 let restore = TaskRestore::begin(
                     task,
                     store,
-                    progress,
                     kind,
                     &*consumer,
                     &config,
@@ -1052,34 +1057,58 @@ mod tests {
         h.fake.state().committed.insert(0, 10);
         let task = TaskId::new(0, 0);
         let lag = h.status.add_standby(task);
-        h.handle.add_standby(task, h.open_store(0), lag.clone()).unwrap();
+        h.handle
+            .add_standby(task, h.open_store(0), lag.clone())
+            .unwrap();
         let refresh = |h: &mut Harness| h.updater.followed_at = Instant::now() - FOLLOW_REFRESH;
         h.turn_until("the standby read everything", |h| {
             h.restoring(0) && h.read_of(0) == 7
         });
         refresh(&mut h);
         assert!(h.updater.turn());
-        assert!(h.handed_back.try_recv().is_err(), "a standby is never handed back");
+        assert!(
+            h.handed_back.try_recv().is_err(),
+            "a standby is never handed back"
+        );
         assert_eq!(
-            lag.load(std::sync::atomic::Ordering::Relaxed),
-            7,
+            lag.lag(),
+            Some(7),
             "its one stretch holds input past the commit: promotion would restore all of it"
         );
         h.fake.state().committed.insert(0, 14);
         refresh(&mut h);
         assert!(h.updater.turn());
-        assert_eq!(lag.load(std::sync::atomic::Ordering::Relaxed), 0, "the group committed past it");
+        assert_eq!(lag.lag(), Some(0), "the group committed past it");
         h.fake.append(0, "b", "2", 15); // the owner's next write-out, not committed yet
         h.turn_until("the standby read the new record", |h| h.read_of(0) == 8);
+        assert_eq!(
+            lag.lag(),
+            Some(1),
+            "a record read shows in the lag before the next look"
+        );
         let (closed, answer) = crossbeam_channel::bounded(1);
         h.updater.apply(UpdaterCommand::Remove(task, closed));
-        assert!(answer.try_recv().is_ok() && !h.restoring(0), "closed at once");
+        assert!(
+            answer.try_recv().is_ok() && !h.restoring(0),
+            "closed at once"
+        );
         let store = h.open_store(0);
         assert_eq!(count_of(&store, "a").as_deref(), Some("2"));
-        assert_eq!(count_of(&store, "b").as_deref(), Some("2"), "applied, though not safe yet");
+        assert_eq!(
+            count_of(&store, "b").as_deref(),
+            Some("2"),
+            "applied, though not safe yet"
+        );
         let offsets = store.read_offsets().unwrap();
-        assert_eq!(offsets.changelog_next, vec![Some(7)], "not past the uncommitted stretch");
-        assert_eq!(offsets.input_next, None, "a standby vouches for no input position");
+        assert_eq!(
+            offsets.changelog_next,
+            vec![Some(7)],
+            "not past the uncommitted stretch"
+        );
+        assert_eq!(
+            offsets.input_next, None,
+            "a standby vouches for no input position"
+        );
         drop(store);
         // Promoted with the commit still at 14: only the tail is restored, and b owes output.
         h.add(0).await;

@@ -24,7 +24,6 @@ use crate::error::{EngineError, Result};
 use crate::failpoints;
 use crate::fence::Fence;
 use crate::metrics::EngineMetrics;
-use crate::standby::{standby_partitions, GroupMembers, MEMBERSHIP_REFRESH};
 use crate::runtime::checkpoint::policy::{on_failure, CommitTrigger, FailureVerdict};
 use crate::runtime::state_updater::StateUpdaterHandle;
 use crate::runtime::task::{StreamTask, TaskArgs};
@@ -32,9 +31,10 @@ use crate::runtime::wiring::{
     ask, CommitOffsets, LoopCommand, SupervisorMsg, TaskCommitted, TaskInbox, TaskMsg,
     STORE_RELEASE_WAIT, TASK_COMMIT_TIMEOUT, TASK_STOP_TIMEOUT,
 };
+use crate::standby::{standby_partitions, GroupMembers, MEMBERSHIP_REFRESH};
 use crate::state_directory::StateDirectory;
-use crate::store::TaskStore;
 use crate::status::{unix_millis, AssignmentRecord, InstanceStatus, TaskPhase, TaskProgress};
+use crate::store::TaskStore;
 use crate::store_memory::StoreMemory;
 use crate::task_id::TaskId;
 
