@@ -2,7 +2,7 @@
 //! docs/benchmarks.md in one run, on local tansu brokers, printed as Markdown as it goes.
 //!
 //! Sizes and sections (defaults in brackets; lists are comma-separated):
-//! - BENCH_SECTIONS [throughput,memory,recovery,beside,latency,scaling]
+//! - BENCH_SECTIONS [throughput,memory,recovery,beside,latency,scaling,failover]
 //! - throughput: BENCH_RECORDS [1000000], BENCH_KEYS [1000,10000,100000,1000000],
 //!   BENCH_DISTRIBUTIONS [uniform,zipf], BENCH_PARTITIONS [4,16], memory:// storage
 //! - memory (peak RSS, each key once): BENCH_MEMORY_KEYS [1000000,10000000], 4 partitions
@@ -15,6 +15,9 @@
 //!   BENCH_SCALING_PARTITIONS [1,2,4,8,16];
 //!   with BENCH_PIN=1 the word count runs on as many CPUs as partitions (taskset) and the
 //!   broker on the CPUs above them.
+//! - failover (sqlite storage, three instances, the defaults): BENCH_FAILOVER_REPLICAS [0,1,2]
+//!   standby replicas, BENCH_FAILOVER_KEYS [400000] keys (a changelog record each), the
+//!   instance running the most tasks SIGKILLed once every standby caught up.
 //! - BENCH_APP_ARGS: extra kstreams-count flags for every run (default: none, the defaults),
 //!   e.g. `--processing-guarantee exactly_once_v2`; BENCH_COMMIT_INTERVAL_MS [30000] the commit
 //!   interval (200 is exactly-once's default); BENCH_THROUGHPUT_STORAGE [memory] the throughput
@@ -23,7 +26,8 @@
 //!   against distinct keys goes (drawn when some input was measured at two key counts or more).
 
 use kstreams_suite::bench::{
-    latency, parse_list, recovery, restore_beside, throughput, Input, KeyDistribution, Report,
+    failover_with_standbys, latency, parse_list, recovery, restore_beside, throughput, Input,
+    KeyDistribution, Report,
 };
 use kstreams_suite::chart::draw_keys_chart;
 use kstreams_suite::Storage;
@@ -47,7 +51,7 @@ fn distribution(name: &str) -> KeyDistribution {
 fn main() {
     let sections = setting(
         "BENCH_SECTIONS",
-        "throughput,memory,recovery,beside,latency,scaling",
+        "throughput,memory,recovery,beside,latency,scaling,failover",
     );
     let wants = |section: &str| sections.split(',').any(|s| s.trim() == section);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -155,6 +159,16 @@ fn main() {
                 broker_cpus.as_deref(),
                 app_cpus.as_deref(),
             ));
+            show(&report);
+        }
+    }
+    if wants("failover") {
+        let keys = list("BENCH_FAILOVER_KEYS", "400000")[0] as usize;
+        for replicas in list("BENCH_FAILOVER_REPLICAS", "0,1,2") {
+            eprintln!("failover: {replicas} standby replicas, {keys} keys");
+            let run = failover_with_standbys(replicas as usize, keys);
+            eprintln!("{}", run.summary());
+            report.failover.push(run);
             show(&report);
         }
     }

@@ -19,6 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use kstreams_engine::status::TaskView;
 use kstreams_engine::{default_key_partitioner, Topology};
 
+use crate::failover::{failover, stopped_field, FailoverRun};
 use crate::{free_port, http_get, metric_sum, unique, App, AppOptions, Broker, Storage};
 
 /// Longest any one step may take before the benchmark gives up.
@@ -408,15 +409,6 @@ fn records_through_processed_offsets(app: &App) -> u64 {
         .map_or(0, |view| records_through(view.tasks.iter()) as u64)
 }
 
-/// A field (`output=123`) of the engine's last log line, "stopped: ... processed=.. output=..
-/// changelog=.. peak_rss_kib=.. cpu_ms=..".
-fn stopped_field(log: &str, field: &str) -> Option<u64> {
-    let line = log.lines().rev().find(|l| l.contains("stopped: "))?;
-    line.split_whitespace()
-        .find_map(|word| word.strip_prefix(field)?.strip_prefix('='))
-        .and_then(|value| value.parse().ok())
-}
-
 /// End-to-end throughput of one data set: produce, the plain pipe, then the word count.
 #[derive(Debug, Clone)]
 pub struct Throughput {
@@ -753,6 +745,7 @@ pub struct Report {
     pub recovery: Vec<Recovery>,
     pub latency: Vec<Latency>,
     pub restore_beside: Vec<RestoreBeside>,
+    pub failover: Vec<FailoverRun>,
 }
 
 fn mib(bytes: u64) -> String {
@@ -768,6 +761,34 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let mut out = String::new();
+        if !self.failover.is_empty() {
+            out += "### Failover with standby replicas (three instances at the defaults, 4 partitions, sqlite storage; the instance running the most tasks SIGKILLed once every standby caught up; counts checked exact after a second round)\n\n";
+            out += "| standby replicas | keys | changelog records | standbys held | records standbys applied | state on disk, 3 instances MiB | SIGKILL to every task running s | moved tasks restoring nothing | records the moved tasks restored | each moved task running after s | survivors' CPU s |\n";
+            out += "|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|\n";
+            for f in &self.failover {
+                let after: Vec<String> = f
+                    .moved
+                    .iter()
+                    .map(|m| format!("{} {:.1}", m.task, m.running_after.as_secs_f64()))
+                    .collect();
+                out += &format!(
+                    "| {} | {} | {} | {} | {} | {} | {:.1} | {} of {} | {} | {} | {:.1} |\n",
+                    f.replicas,
+                    f.keys,
+                    f.changelog_records,
+                    f.standbys,
+                    f.standby_records,
+                    mib(f.state_bytes),
+                    f.all_running_after.as_secs_f64(),
+                    f.warm(),
+                    f.moved.len(),
+                    f.moved.iter().map(|m| m.restored).sum::<u64>(),
+                    after.join(", "),
+                    f.survivors_cpu_seconds,
+                );
+            }
+            out += "\n";
+        }
         if !self.throughput.is_empty() {
             out += "### End-to-end throughput (records/s. Word count: the kstreams-count process with default settings, from its start, group join included, to its clean stop after the last record, final commit included. Records sent: output and changelog records in all; the record cache sends one per key per commit)\n\n";
             out += "| input | partitions | broker storage | cpus | produce (broker reached) | ceiling: plain pipe | word count in | word count out | start to ready s | word count in, once ready | records sent (output / changelog) | word count / ceiling | pipe writing 2 per input | word count / that pipe | word count CPU, core-µs per record | peak RSS MiB | of which RocksDB at most (blocks + memtables) MiB | counts exact |\n";
@@ -872,4 +893,20 @@ pub fn parse_list(value: &str) -> Vec<u64> {
         .split(',')
         .filter_map(|v| v.trim().replace('_', "").parse().ok())
         .collect()
+}
+
+/// The failover with `replicas` standby replicas over `keys` keys, on a fresh sqlite broker at
+/// the product's defaults (see [`failover`]).
+pub fn failover_with_standbys(replicas: usize, keys: usize) -> FailoverRun {
+    let root = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let setup = AppSetup::fresh(&broker, root.path(), 4);
+    failover(
+        &broker,
+        &setup.options,
+        root.path(),
+        replicas,
+        keys,
+        STEP_TIMEOUT,
+    )
 }

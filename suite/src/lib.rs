@@ -5,6 +5,7 @@
 pub mod app;
 pub mod bench;
 pub mod chart;
+pub mod failover;
 pub mod kafka;
 pub mod load;
 pub mod owners;
