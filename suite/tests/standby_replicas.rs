@@ -3,10 +3,16 @@
 //! it does not run warm, so when one is SIGKILLed the survivors take its partitions over
 //! without restoring their changelogs, and the counts go on from where the standbys stood.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use kstreams_suite::failover::failover;
-use kstreams_suite::{broker_and_app, take_turn};
+use kstreams_suite::{
+    all_tasks, broker_and_app, group_complete, poll_until, produce_round, take_turn, App,
+    AppOptions,
+};
+
+const PARTITIONS: usize = 4;
 
 /// Distinct keys: 10,000 changelog records per partition, many produce batches each.
 const KEYS: usize = 40_000;
@@ -54,4 +60,107 @@ fn with_two_standbys_a_killed_instances_partitions_move_to_survivors_that_restor
             moved.task, moved.restored
         );
     }
+}
+
+/// Whether every standby `app` holds of `tasks` is kept through its changelog's end.
+fn standbys_kept_through_end(app: &App, tasks: &BTreeSet<String>, ends: &[i64]) -> bool {
+    app.view().is_some_and(|view| {
+        let held: BTreeSet<String> = view.standbys.iter().map(|s| s.task_id.clone()).collect();
+        held == *tasks
+            && view
+                .standbys
+                .iter()
+                .all(|s| s.positions == [ends[s.partition as usize]] && s.lag == Some(0))
+    })
+}
+
+fn restored(app: &App, task: &str) -> f64 {
+    let label = format!("task_id=\"{task}\"");
+    app.metric("kstreams_restore_records_total", &[&label])
+        .unwrap_or(0.0)
+}
+
+/// Scale-out and back with one standby replica: the tasks that moved to a second instance stay
+/// warm on the first as standbys (the revoked task is demoted, not closed), follow the second
+/// instance's writes, and come back with nothing to restore when it leaves.
+#[test]
+fn a_partition_moved_by_scale_out_comes_back_warm_after_scale_in() {
+    let _turn = take_turn();
+    let root = tempfile::tempdir().unwrap();
+    let (broker, options) = broker_and_app(root.path());
+    let mut options = options.with_product_defaults();
+    options.extra_args = vec!["--num-standby-replicas".into(), "1".into()];
+    let [first_options, second_options]: [AppOptions; 2] = options
+        .instances(root.path(), &["first", "second"])
+        .try_into()
+        .unwrap();
+    let ends = || broker.end_offsets(&options.changelog_topic());
+    let counts = |round: u64| -> HashMap<String, u64> {
+        (0..KEYS).map(|k| (format!("key-{k}"), round)).collect()
+    };
+    produce_round(&broker, &options.input_topic, 1, KEYS);
+    let first = App::spawn(&broker.address(), &first_options);
+    broker
+        .wait_for_counts(&options.output_topic, &counts(1), TIMEOUT)
+        .unwrap_or_else(|e| panic!("{}: {e}; log:\n{}", options.output_topic, first.log()));
+
+    // Scale out: the second instance takes some tasks; the first keeps them as standbys and
+    // follows the second's writes of a second round.
+    let second = App::spawn(&broker.address(), &second_options);
+    let mut apps = vec![first, second];
+    assert!(
+        poll_until(TIMEOUT, || group_complete(&apps, PARTITIONS)).is_some(),
+        "the two did not share the tasks within {TIMEOUT:?}; logs:\n{}\n----\n{}",
+        apps[0].log(),
+        apps[1].log()
+    );
+    let moved = apps[1].running_tasks().unwrap_or_default();
+    produce_round(&broker, &options.input_topic, 2, KEYS);
+    let followed = poll_until(TIMEOUT, || {
+        ends().iter().sum::<i64>() >= 2 * KEYS as i64
+            && standbys_kept_through_end(&apps[0], &moved, &ends())
+    });
+    assert!(
+        followed.is_some(),
+        "the first instance did not keep the moved tasks {moved:?} as standbys through the \
+         second round ({:?}, changelog ends {:?}); its log:\n{}",
+        apps[0].view().map(|v| v.standbys),
+        ends(),
+        apps[0].log()
+    );
+    let before: Vec<f64> = moved.iter().map(|t| restored(&apps[0], t)).collect();
+
+    // Scale in: the second leaves cleanly; its tasks come back to the first's standbys.
+    let status = apps[1].terminate(Duration::from_secs(60));
+    assert!(status.success(), "exit {status}; log:\n{}", apps[1].log());
+    let back = poll_until(TIMEOUT, || {
+        apps[0].running_tasks() == Some(all_tasks(PARTITIONS))
+    });
+    assert!(
+        back.is_some(),
+        "the first instance did not run every task again within {TIMEOUT:?}; its log:\n{}",
+        apps[0].log()
+    );
+    for (task, before) in moved.iter().zip(before) {
+        let records = restored(&apps[0], task) - before;
+        assert_eq!(
+            records,
+            0.0,
+            "{task} came back to its standby, yet {records} changelog records were restored; \
+             log:\n{}",
+            apps[0].log()
+        );
+    }
+    eprintln!(
+        "scale-out moved [{}] and scale-in brought them back after {:.1} s, restoring nothing",
+        moved.iter().cloned().collect::<Vec<_>>().join(", "),
+        back.unwrap().as_secs_f64()
+    );
+    // The counts go on from the promoted state.
+    produce_round(&broker, &options.input_topic, 3, KEYS);
+    broker
+        .wait_for_counts(&options.output_topic, &counts(3), TIMEOUT)
+        .unwrap_or_else(|e| panic!("{}: {e}; log:\n{}", options.output_topic, apps[0].log()));
+    let status = apps[0].terminate(Duration::from_secs(60));
+    assert!(status.success(), "exit {status}; log:\n{}", apps[0].log());
 }

@@ -127,7 +127,12 @@ pub fn render(cluster: &Cluster, header: &Header, events: usize) -> Vec<String> 
             .as_ref()
             .map(|s| s.tasks.as_slice())
             .unwrap_or(&[]);
-        if tasks.is_empty() {
+        let standbys = observed
+            .status
+            .as_ref()
+            .map(|s| s.standbys.as_slice())
+            .unwrap_or(&[]);
+        if tasks.is_empty() && standbys.is_empty() {
             lines.push(prefix.clone());
         }
         for (i, task) in tasks.iter().enumerate() {
@@ -149,6 +154,20 @@ pub fn render(cluster: &Cluster, header: &Header, events: usize) -> Vec<String> 
                 task.processed_offset
                     .map_or("-".to_string(), |o| o.to_string()),
                 task.lag.map_or("-".to_string(), |l| l.to_string()),
+            ));
+        }
+        // Standby replicas: LAG is what promoting one would restore now.
+        for (i, standby) in standbys.iter().enumerate() {
+            let lead = match i + tasks.len() {
+                0 => prefix.clone(),
+                _ => " ".repeat(prefix.len()),
+            };
+            lines.push(format!(
+                "{lead}  {:<5} {:<10} {:>9} {:>6}",
+                standby.task_id,
+                "standby",
+                "-",
+                standby.lag.map_or("-".to_string(), |l| l.to_string()),
             ));
         }
     }
