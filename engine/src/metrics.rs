@@ -29,6 +29,7 @@ pub struct EngineMetrics {
     pub(crate) standby_records: IntCounterVec,
     pub(crate) standby_lag: IntGaugeVec,
     pub(crate) standby_tasks: IntGauge,
+    pub(crate) standby_lag_max: IntGauge,
     pub(crate) restore_duration: Histogram,
     pub(crate) tasks_restoring: IntGauge,
     pub(crate) tasks_running: IntGauge,
@@ -137,6 +138,7 @@ impl EngineMetrics {
                 TASK,
             )),
             standby_tasks: register(r, IntGauge::new("kstreams_standby_tasks", "Standby replicas this instance keeps warm")),
+            standby_lag_max: register(r, IntGauge::new("kstreams_standby_lag_max_records", "The largest lag among this instance's standby replicas (0 without standbys)")),
             restore_duration: register(r, Histogram::with_opts(seconds(
                 "kstreams_restore_duration_seconds",
                 "Time a task spent restoring its stores",
@@ -252,7 +254,10 @@ impl EngineMetrics {
         let (restoring, running) = status.phase_counts();
         self.tasks_restoring.set(restoring as i64);
         self.tasks_running.set(running as i64);
-        self.standby_tasks.set(status.standby_tasks().len() as i64);
+        let standby_lags = status.standby_lags();
+        self.standby_tasks.set(standby_lags.len() as i64);
+        let max_lag = standby_lags.iter().filter_map(|(_, lag)| *lag).max();
+        self.standby_lag_max.set(max_lag.unwrap_or(0));
         self.instance_ready.set(i64::from(status.is_ready()));
         // The one writer of the lag gauge: the high watermark comes from the consumer's
         // statistics, the next offset from the task, both kept in the task's progress.

@@ -349,6 +349,12 @@ impl InstanceStatus {
         self.standbys().remove(&task).is_some()
     }
 
+    /// The standby replicas held here and their lags (where known).
+    pub fn standby_lags(&self) -> Vec<(TaskId, Option<i64>)> {
+        let standbys = self.standbys();
+        standbys.iter().map(|(t, p)| (*t, p.lag())).collect()
+    }
+
     /// The standby replicas held here.
     pub fn standby_tasks(&self) -> BTreeSet<TaskId> {
         self.standbys().keys().copied().collect()
