@@ -27,4 +27,12 @@ list_skips() {
   rm -f "$skipped"
 }
 trap list_skips EXIT
-cargo test --release --workspace --locked -- --test-threads "${TEST_THREADS:-2}" "$@"
+# cargo-nextest (.config/nextest.toml): each test in its own process, two at a time across
+# every test binary, the tests that take turns one at a time. Arguments are nextest's (a test
+# name filter, `-E 'binary(word_count)'`, ...).
+"$CARGO_NEXTEST_BIN" nextest run --release --workspace --locked \
+  --test-threads "${TEST_THREADS:-2}" "$@"
+# Documentation examples (nextest does not run doctests).
+if [ $# -eq 0 ]; then
+  cargo test --release --workspace --locked --doc
+fi
