@@ -1110,6 +1110,18 @@ mod tests {
             "a standby vouches for no input position"
         );
         drop(store);
+        // Kept again after a restart of its instance: it goes on from the position it kept.
+        let again = h.status.add_standby(task);
+        h.handle.add_standby(task, h.open_store(0), again).unwrap();
+        h.turn_until("the standby kept again", |h| h.restoring(0));
+        assert_eq!(
+            h.fake.state().assigns.last().unwrap(),
+            &vec![(changelog_topic(), 0, 7)],
+            "a standby kept again reads from its kept position, not from the start"
+        );
+        let (closed, answer) = crossbeam_channel::bounded(1);
+        h.updater.apply(UpdaterCommand::Remove(task, closed));
+        assert!(answer.try_recv().is_ok());
         // Promoted with the commit still at 14: only the tail is restored, and b owes output.
         h.add(0).await;
         let restored = restored(h.next_handed_back());

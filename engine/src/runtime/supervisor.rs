@@ -94,6 +94,8 @@ pub struct SupervisorState {
     group_members: Option<Arc<GroupMembers>>,
     /// Whether a look at the group's members is under way.
     looking: bool,
+    /// Set once every task was stopped for shutdown: no standby opens after that.
+    stopped: bool,
 }
 
 pub struct Supervisor;
@@ -155,6 +157,7 @@ impl Actor for Supervisor {
             unowned_since,
             group_members,
             looking: false,
+            stopped: false,
         })
     }
 
@@ -227,6 +230,7 @@ impl Actor for Supervisor {
             SupervisorMsg::StopAll(reply) => {
                 let partitions: Vec<i32> = state.tasks.keys().copied().collect();
                 state.stop(&partitions, StopWait::UntilStopped).await;
+                state.stopped = true;
                 for task in state.args.status.standby_tasks() {
                     state.close_standby(task);
                 }
@@ -577,7 +581,7 @@ impl SupervisorState {
     /// Opens the standbys placed here and closes those no longer placed here (or active).
     fn place_standbys(&mut self, members: &[String]) {
         let me = self.args.status.member_id();
-        if members.is_empty() || !members.contains(&me) {
+        if self.stopped || members.is_empty() || !members.contains(&me) {
             return; // rebalancing, or not yet seen as a member: keep what is held
         }
         let active: BTreeSet<i32> = self
