@@ -12,8 +12,7 @@ export TANSU_FEATURES="${TANSU_FEATURES:-libsql}"
 KSTREAMS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export TANSU_PATCHES_KEY="$(cd "$KSTREAMS_ROOT/third_party/tansu" && { ls ./*/*.patch; cat ./*/*.patch; } | sha256sum | cut -c1-12)"
 export TANSU_BIN="${TANSU_BIN:-$KSTREAMS_CACHE/tansu-$TANSU_VERSION-${TANSU_FEATURES/,/-}-$TANSU_PATCHES_KEY/bin/tansu}"
-# cargo-nextest, the suite's runner (scripts/test.sh, .config/nextest.toml), installed by
-# install-deps.sh.
+# cargo-nextest, the suite's runner (.config/nextest.toml), installed by scripts/test.sh.
 export CARGO_NEXTEST_VERSION=0.9.151
 export CARGO_NEXTEST_BIN="$KSTREAMS_CACHE/nextest/bin/cargo-nextest"
 # cargo-deny for deny.toml's supply-chain checks (.ci/run), installed by install-deps.sh.

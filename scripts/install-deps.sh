@@ -86,11 +86,3 @@ else
     --root "$KSTREAMS_CACHE/cargo-deny"
 fi
 
-# cargo-nextest (the suite's runner, scripts/test.sh), pinned, into the cache dir.
-if [ -x "$CARGO_NEXTEST_BIN" ] && "$CARGO_NEXTEST_BIN" nextest --version | grep -q " $CARGO_NEXTEST_VERSION\b"; then
-  echo "==> cargo-nextest $CARGO_NEXTEST_VERSION present at $CARGO_NEXTEST_BIN"
-else
-  echo "==> building cargo-nextest $CARGO_NEXTEST_VERSION into $KSTREAMS_CACHE/nextest (about 8 minutes on 2 cores, once)"
-  cargo install cargo-nextest --version "$CARGO_NEXTEST_VERSION" --locked --quiet \
-    --root "$KSTREAMS_CACHE/nextest"
-fi

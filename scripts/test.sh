@@ -7,6 +7,15 @@ source "$here/env.sh"
 cd "$here/.."
 
 "$here/install-deps.sh"
+# cargo-nextest, the runner (.config/nextest.toml), pinned, into the cache dir (not needed by
+# demo.sh or bench.sh, hence here).
+if [ -x "$CARGO_NEXTEST_BIN" ] && "$CARGO_NEXTEST_BIN" nextest --version | grep -q " $CARGO_NEXTEST_VERSION\b"; then
+  echo "==> cargo-nextest $CARGO_NEXTEST_VERSION present at $CARGO_NEXTEST_BIN"
+else
+  echo "==> building cargo-nextest $CARGO_NEXTEST_VERSION into $KSTREAMS_CACHE/nextest (about 8 minutes on 2 cores, once)"
+  cargo install cargo-nextest --version "$CARGO_NEXTEST_VERSION" --locked --quiet \
+    --root "$KSTREAMS_CACHE/nextest"
+fi
 "$here/check-k8s.sh"
 # Release, like demo.sh and bench.sh: one build of RocksDB serves all three.
 echo "==> building (release, target dir $CARGO_TARGET_DIR)"
