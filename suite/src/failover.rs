@@ -93,8 +93,9 @@ fn standby_positions(app: &App) -> Option<Vec<StandbyView>> {
     app.view().map(|view| view.standbys)
 }
 
-/// Every standby the instance holds is kept through its changelog's end (`ends`).
-fn standbys_caught_up(app: &App, ends: &[i64]) -> bool {
+/// Every standby the instance holds is kept through its changelog's end (`ends`, per partition):
+/// promoting it would restore nothing.
+pub fn standbys_caught_up(app: &App, ends: &[i64]) -> bool {
     standby_positions(app).is_some_and(|standbys| {
         standbys
             .iter()
@@ -102,9 +103,11 @@ fn standbys_caught_up(app: &App, ends: &[i64]) -> bool {
     })
 }
 
-fn metric_of(app: &App, name: &str, task: &str) -> u64 {
+/// Changelog records `app` restored for `task` so far (`kstreams_restore_records_total`).
+pub fn restored_records(app: &App, task: &str) -> u64 {
     let label = format!("task_id=\"{task}\"");
-    app.metric(name, &[&label]).unwrap_or(0.0) as u64
+    app.metric("kstreams_restore_records_total", &[&label])
+        .unwrap_or(0.0) as u64
 }
 
 fn dir_bytes(path: &Path) -> u64 {
@@ -220,7 +223,7 @@ pub fn failover(
         .iter()
         .flat_map(|i| moved_tasks.iter().map(move |t| (*i, t.clone())))
         .map(|(i, t)| {
-            let before = metric_of(&apps[i], "kstreams_restore_records_total", &t);
+            let before = restored_records(&apps[i], &t);
             ((i, t), before)
         })
         .collect();
@@ -266,8 +269,8 @@ pub fn failover(
                 .copied()
                 .find(|i| apps[*i].running_tasks().is_some_and(|t| t.contains(task)))
                 .unwrap_or_else(|| panic!("{task} runs on no survivor"));
-            let restored = metric_of(&apps[owner], "kstreams_restore_records_total", task)
-                - restored_before[&(owner, task.clone())];
+            let restored =
+                restored_records(&apps[owner], task) - restored_before[&(owner, task.clone())];
             let log = apps[owner].log();
             MovedTask {
                 task: task.clone(),

@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use kstreams_suite::failover::failover;
+use kstreams_suite::failover::{failover, restored_records, standbys_caught_up};
 use kstreams_suite::{
     all_tasks, broker_and_app, group_complete, poll_until, produce_round, take_turn, App,
     AppOptions,
@@ -62,22 +62,13 @@ fn with_two_standbys_a_killed_instances_partitions_move_to_survivors_that_restor
     }
 }
 
-/// Whether every standby `app` holds of `tasks` is kept through its changelog's end.
+/// Whether `app` holds standbys of exactly `tasks`, each kept through its changelog's end.
 fn standbys_kept_through_end(app: &App, tasks: &BTreeSet<String>, ends: &[i64]) -> bool {
-    app.view().is_some_and(|view| {
-        let held: BTreeSet<String> = view.standbys.iter().map(|s| s.task_id.clone()).collect();
-        held == *tasks
-            && view
-                .standbys
-                .iter()
-                .all(|s| s.positions == [ends[s.partition as usize]] && s.lag == Some(0))
-    })
-}
-
-fn restored(app: &App, task: &str) -> f64 {
-    let label = format!("task_id=\"{task}\"");
-    app.metric("kstreams_restore_records_total", &[&label])
-        .unwrap_or(0.0)
+    let held = app.view().map(|view| {
+        let held = view.standbys.into_iter().map(|s| s.task_id);
+        held.collect::<BTreeSet<String>>()
+    });
+    held.as_ref() == Some(tasks) && standbys_caught_up(app, ends)
 }
 
 /// Scale-out and back with one standby replica: the tasks that moved to a second instance stay
@@ -128,7 +119,10 @@ fn a_partition_moved_by_scale_out_comes_back_warm_after_scale_in() {
         ends(),
         apps[0].log()
     );
-    let before: Vec<f64> = moved.iter().map(|t| restored(&apps[0], t)).collect();
+    let before: Vec<u64> = moved
+        .iter()
+        .map(|t| restored_records(&apps[0], t))
+        .collect();
 
     // Scale in: the second leaves cleanly; its tasks come back to the first's standbys.
     let status = apps[1].terminate(Duration::from_secs(60));
@@ -142,10 +136,10 @@ fn a_partition_moved_by_scale_out_comes_back_warm_after_scale_in() {
         apps[0].log()
     );
     for (task, before) in moved.iter().zip(before) {
-        let records = restored(&apps[0], task) - before;
+        let records = restored_records(&apps[0], task) - before;
         assert_eq!(
             records,
-            0.0,
+            0,
             "{task} came back to its standby, yet {records} changelog records were restored; \
              log:\n{}",
             apps[0].log()

@@ -340,31 +340,19 @@ impl TaskRestore {
                 follow: standby.as_ref().map(|_| Follow::new(start)),
             });
         }
-        let labels_ref = [labels[0].as_str(), labels[1].as_str()];
-        match &standby {
-            None => {
-                progress.add_restore_total(remaining);
-                metrics
-                    .restore_remaining
-                    .with_label_values(&labels_ref)
-                    .set(remaining as i64);
-            }
-            Some(progress) => {
-                let behind: i64 = changelogs.iter().map(|c| c.high - c.position).sum();
-                let positions = changelogs.iter().map(|c| c.position).collect();
-                progress.set(behind.max(0), positions);
-                metrics
-                    .standby_lag
-                    .with_label_values(&labels_ref)
-                    .set(behind.max(0));
-            }
+        if standby.is_none() {
+            progress.add_restore_total(remaining);
+            metrics
+                .restore_remaining
+                .with_label_values(&[labels[0].as_str(), labels[1].as_str()])
+                .set(remaining as i64);
         }
         let resume_from = match standby {
             // A standby marks nothing: its promotion's restore does (see `Follow`).
             Some(_) => i64::MAX,
             None => outcome.input_next.unwrap_or(0),
         };
-        Ok(Self {
+        let restore = Self {
             task,
             store,
             changelogs,
@@ -380,7 +368,24 @@ impl TaskRestore {
                 ceiling: group_committed,
                 progress,
             }),
-        })
+        };
+        restore.report_standby();
+        Ok(restore)
+    }
+
+    /// A standby's lag and kept positions, to `/status` and the lag gauge (nothing for an
+    /// active restore).
+    fn report_standby(&self) {
+        let Some(standby) = &self.standby else {
+            return;
+        };
+        let positions = self.offsets.changelog_next.iter().map(|p| p.unwrap_or(0));
+        let behind = self.standby_lag();
+        standby.progress.set(behind, positions.collect());
+        self.metrics
+            .standby_lag
+            .with_label_values(&[self.labels[0].as_str(), self.labels[1].as_str()])
+            .set(behind);
     }
 
     /// A standby's lag: per store, from the position its promotion would restore from to the
@@ -541,16 +546,7 @@ impl TaskRestore {
                 .standby_records
                 .with_label_values(&labels)
                 .inc_by(n);
-            let positions = self.offsets.changelog_next.iter().map(|p| p.unwrap_or(0));
-            let positions: Vec<i64> = positions.collect();
-            let behind = self.standby_lag();
-            if let Some(standby) = &self.standby {
-                standby.progress.set(behind, positions);
-            }
-            self.metrics
-                .standby_lag
-                .with_label_values(&labels)
-                .set(behind);
+            self.report_standby();
             return Ok(());
         }
         self.metrics

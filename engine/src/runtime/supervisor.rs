@@ -276,17 +276,18 @@ impl Actor for Supervisor {
 }
 
 impl SupervisorState {
+    /// The partitions assigned here: running tasks, and those whose task is yet to start.
+    fn owned_partitions(&self) -> BTreeSet<i32> {
+        let assigned = self.tasks.keys().chain(&self.awaiting_start);
+        assigned.copied().collect()
+    }
+
     async fn rebalance(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
         event: AssignmentEvent,
     ) -> Result<CommitOffsets> {
-        let owned: BTreeSet<i32> = self
-            .tasks
-            .keys()
-            .chain(&self.awaiting_start)
-            .copied()
-            .collect();
+        let owned = self.owned_partitions();
         let change = AssignmentChange::plan(&owned, &event);
         let metrics = self.args.metrics.clone();
         metrics.rebalances.inc();
@@ -584,12 +585,7 @@ impl SupervisorState {
         if self.stopped || members.is_empty() || !members.contains(&me) {
             return; // rebalancing, or not yet seen as a member: keep what is held
         }
-        let active: BTreeSet<i32> = self
-            .tasks
-            .keys()
-            .chain(&self.awaiting_start)
-            .copied()
-            .collect();
+        let active = self.owned_partitions();
         let config = &self.args.config;
         let wanted: BTreeSet<TaskId> = standby_partitions(
             &me,
