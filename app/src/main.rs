@@ -8,8 +8,10 @@
 
 mod client_args;
 mod console;
+mod http_client;
 mod local;
 mod malloc_tuning;
+mod query;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -80,6 +82,9 @@ enum Command {
     Consume(console::ConsumeArgs),
     /// Create a topic if it does not exist.
     CreateTopic(console::CreateTopicArgs),
+    /// Ask a running instance for a key's count (any instance answers for any key), or page
+    /// through every key with --all.
+    Query(query::QueryArgs),
     /// Run N instances locally (like the StatefulSet's pods) under a load generator, with a
     /// live view; add, stop, kill and restart instances while it runs.
     Local(local::LocalArgs),
@@ -146,9 +151,16 @@ struct RunArgs {
         allow_negative_numbers = true
     )]
     replication_factor: i32,
-    /// Address of /metrics, /health/live and /health/ready; "off" disables it.
+    /// Address of the HTTP server: /metrics, /health/live, /health/ready, /status and the
+    /// query API (/v1/...); "off" disables it.
     #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:9102")]
     metrics_address: String,
+    /// host:port where the other instances reach this one's query API (Kafka Streams'
+    /// application.server), published to the group in the consumer's client.id. Default: the
+    /// metrics address when it names one host (not 0.0.0.0); in the StatefulSet, the pod's
+    /// name under the headless service.
+    #[arg(long, env = "APPLICATION_SERVER")]
+    application_server: Option<String>,
     /// Bound on a clean shutdown (flush, commit, close stores).
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
     shutdown_timeout_ms: u64,
@@ -227,6 +239,7 @@ impl RunArgs {
                 anyhow::anyhow!("invalid setting `metrics-address`: `{address}` is not host:port or \"off\" ({e})")
             })?),
         };
+        config.application_server = self.application_server.clone();
         config.shutdown_timeout = Duration::from_millis(self.shutdown_timeout_ms);
         config.session_timeout = Duration::from_millis(session_timeout_ms);
         config.liveness_timeout = Duration::from_millis(self.liveness_timeout_ms);
@@ -370,6 +383,7 @@ fn main() -> ExitCode {
             Some(Command::Produce(args)) => console::produce(args).await,
             Some(Command::Consume(args)) => console::consume(args).await,
             Some(Command::CreateTopic(args)) => console::create_topic(args).await,
+            Some(Command::Query(args)) => query::query(args).await,
             Some(Command::Local(args)) => local::run(args).await,
             Some(Command::Reset(args)) => reset(args).await,
         }

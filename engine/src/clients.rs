@@ -10,6 +10,7 @@ use rdkafka::error::KafkaError;
 use crate::client_settings::{is_secret, ClientSetting, ClientSettings};
 use crate::config::{GroupProtocol, StreamsConfig};
 use crate::error::{EngineError, Result};
+use crate::group_members::ENDPOINT_SEPARATOR;
 use crate::memory_budget::ClientMemorySettings;
 use crate::task_id::TaskId;
 
@@ -54,9 +55,18 @@ pub enum ClientRole {
 }
 
 impl ClientRole {
-    fn client_id(self, application_id: &str) -> String {
+    fn client_id(self, config: &StreamsConfig) -> String {
+        let application_id = &config.application_id;
         match self {
-            ClientRole::Consumer => format!("{application_id}-consumer"),
+            // The instance's name, so that `kafka-consumer-groups --describe` tells members
+            // apart, and where it answers queries, for the other members (see `group_members`).
+            ClientRole::Consumer => {
+                let name = format!("{application_id}-{}-consumer", config.instance_name());
+                match &config.application_server {
+                    Some(endpoint) => format!("{name}{ENDPOINT_SEPARATOR}{endpoint}"),
+                    None => name,
+                }
+            }
             ClientRole::Producer(task) => format!("{application_id}-{task}-producer"),
             ClientRole::Restore(RestoreFetch::Beside) => format!("{application_id}-restore"),
             ClientRole::Restore(RestoreFetch::Alone) => format!("{application_id}-restore-alone"),
@@ -92,8 +102,9 @@ const OWNED_BY_ENGINE: &[OwnedKey] = &[
     },
     OwnedKey {
         key: "client.id",
-        why: "the engine names each client (<application-id>-consumer, -<task>-producer, \
-              -restore, -admin), so that quotas and ACLs can tell them apart",
+        why: "the engine names each client (<application-id>-<instance>-consumer@<application \
+              server>, -<task>-producer, -restore, -admin), so that quotas and ACLs can tell them \
+              apart and the group's members find each other's query endpoints",
     },
     OwnedKey {
         key: "allow.auto.create.topics",
@@ -194,7 +205,7 @@ const OWNED_ON_PRODUCERS: &[OwnedKey] = &[
 fn engine_settings(config: &StreamsConfig, role: ClientRole) -> Vec<(&'static str, String)> {
     let mut settings = vec![
         ("bootstrap.servers", config.bootstrap_servers.clone()),
-        ("client.id", role.client_id(&config.application_id)),
+        ("client.id", role.client_id(config)),
         ("allow.auto.create.topics", "false".into()),
     ];
     let session_timeout = config.session_timeout.as_millis().to_string();

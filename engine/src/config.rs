@@ -139,8 +139,14 @@ pub struct StreamsConfig {
     pub deserialization_error_policy: DeserializationErrorPolicy,
     /// Replication factor for the changelog topics the engine creates (-1: broker default).
     pub replication_factor: i32,
-    /// Where `/metrics` and the health endpoints listen; `None` disables the server.
+    /// Where `/metrics`, the health endpoints and the query API listen; `None` disables the
+    /// server.
     pub metrics_address: Option<SocketAddr>,
+    /// `host:port` where other instances reach this one's query API (Kafka Streams'
+    /// `application.server`), published to the group in the consumer's `client.id`. `None`:
+    /// the server's own address when it is bound to one (not `0.0.0.0`), else none, and then
+    /// keys owned here cannot be asked of other instances.
+    pub application_server: Option<String>,
     /// Bound on a clean shutdown (flush, commit, close stores).
     pub shutdown_timeout: Duration,
     /// A task failing this many times within `task_failure_window` stops the instance.
@@ -184,6 +190,7 @@ impl StreamsConfig {
             deserialization_error_policy: DeserializationErrorPolicy::default(),
             replication_factor: -1,
             metrics_address: None,
+            application_server: None,
             shutdown_timeout: Duration::from_secs(30),
             session_timeout: Duration::from_secs(10),
             group_protocol: GroupProtocol::default(),
@@ -237,6 +244,18 @@ impl StreamsConfig {
         }
         if self.state_dir.as_os_str().is_empty() {
             return invalid("state-dir", "must not be empty".into());
+        }
+        if let Some(server) = &self.application_server {
+            match parse_host_port(server) {
+                Ok((_, Some(_))) if !server.contains(crate::group_members::ENDPOINT_SEPARATOR) => {}
+                Ok(_) => {
+                    return invalid(
+                        "application-server",
+                        format!("`{server}`: give host:port, where other instances reach this one"),
+                    )
+                }
+                Err(reason) => return invalid("application-server", reason),
+            }
         }
         if self.num_standby_replicas > 0 && self.group_protocol == GroupProtocol::Consumer {
             return invalid(
@@ -321,6 +340,15 @@ impl StreamsConfig {
     /// The group id: the application id, as in Kafka Streams.
     pub fn group_id(&self) -> &str {
         &self.application_id
+    }
+
+    /// The name this instance gives itself in its consumer's `client.id`: the static member id,
+    /// else the host name (a pod's name in a StatefulSet).
+    pub fn instance_name(&self) -> String {
+        self.group_instance_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| "localhost".into())
     }
 
     /// `<application_id>-<store>-changelog`.

@@ -22,6 +22,17 @@ pub struct Topology {
     /// The store that processing a record reads at the record's own key, if any: a batch's
     /// keys are then read from it ahead, together (see [`Topology::with_read_ahead`]).
     pub(crate) read_ahead: Option<StoreId>,
+    /// How each store's values read in a query's answer (`stores[i]`'s is `store_values[i]`).
+    pub(crate) store_values: Vec<StoreValues>,
+}
+
+/// What a store's values are, so that a query can answer them as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreValues {
+    /// 8-byte big-endian integers (counts): a JSON number.
+    I64,
+    /// Anything else: a JSON string when the bytes are UTF-8, else their hex.
+    Bytes,
 }
 
 impl Topology {
@@ -34,6 +45,7 @@ impl Topology {
     ) -> Result<Self> {
         let topology = Topology {
             source_topic: source_topic.into(),
+            store_values: vec![StoreValues::Bytes; stores.len()],
             stores,
             sink_topics,
             processor_factory,
@@ -57,6 +69,21 @@ impl Topology {
         }
         self.read_ahead = Some(store);
         Ok(self)
+    }
+
+    /// Says what `store`'s values are, for queries (every store holds bytes unless told).
+    pub fn with_store_values(mut self, store: StoreId, values: StoreValues) -> Result<Self> {
+        let slot = self.store_values.get_mut(store.0).ok_or_else(|| {
+            EngineError::Topology(format!("store {} of {}", store.0, self.stores.len()))
+        })?;
+        *slot = values;
+        Ok(self)
+    }
+
+    /// What `store`'s values are, by name (`None`: no such store).
+    pub(crate) fn store_values(&self, store: &str) -> Option<StoreValues> {
+        let index = self.stores.iter().position(|name| name == store)?;
+        Some(self.store_values[index])
     }
 
     /// The store processing reads at each record's key, if the topology says so.
@@ -156,6 +183,8 @@ struct BuilderState {
     /// The first aggregation's store: it is read at the input record's key (the DSL has no
     /// operation that changes a key).
     read_ahead: Option<StoreId>,
+    /// Stores whose values are counts (8-byte integers).
+    counts: Vec<StoreId>,
 }
 
 /// Starts a DSL topology. One source stream and one sink per topology.
@@ -211,12 +240,15 @@ impl StreamsBuilder {
         let (sink_topic, processor_factory) = state
             .sink
             .ok_or_else(|| EngineError::Topology("no sink; call to() on a stream".into()))?;
-        let topology = Topology::from_processor(
+        let mut topology = Topology::from_processor(
             source_topic,
             state.stores,
             vec![sink_topic],
             processor_factory,
         )?;
+        for store in state.counts {
+            topology = topology.with_store_values(store, StoreValues::I64)?;
+        }
         match state.read_ahead {
             Some(store) => topology.with_read_ahead(store),
             None => Ok(topology),
@@ -356,6 +388,7 @@ impl<K: 'static, V: 'static> KGroupedStream<K, V> {
             state.stores.push(store_name.to_string());
             let store = StoreId(state.stores.len() - 1);
             state.read_ahead.get_or_insert(store);
+            state.counts.push(store);
             store
         };
         let upstream = self.stream.wire;

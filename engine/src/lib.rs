@@ -26,6 +26,7 @@ mod dsl;
 mod error;
 mod failpoints;
 mod fence;
+mod group_members;
 #[cfg(feature = "testing")]
 mod hot_path;
 mod http;
@@ -33,6 +34,7 @@ mod internal_topics;
 mod memory_budget;
 mod metrics;
 mod processor;
+mod query;
 mod record_collector;
 mod reset;
 mod runtime;
@@ -52,12 +54,16 @@ pub use config::{
     changelog_topic_name, normalize_bootstrap_servers, DeserializationErrorPolicy, GroupProtocol,
     ProcessingGuarantee, StreamsConfig, EXACTLY_ONCE_COMMIT_INTERVAL,
 };
-pub use dsl::{KGroupedStream, KStream, KTable, StreamsBuilder, Topology};
+pub use dsl::{KGroupedStream, KStream, KTable, StoreValues, StreamsBuilder, Topology};
 pub use error::{EngineError, Result};
 pub use failpoints::{setup_from_env as setup_failpoints_from_env, FailpointsError};
 pub use memory_budget::{ClientMemorySettings, MemoryBudget};
 pub use metrics::EngineMetrics;
 pub use processor::{EmitContext, InputRecord, KeyState, Processor, ProcessorContext, RecordError};
+pub use query::{
+    ErrorAnswer, GroupMetadata, HeldPartition, Holder, InstanceMetadata, KeyAnswer, KeyEntry,
+    KeyPartitioner, KeysPage, PartitionHolders, DEFAULT_PAGE, MAX_PAGE,
+};
 pub use reset::{reset_application, ResetReport};
 pub use serde::{I64Serde, Serde, SerdeError, StringSerde};
 pub use status::TaskPhase;

@@ -1,23 +1,15 @@
 //! Where standby replicas go: each instance works out, from the group's member list alone,
 //! which partitions' stores it keeps warm (rendezvous hashing, so every member agrees without
-//! talking and without a custom assignor, which librdkafka cannot take), and reads that list
-//! from the broker (DescribeGroups).
+//! talking and without a custom assignor, which librdkafka cannot take).
 
 use std::collections::BTreeSet;
 use std::hash::Hasher;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-
-use crate::clients::{client_config, setting_error, ClientRole};
-use crate::config::StreamsConfig;
-use crate::error::{EngineError, Result};
-
 /// How often an instance with standbys reads the group's members again (besides after each
 /// of its own rebalances): a member that joins or leaves without changing this instance's
 /// assignment moves standbys too.
 pub(crate) const MEMBERSHIP_REFRESH: Duration = Duration::from_secs(5);
-const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A member's rank for a partition: the highest ranks hold its warm copies.
 fn rank(member: &str, partition: i32) -> u64 {
@@ -51,42 +43,6 @@ pub(crate) fn standby_partitions(
             ranked.iter().take(replicas + 1).any(|(_, m)| *m == me)
         })
         .collect()
-}
-
-/// Reads the group's members from the broker, for standby placement.
-pub(crate) struct GroupMembers {
-    consumer: BaseConsumer,
-    group: String,
-}
-
-impl GroupMembers {
-    pub(crate) fn new(config: &StreamsConfig) -> Result<Self> {
-        let consumer = client_config(config, ClientRole::Admin)
-            .create()
-            .map_err(|e| setting_error(&config.client_settings, e))?;
-        Ok(Self {
-            consumer,
-            group: config.group_id().to_string(),
-        })
-    }
-
-    /// The member ids of the group once it is stable (`None` while it rebalances: placement
-    /// waits for the next look rather than act on a passing state). Blocks on the broker.
-    pub(crate) fn stable_members(&self) -> Result<Option<Vec<String>>> {
-        let list = self
-            .consumer
-            .fetch_group_list(Some(&self.group), DESCRIBE_TIMEOUT)
-            .map_err(EngineError::kafka("describe the consumer group"))?;
-        let Some(group) = list.groups().iter().find(|g| g.name() == self.group) else {
-            return Ok(None);
-        };
-        if group.state() != "Stable" {
-            return Ok(None);
-        }
-        let mut members: Vec<String> = group.members().iter().map(|m| m.id().into()).collect();
-        members.sort();
-        Ok(Some(members))
-    }
 }
 
 #[cfg(test)]

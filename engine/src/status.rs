@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::StoreReader;
 use crate::task_id::TaskId;
 
 /// Where a task is in its life: created (opening its store), restoring (its store is with
@@ -96,6 +97,8 @@ pub struct TaskProgress {
     log_start: AtomicI64,
     restore_total: AtomicU64,
     restore_done: AtomicU64,
+    /// A view of the task's store for queries, once it is open.
+    store: Mutex<Option<StoreReader>>,
 }
 
 impl Default for TaskProgress {
@@ -107,6 +110,7 @@ impl Default for TaskProgress {
             log_start: AtomicI64::new(-1),
             restore_total: AtomicU64::new(0),
             restore_done: AtomicU64::new(0),
+            store: Mutex::default(),
         }
     }
 }
@@ -130,6 +134,16 @@ impl TaskProgress {
                 Err(seen) => current = TaskPhase::from_u8(seen),
             }
         }
+    }
+
+    /// Lets queries read the task's store (it stays readable until the store closes).
+    pub(crate) fn set_store(&self, reader: StoreReader) {
+        *self.store.lock().expect("status lock poisoned") = Some(reader);
+    }
+
+    /// The task's store, for queries, if it is open.
+    pub fn store(&self) -> Option<StoreReader> {
+        self.store.lock().expect("status lock poisoned").clone()
     }
 
     pub fn phase(&self) -> TaskPhase {
@@ -256,6 +270,8 @@ pub struct StandbyProgress {
     lag: AtomicI64,
     /// Per store, the changelog offset its promotion would restore from.
     positions: Mutex<Vec<i64>>,
+    /// A view of the standby's store, for queries that accept a stale value.
+    store: Mutex<Option<StoreReader>>,
 }
 
 impl StandbyProgress {
@@ -263,7 +279,17 @@ impl StandbyProgress {
         Self {
             lag: AtomicI64::new(-1),
             positions: Mutex::default(),
+            store: Mutex::default(),
         }
+    }
+
+    pub(crate) fn set_store(&self, reader: StoreReader) {
+        *self.store.lock().expect("status lock poisoned") = Some(reader);
+    }
+
+    /// The standby's store, for queries, if it is open.
+    pub fn store(&self) -> Option<StoreReader> {
+        self.store.lock().expect("status lock poisoned").clone()
     }
 
     pub(crate) fn set_lag(&self, lag: i64) {
@@ -372,6 +398,16 @@ impl InstanceStatus {
 
     pub fn task(&self, task: TaskId) -> Option<Arc<TaskProgress>> {
         self.tasks().get(&task).cloned()
+    }
+
+    /// Every active task's progress, in task order.
+    pub fn task_progress(&self) -> Vec<(TaskId, Arc<TaskProgress>)> {
+        self.tasks().iter().map(|(t, p)| (*t, p.clone())).collect()
+    }
+
+    /// A standby's progress, if this instance keeps one of `task`.
+    pub fn standby(&self, task: TaskId) -> Option<Arc<StandbyProgress>> {
+        self.standbys().get(&task).cloned()
     }
 
     /// Records the group membership the consumer reports during a rebalance callback.

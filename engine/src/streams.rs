@@ -10,16 +10,18 @@ use ractor::{Actor, ActorRef};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::clients::{client_config, setting_error, ClientRole};
 use crate::config::StreamsConfig;
 use crate::delivery::GroupMetadataCell;
 use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
+use crate::group_members::GroupMembers;
 use crate::http;
 use crate::internal_topics::{ensure_changelog_topics, wait_for_topic};
 use crate::metrics::EngineMetrics;
+use crate::query::{GroupDirectory, KeyPartitioner, Me, Peers, QueryService, QuerySlot};
 use crate::runtime::consumer_loop::{ConsumerLoop, LoopWiring};
 use crate::runtime::consumer_port::TopicConsumer;
 use crate::runtime::rebalance::RebalanceListener;
@@ -77,16 +79,24 @@ impl KafkaStreams {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
             format!("{host}-{}", std::process::id())
         });
-        let status = Arc::new(InstanceStatus::new(instance_id, config.liveness_timeout));
+        let status = Arc::new(InstanceStatus::new(
+            instance_id.clone(),
+            config.liveness_timeout,
+        ));
         status.heartbeat();
+        let queries = QuerySlot::default();
         let metrics_address = match config.metrics_address {
             Some(address) => Some(
-                http::serve(address, metrics.clone(), status.clone())
+                http::serve(address, metrics.clone(), status.clone(), queries.clone())
                     .await?
                     .0,
             ),
             None => None,
         };
+        let config = Arc::new(StreamsConfig {
+            application_server: application_server(&config, metrics_address),
+            ..(*config).clone()
+        });
 
         info!("client settings: {}", config.client_settings.describe());
         // Live but not ready while waiting: a pod deployed before its topics waits, it is not
@@ -117,6 +127,10 @@ impl KafkaStreams {
         let (restored_tx, restored_rx) = crossbeam_channel::unbounded();
         let (fatal_tx, fatal) = unbounded_channel();
         let topology = Arc::new(topology);
+        if metrics_address.is_some() {
+            let started = start_queries(&config, &topology, &status, &instance_id);
+            let _ = queries.set(started);
+        }
         let group_metadata = GroupMetadataCell::default();
         let (updater, _updater_thread) = state_updater::start(
             config.clone(),
@@ -287,4 +301,63 @@ impl KafkaStreams {
             Err(e) => Err(EngineError::actor("consumer loop", e)),
         }
     }
+}
+
+/// Where other instances reach this one's queries: the setting, else the HTTP server's own
+/// address when it is bound to one.
+fn application_server(config: &StreamsConfig, bound: Option<SocketAddr>) -> Option<String> {
+    let bound = bound?;
+    if let Some(server) = &config.application_server {
+        return Some(server.clone());
+    }
+    if bound.ip().is_unspecified() {
+        warn!(
+            "the HTTP server listens on {bound}, which other instances cannot dial: set \
+             --application-server (APPLICATION_SERVER) to host:port so that queries for keys \
+             owned here can be forwarded"
+        );
+        return None;
+    }
+    Some(bound.to_string())
+}
+
+/// Starts answering queries: the group directory refreshes in the background. A partitioner
+/// queries cannot follow leaves the API answering why.
+fn start_queries(
+    config: &StreamsConfig,
+    topology: &Arc<Topology>,
+    status: &Arc<InstanceStatus>,
+    instance: &str,
+) -> std::result::Result<Arc<QueryService>, String> {
+    let setting = config.client_settings.get("partitioner");
+    let partitioner = KeyPartitioner::from_setting(setting.map(|s| s.value.as_str()))
+        .map_err(|e| e.to_string())
+        .inspect_err(|e| warn!("queries are off: {e}"))?;
+    let members = GroupMembers::new(config)
+        .map_err(|e| e.to_string())
+        .inspect_err(|e| warn!("queries are off: {e}"))?;
+    let me = Me {
+        instance: instance.to_string(),
+        endpoint: config.application_server.clone(),
+    };
+    if let Some(endpoint) = &me.endpoint {
+        info!("answering queries for the group as {endpoint} (application server)");
+    }
+    let peers = Peers::new();
+    let directory = Arc::new(GroupDirectory::new(
+        me,
+        status.clone(),
+        config.source_partitions,
+        members,
+        peers.clone(),
+    ));
+    directory.start();
+    Ok(Arc::new(QueryService {
+        status: status.clone(),
+        topology: topology.clone(),
+        partitioner,
+        partitions: config.source_partitions,
+        directory,
+        peers,
+    }))
 }

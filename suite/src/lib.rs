@@ -12,6 +12,7 @@ pub mod owners;
 pub mod ownership;
 pub mod partitioning;
 pub mod prometheus;
+pub mod query;
 pub mod secured;
 pub mod store;
 pub mod tansu;
@@ -31,8 +32,8 @@ pub use prometheus::{metric_sum, Prometheus, PROMETHEUS_NAMESPACE, PROMETHEUS_PO
 pub use secured::{make_certificates, ScramUser, Security, TlsFront};
 pub use store::{read_store_counts, wrong_counts};
 pub use tansu::{
-    installed_tool, shared_broker, skip_for_broker_limit, skip_without_private_broker, tansu_bin,
-    Broker, GroupEvents, Storage,
+    installed_tool, python, shared_broker, skip_for_broker_limit, skip_without_private_broker,
+    tansu_bin, Broker, GroupEvents, Storage,
 };
 pub use wait::{poll_every, poll_until, wait_until};
 

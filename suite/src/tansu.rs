@@ -19,6 +19,16 @@ pub fn tansu_bin() -> PathBuf {
     installed_tool("tansu broker", "TANSU_BIN", "tansu-current/bin/tansu")
 }
 
+/// Python with confluent-kafka, the independent client: `$KSTREAMS_PYTHON`, else the venv
+/// `scripts/install-deps.sh` fills.
+pub fn python() -> PathBuf {
+    installed_tool(
+        "python with confluent-kafka",
+        "KSTREAMS_PYTHON",
+        "venv/bin/python",
+    )
+}
+
 /// A program `scripts/install-deps.sh` installs: `$variable`, else `cached` under
 /// `~/.cache/kstreams/`; fails naming both when it is not there.
 pub fn installed_tool(what: &str, variable: &str, cached: &str) -> PathBuf {

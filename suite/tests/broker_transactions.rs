@@ -5,17 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use kstreams_suite::{installed_tool, unique, Broker};
-
-/// Python with confluent-kafka: `$KSTREAMS_PYTHON`, else the venv `scripts/install-deps.sh`
-/// fills.
-fn python() -> PathBuf {
-    installed_tool(
-        "python with confluent-kafka",
-        "KSTREAMS_PYTHON",
-        "venv/bin/python",
-    )
-}
+use kstreams_suite::{python, unique, Broker};
 
 /// Commit and abort (read_committed sees exactly the committed records, the group exactly the
 /// committed offsets), the last stable offset at an open transaction, a zombie fenced by its

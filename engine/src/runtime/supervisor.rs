@@ -23,6 +23,7 @@ use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::failpoints;
 use crate::fence::Fence;
+use crate::group_members::GroupMembers;
 use crate::metrics::EngineMetrics;
 use crate::runtime::checkpoint::policy::{on_failure, CommitTrigger, FailureVerdict};
 use crate::runtime::state_updater::StateUpdaterHandle;
@@ -31,7 +32,7 @@ use crate::runtime::wiring::{
     ask, CommitOffsets, LoopCommand, SupervisorMsg, TaskCommitted, TaskInbox, TaskMsg,
     STORE_RELEASE_WAIT, TASK_COMMIT_TIMEOUT, TASK_STOP_TIMEOUT,
 };
-use crate::standby::{standby_partitions, GroupMembers, MEMBERSHIP_REFRESH};
+use crate::standby::{standby_partitions, MEMBERSHIP_REFRESH};
 use crate::state_directory::StateDirectory;
 use crate::status::{unix_millis, AssignmentRecord, InstanceStatus, TaskPhase, TaskProgress};
 use crate::store::TaskStore;
@@ -568,7 +569,7 @@ impl SupervisorState {
         let myself = myself.clone();
         tokio::task::spawn_blocking(move || {
             let members = match group_members.stable_members() {
-                Ok(Some(members)) => members,
+                Ok(Some(members)) => members.into_iter().map(|m| m.id).collect(),
                 Ok(None) => Vec::new(),
                 Err(e) => {
                     warn!("standby placement: {e}; looking again in {MEMBERSHIP_REFRESH:?}");
@@ -624,6 +625,7 @@ impl SupervisorState {
             args.metrics.state_wipes.with_label_values(&[reason]).inc();
         }
         let lag = args.status.add_standby(task);
+        lag.set_store(store.reader());
         args.metrics.start_standby(task);
         self.unowned_since.remove(&task);
         info!(%task, "keeping a standby replica of the task");

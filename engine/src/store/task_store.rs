@@ -14,6 +14,7 @@ use super::changelog_format::{decode_changelog_value, encode_changelog_value};
 use super::layout::{StoreId, INTERNAL_COLUMN_FAMILIES, OFFSETS_CF, PENDING_OUTPUT_CF};
 use super::offsets::{changelog_offset_key, decode_offset, encode_offset, INPUT_OFFSET_KEY};
 use super::pending_output::{decode_pending_output_key, pending_output_key, PENDING_OUTPUT_END};
+use super::reader::StoreReader;
 use super::write_cache::{KeyMap, PendingWrite, SealedInfo, WriteCache, WriteOut};
 use crate::error::{EngineError, Result};
 use crate::store_memory::StoreMemory;
@@ -88,7 +89,9 @@ fn add_updates<'a>(
 pub struct TaskStore {
     task: TaskId,
     path: PathBuf,
-    db: DB,
+    /// Shared only with [`Self::reader`]'s view, which closes first (see [`Drop`]).
+    db: Arc<DB>,
+    reader: StoreReader,
     store_names: Vec<String>,
     cache: WriteCache,
     /// Whether `pending-output` may hold marks (cleared by the next commit).
@@ -125,9 +128,11 @@ impl TaskStore {
                 .next()
                 .is_some()
         });
+        let db = Arc::new(db);
         Ok(Self {
             task,
             path: path.to_path_buf(),
+            reader: StoreReader::new(db.clone(), store_names),
             db,
             store_names: store_names.to_vec(),
             cache: WriteCache::new(store_names.len(), memory),
@@ -210,12 +215,18 @@ impl TaskStore {
 
     /// Drops all state and offsets (the store stays open, empty).
     pub fn wipe(&mut self) -> Result<()> {
-        for (name, options) in column_families(&self.store_names, self.cache.memory()) {
-            self.db.drop_cf(name).map_err(self.store_error())?;
-            self.db
-                .create_cf(name, &options)
-                .map_err(self.store_error())?;
-        }
+        // Dropping column families needs the only handle: queries wait until it is done.
+        self.reader.close();
+        let (task, path) = (self.task, self.path.clone());
+        let db = Arc::get_mut(&mut self.db).expect("the store's only other handle is its reader");
+        let wiped = column_families(&self.store_names, self.cache.memory()).try_for_each(
+            |(name, options)| {
+                db.drop_cf(name)?;
+                db.create_cf(name, &options)
+            },
+        );
+        self.reader.reopen(self.db.clone());
+        wiped.map_err(|source| EngineError::Store { task, path, source })?;
         self.cache.clear();
         self.end_read_ahead();
         self.pending_output = false;
@@ -234,6 +245,12 @@ impl TaskStore {
         self.db
             .cf_handle(name)
             .expect("column families are created when the store opens")
+    }
+
+    /// A view of what this store has written out, for queries from other threads; it closes
+    /// when the store does.
+    pub fn reader(&self) -> StoreReader {
+        self.reader.clone()
     }
 
     pub fn store_names(&self) -> &[String] {
@@ -550,6 +567,14 @@ impl TaskStore {
     }
 }
 
+impl Drop for TaskStore {
+    /// Queries stop reading before RocksDB closes (and its lock is released for the next
+    /// owner of the directory).
+    fn drop(&mut self) {
+        self.reader.close();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -810,6 +835,49 @@ mod tests {
                 changelog_next: vec![None]
             }
         );
+    }
+
+    #[test]
+    fn a_reader_sees_what_was_written_out_until_the_store_closes() {
+        use crate::store::{ReadError, StoredValue};
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["s".to_string()];
+        let mut store = TaskStore::open(TaskId::new(0, 0), dir.path(), &names, &memory()).unwrap();
+        let reader = store.reader();
+        store.put(StoreId(0), b"b", b"2", 3, None);
+        store.put(StoreId(0), b"a", b"1", 4, None);
+        // Not yet written out: queries do not see the cache.
+        assert_eq!(reader.get("s", b"a").unwrap(), None);
+        let offsets = StoredOffsets {
+            input_next: Some(5),
+            changelog_next: vec![Some(2)],
+        };
+        store.commit(&offsets).unwrap();
+        let a = StoredValue {
+            version: Some(4),
+            value: b"1".to_vec(),
+        };
+        assert_eq!(reader.get("s", b"a").unwrap(), Some(a.clone()));
+        let keys: Vec<Vec<u8>> = reader
+            .range("s", None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(keys, [b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(reader.range("s", Some(b"b"), 10).unwrap().len(), 1);
+        assert_eq!(
+            reader.get("other", b"a"),
+            Err(ReadError::UnknownStore("other".into()))
+        );
+        // A wipe in place empties what the reader sees, and it keeps reading.
+        store.wipe().unwrap();
+        assert_eq!(reader.get("s", b"a").unwrap(), None);
+        // Once the store closes, the reader holds nothing open: the store opens again at once.
+        drop(store);
+        assert_eq!(reader.get("s", b"a"), Err(ReadError::Closed));
+        let again = TaskStore::open(TaskId::new(0, 0), dir.path(), &names, &memory());
+        assert!(again.is_ok(), "the reader kept the store's lock");
     }
 
     #[test]

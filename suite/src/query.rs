@@ -1,0 +1,85 @@
+//! Asking instances' query API from tests: a key's answer, a page of keys, the group's
+//! metadata, each typed with the engine's own answer types.
+
+use kstreams_engine::{GroupMetadata, KeyAnswer, KeysPage};
+
+use crate::app::{http_get, App};
+
+/// A key query's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Queried {
+    Value(KeyAnswer),
+    /// 404, with why: the store has no value for the key, or there is no such store.
+    NotFound(String),
+    /// 503: restoring or moving; asked again later.
+    Unavailable(String),
+    /// Anything else (or no answer at all), with the status and body.
+    Other(Option<u16>, String),
+}
+
+/// Keys as they sit in a URL path segment.
+pub fn encode_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// `GET /v1/stores/{store}/keys/{key}` on the instance serving HTTP on `port`.
+pub fn query_key(port: u16, store: &str, key: &str) -> Queried {
+    let path = format!(
+        "/v1/stores/{}/keys/{}",
+        encode_segment(store),
+        encode_segment(key)
+    );
+    match http_get(port, &path) {
+        Some((200, body)) => match serde_json::from_str(&body) {
+            Ok(answer) => Queried::Value(answer),
+            Err(e) => Queried::Other(Some(200), format!("{e}: {body}")),
+        },
+        Some((404, body)) => Queried::NotFound(body),
+        Some((503, body)) => Queried::Unavailable(body),
+        Some((status, body)) => Queried::Other(Some(status), body),
+        None => Queried::Other(None, "no answer".into()),
+    }
+}
+
+impl App {
+    /// A key's answer from this instance (which forwards to the owner).
+    pub fn query(&self, store: &str, key: &str) -> Queried {
+        query_key(self.metrics_port, store, key)
+    }
+
+    /// A page of the group's keys (or this instance's, `local`), from `from` on.
+    pub fn keys_page(
+        &self,
+        store: &str,
+        from: Option<&str>,
+        limit: usize,
+        local: bool,
+    ) -> Result<KeysPage, String> {
+        let mut path = format!("/v1/stores/{}/keys?limit={limit}", encode_segment(store));
+        if let Some(from) = from {
+            path.push_str(&format!("&from={}", encode_segment(from)));
+        }
+        if local {
+            path.push_str("&scope=local");
+        }
+        match self.http_get(&path) {
+            Some((200, body)) => serde_json::from_str(&body).map_err(|e| format!("{e}: {body}")),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    /// `/v1/metadata`, typed.
+    pub fn group_metadata(&self) -> Option<GroupMetadata> {
+        match self.http_get("/v1/metadata")? {
+            (200, body) => serde_json::from_str(&body).ok(),
+            _ => None,
+        }
+    }
+}
