@@ -8,9 +8,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 
 use crate::client_settings::{is_secret, ClientSetting, ClientSettings};
-use crate::config::{GroupProtocol, StreamsConfig};
+use crate::config::{GroupProtocol, StreamsConfig, ENDPOINT_SEPARATOR};
 use crate::error::{EngineError, Result};
-use crate::group_members::ENDPOINT_SEPARATOR;
 use crate::memory_budget::ClientMemorySettings;
 use crate::task_id::TaskId;
 

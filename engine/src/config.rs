@@ -120,6 +120,10 @@ impl ProcessingGuarantee {
 /// The commit interval under exactly-once unless one is chosen.
 pub const EXACTLY_ONCE_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 
+/// What separates a member's name from its query endpoint in its consumer's `client.id`
+/// (`<application id>-<instance>-consumer@<host:port>`); a host name or port never holds it.
+pub(crate) const ENDPOINT_SEPARATOR: char = '@';
+
 /// Everything an engine instance needs to run. Build with [`StreamsConfig::new`] and adjust fields.
 #[derive(Debug, Clone)]
 pub struct StreamsConfig {
@@ -247,7 +251,7 @@ impl StreamsConfig {
         }
         if let Some(server) = &self.application_server {
             match parse_host_port(server) {
-                Ok((_, Some(_))) if !server.contains(crate::group_members::ENDPOINT_SEPARATOR) => {}
+                Ok((_, Some(_))) if !server.contains(ENDPOINT_SEPARATOR) => {}
                 Ok(_) => {
                     return invalid(
                         "application-server",

@@ -6,14 +6,10 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::clients::{client_config, setting_error, ClientRole};
-use crate::config::StreamsConfig;
+use crate::config::{StreamsConfig, ENDPOINT_SEPARATOR};
 use crate::error::{EngineError, Result};
 
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What separates a member's name from its query endpoint in its consumer's `client.id`
-/// (`<application id>-<instance>-consumer@<host:port>`); a host name or port never holds it.
-pub(crate) const ENDPOINT_SEPARATOR: char = '@';
 
 /// One member of the group.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::StoreReader;
+use crate::store::reader::StoreReader;
 use crate::task_id::TaskId;
 
 /// Where a task is in its life: created (opening its store), restoring (its store is with

@@ -1,5 +1,5 @@
 //! `kstreams-count local`, driven through its plain mode: starts instances, takes `add`,
-//! `kill`, `start`, `stop` and `quit` from stdin while its load generator produces, and
+//! `kill`, `start`, `stop`, `get` and `quit` from stdin while its load generator produces, and
 //! reports what happened.
 
 use kstreams_engine::TaskPhase;
@@ -112,6 +112,17 @@ fn the_local_runner_adds_kills_restarts_and_stops_instances_on_command() {
         output_text().contains("kstreams-count-2 exited (exit 0)")
     });
 
+    // `get KEY` asks the running instances in turn; the first write-out (the product's 30 s
+    // commit interval) may still be ahead, so ask about once a second until a count comes.
+    let mut asked_at: Option<std::time::Instant> = None;
+    wait_until("`get` to answer a count", TIMEOUT, || {
+        if asked_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            send("get word-00007");
+            asked_at = Some(std::time::Instant::now());
+        }
+        output_text().contains("ok: word-00007 = ")
+    });
+
     send("rate 0");
     send("bogus");
     send("quit");
@@ -135,6 +146,7 @@ fn the_local_runner_adds_kills_restarts_and_stops_instances_on_command() {
         "generation",
         "error: unknown command `bogus`",
         "ok: load rate now 0 records/s",
+        ", answered by kstreams-count-",
         "partition pauses:",
     ] {
         assert!(

@@ -50,6 +50,8 @@ pub struct Cluster {
     pub events: VecDeque<Event>,
     /// Events not yet printed (plain mode prints each once).
     unprinted: usize,
+    /// Queries asked so far (`get` asks the running instances in turn).
+    queries_asked: usize,
 }
 
 impl Cluster {
@@ -61,6 +63,7 @@ impl Cluster {
             pauses: PauseTracker::default(),
             events: VecDeque::new(),
             unprinted: 0,
+            queries_asked: 0,
         }
     }
 
@@ -88,6 +91,49 @@ impl Cluster {
             .skip(self.events.len() - new)
             .cloned()
             .collect()
+    }
+
+    /// Asks the next running instance (in turn, so that forwarding shows) for `key`'s count,
+    /// and says which instance answered and which asked.
+    pub async fn query(&mut self, key: &str) -> anyhow::Result<String> {
+        let up: Vec<usize> = (0..self.instances.len())
+            .filter(|i| self.instances[*i].is_up())
+            .collect();
+        anyhow::ensure!(!up.is_empty(), "no instance is running");
+        self.queries_asked += 1;
+        let asked = &self.instances[up[self.queries_asked % up.len()]];
+        let path = format!(
+            "/v1/stores/count-store/keys/{}",
+            percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let authority = format!("127.0.0.1:{}", asked.port);
+        let (status, _, body) =
+            crate::http_client::get(&authority, &path, Duration::from_secs(5)).await?;
+        let name_of = |endpoint: &str| {
+            self.instances
+                .iter()
+                .find(|i| endpoint.ends_with(&format!(":{}", i.port)))
+                .map_or_else(|| endpoint.to_string(), |i| i.name.clone())
+        };
+        match serde_json::from_slice::<kstreams_engine::KeyAnswer>(&body) {
+            Ok(answer) if status.is_success() => Ok(format!(
+                "{key} = {} (partition {}; asked {}, answered by {}{})",
+                answer.value,
+                answer.partition,
+                asked.name,
+                name_of(&answer.answered_by),
+                if answer.from_owner {
+                    ", its owner"
+                } else {
+                    ", a standby"
+                }
+            )),
+            _ => {
+                let why = serde_json::from_slice::<kstreams_engine::ErrorAnswer>(&body)
+                    .map_or_else(|_| String::from_utf8_lossy(&body).into_owned(), |e| e.error);
+                anyhow::bail!("{key}: {status} from {}: {why}", asked.name)
+            }
+        }
     }
 
     /// Starts the next instance, `kstreams-count-<len>`.

@@ -1,4 +1,5 @@
-//! The runner's commands (`add`, `stop 1`, `kill 2`, `start 2`, `rate 500`, `quit`), parsed from
+//! The runner's commands (`add`, `stop 1`, `kill 2`, `start 2`, `rate 500`, `get KEY`, `quit`),
+//! parsed from
 //! a typed line.
 
 use std::fmt;
@@ -15,12 +16,14 @@ pub enum RunnerCommand {
     Start(usize),
     /// Change the load generator's rate, in records per second.
     Rate(u64),
+    /// Ask an instance (each in turn) for a key's count: which answered, which owns it.
+    Get(String),
     Help,
     Quit,
 }
 
 pub const HELP: &str =
-    "commands: add | stop N | kill N | start N | rate R (records/s) | help | quit";
+    "commands: add | stop N | kill N | start N | rate R (records/s) | get KEY | help | quit";
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct ParseError(String);
@@ -56,6 +59,10 @@ impl std::str::FromStr for RunnerCommand {
             Some("kill" | "k") => instance("an instance number").map(Self::Kill),
             Some("start" | "restart" | "r") => instance("an instance number").map(Self::Start),
             Some("rate") => number("a rate in records per second").map(Self::Rate),
+            Some("get" | "g") => match words.get(1..).filter(|rest| !rest.is_empty()) {
+                Some(key) => Ok(Self::Get(key.join(" "))),
+                None => Err(ParseError("`get` needs a key".into())),
+            },
             Some("help" | "h" | "?") => Ok(Self::Help),
             Some("quit" | "q" | "exit") => Ok(Self::Quit),
             Some(other) => Err(ParseError(format!("unknown command `{other}`"))),
@@ -74,6 +81,10 @@ mod tests {
         assert_eq!("kill kstreams-count-2".parse(), Ok(RunnerCommand::Kill(2)));
         assert_eq!("start 0".parse(), Ok(RunnerCommand::Start(0)));
         assert_eq!("rate 500".parse(), Ok(RunnerCommand::Rate(500)));
+        assert_eq!(
+            "get word-00042".parse(),
+            Ok(RunnerCommand::Get("word-00042".into()))
+        );
         assert_eq!("q".parse(), Ok(RunnerCommand::Quit));
     }
 

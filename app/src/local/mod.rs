@@ -221,6 +221,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                         load.set_rate(rate);
                         Ok(format!("load rate now {rate} records/s"))
                     }
+                    Ok(RunnerCommand::Get(key)) => cluster.query(&key).await,
                 };
                 screen.say(match result {
                     Ok(done) => format!("ok: {done}"),

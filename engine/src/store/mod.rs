@@ -9,7 +9,7 @@ pub(crate) mod changelog_format;
 mod layout;
 pub(crate) mod offsets;
 mod pending_output;
-mod reader;
+pub(crate) mod reader;
 mod task_store;
 mod write_cache;
 
