@@ -2,7 +2,7 @@
 //! docs/benchmarks.md in one run, on local tansu brokers, printed as Markdown as it goes.
 //!
 //! Sizes and sections (defaults in brackets; lists are comma-separated):
-//! - BENCH_SECTIONS [throughput,memory,recovery,beside,latency,scaling,failover]
+//! - BENCH_SECTIONS [throughput,memory,recovery,beside,latency,scaling,failover,queries]
 //! - throughput: BENCH_RECORDS [1000000], BENCH_KEYS [1000,10000,100000,1000000],
 //!   BENCH_DISTRIBUTIONS [uniform,zipf], BENCH_PARTITIONS [4,16], memory:// storage
 //! - memory (peak RSS, each key once): BENCH_MEMORY_KEYS [1000000,10000000], 4 partitions
@@ -18,6 +18,9 @@
 //! - failover (sqlite storage, three instances, the defaults): BENCH_FAILOVER_REPLICAS [0,1,2]
 //!   standby replicas, BENCH_FAILOVER_KEYS [400000] keys (a changelog record each), the
 //!   instance running the most tasks SIGKILLed once every standby caught up.
+//! - queries (sqlite storage, two instances, the defaults): BENCH_QUERY_KEYS [100000] keys
+//!   counted, then BENCH_QUERIES [20000] key queries asked of one instance while a load of
+//!   BENCH_QUERY_LOAD [2000] records/s is counted; p50 and p99 of local and forwarded answers
 //! - BENCH_APP_ARGS: extra kstreams-count flags for every run (default: none, the defaults),
 //!   e.g. `--processing-guarantee exactly_once_v2`; BENCH_COMMIT_INTERVAL_MS [30000] the commit
 //!   interval (200 is exactly-once's default); BENCH_THROUGHPUT_STORAGE [memory] the throughput
@@ -30,6 +33,7 @@ use kstreams_suite::bench::{
     KeyDistribution, Report,
 };
 use kstreams_suite::chart::draw_keys_chart;
+use kstreams_suite::query_bench::query_latency;
 use kstreams_suite::Storage;
 
 fn setting(name: &str, default: &str) -> String {
@@ -51,7 +55,7 @@ fn distribution(name: &str) -> KeyDistribution {
 fn main() {
     let sections = setting(
         "BENCH_SECTIONS",
-        "throughput,memory,recovery,beside,latency,scaling,failover",
+        "throughput,memory,recovery,beside,latency,scaling,failover,queries",
     );
     let wants = |section: &str| sections.split(',').any(|s| s.trim() == section);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -171,6 +175,14 @@ fn main() {
             report.failover.push(run);
             show(&report);
         }
+    }
+    if wants("queries") {
+        let keys = list("BENCH_QUERY_KEYS", "100000")[0];
+        let load = list("BENCH_QUERY_LOAD", "2000")[0];
+        let queries = list("BENCH_QUERIES", "20000")[0] as usize;
+        eprintln!("queries: {queries} over {keys} keys, {load} records/s counted beside");
+        report.queries.push(query_latency(keys, load, queries));
+        show(&report);
     }
     println!("## All results\n\n{}", report.markdown());
     let target_dir = setting("CARGO_TARGET_DIR", "target");

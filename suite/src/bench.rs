@@ -746,6 +746,7 @@ pub struct Report {
     pub latency: Vec<Latency>,
     pub restore_beside: Vec<RestoreBeside>,
     pub failover: Vec<FailoverRun>,
+    pub queries: Vec<crate::query_bench::QueryLatency>,
 }
 
 fn mib(bytes: u64) -> String {
@@ -882,6 +883,9 @@ impl Report {
                 );
             }
             out += "\n";
+        }
+        if !self.queries.is_empty() {
+            out += &crate::query_bench::markdown(&self.queries);
         }
         out
     }

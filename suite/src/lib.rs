@@ -13,6 +13,7 @@ pub mod ownership;
 pub mod partitioning;
 pub mod prometheus;
 pub mod query;
+pub mod query_bench;
 pub mod secured;
 pub mod store;
 pub mod tansu;
