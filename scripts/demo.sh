@@ -56,6 +56,11 @@ printf '%s\n' "$updates" | sed 's/^/  update: /'
 printf '%s\n' "$latest"
 [ "$(printf '%s\n' "$latest" | paste -sd'|')" = "$expected" ] || { echo "unexpected counts; app log:"; cat "$WORK/app.log"; exit 1; }
 
+echo "==> the same counts asked of the instance (interactive queries: kstreams-count query KEY)"
+for key in foo hello john; do
+  "$APP" query "$key" --server "$METRICS" || { echo "query of $key failed; app log:"; cat "$WORK/app.log"; exit 1; }
+done
+
 if [ -n "${KEEP_RUNNING:-}" ]; then
   echo "==> running; broker on $BROKER, metrics on http://$METRICS/metrics. Ctrl-C stops both."
   wait "$app_pid"
