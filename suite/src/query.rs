@@ -29,10 +29,11 @@ pub fn encode_segment(text: &str) -> String {
         .collect()
 }
 
-/// `GET /v1/stores/{store}/keys/{key}` on the instance serving HTTP on `port`.
-pub fn query_key(port: u16, store: &str, key: &str) -> Queried {
+/// `GET /v1/stores/{store}/keys/{key}` on the instance serving HTTP on `port`; `stale`: a
+/// standby's answer is accepted.
+pub fn query_key(port: u16, store: &str, key: &str, stale: bool) -> Queried {
     let path = format!(
-        "/v1/stores/{}/keys/{}",
+        "/v1/stores/{}/keys/{}?stale={stale}",
         encode_segment(store),
         encode_segment(key)
     );
@@ -51,7 +52,12 @@ pub fn query_key(port: u16, store: &str, key: &str) -> Queried {
 impl App {
     /// A key's answer from this instance (which forwards to the owner).
     pub fn query(&self, store: &str, key: &str) -> Queried {
-        query_key(self.metrics_port, store, key)
+        query_key(self.metrics_port, store, key, false)
+    }
+
+    /// A key's answer from this instance, a standby's accepted (KIP-535).
+    pub fn query_stale(&self, store: &str, key: &str) -> Queried {
+        query_key(self.metrics_port, store, key, true)
     }
 
     /// A page of the group's keys (or this instance's, `local`), from `from` on.

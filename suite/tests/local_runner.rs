@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kstreams_suite::{app_bin, http_get, unique, wait_until, Broker, InstanceView};
+use kstreams_suite::{app_bin, http_get, poll_until, unique, wait_until, Broker, InstanceView};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -25,6 +25,18 @@ fn free_port_range(count: u16) -> u16 {
 
 /// Kills the runner if the test fails before it quits (its instances follow it).
 struct Runner(std::process::Child);
+
+impl Runner {
+    /// Its exit status once it has exited, polled until `timeout`.
+    fn exited(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        poll_until(timeout, || {
+            status = self.0.try_wait().unwrap();
+            status.is_some()
+        });
+        status
+    }
+}
 
 impl Drop for Runner {
     fn drop(&mut self) {
@@ -126,18 +138,9 @@ fn the_local_runner_adds_kills_restarts_and_stops_instances_on_command() {
     send("rate 0");
     send("bogus");
     send("quit");
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(status) = runner.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "runner did not quit:\n{}",
-            output_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = runner
+        .exited(TIMEOUT)
+        .unwrap_or_else(|| panic!("runner did not quit:\n{}", output_text()));
     let text = output_text();
     assert!(status.success(), "runner exit {status}:\n{text}");
     for expected in [
@@ -172,6 +175,182 @@ fn the_local_runner_adds_kills_restarts_and_stops_instances_on_command() {
             dir.is_dir(),
             "{} is instance {i}'s own state dir",
             dir.display()
+        );
+    }
+}
+
+/// What the terminal received so far (read from the pseudo-terminal's master side).
+#[derive(Clone, Default)]
+struct Screen(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Screen {
+    /// Copies everything the master side reads, until the terminal closes.
+    fn record(master: std::fs::File) -> Self {
+        let screen = Screen::default();
+        let bytes = screen.0.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut master = master;
+            let mut buffer = [0u8; 8192];
+            while let Ok(n @ 1..) = master.read(&mut buffer) {
+                bytes.lock().unwrap().extend_from_slice(&buffer[..n]);
+            }
+        });
+        screen
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// What the terminal shows now, as a terminal emulator (vt100) draws the bytes received.
+    fn shown(&self) -> String {
+        let mut terminal = vt100::Parser::new(40, 160, 0);
+        terminal.process(&self.0.lock().unwrap());
+        terminal.screen().contents()
+    }
+}
+
+/// The live view, driven in a pseudo-terminal as a user at a terminal would: it takes the
+/// terminal over (alternate screen, raw mode) and draws the instances; typed `kill 1` and
+/// `start 1` act; SIGTERM stops it like `quit` (instances stopped cleanly, exit 0) and the
+/// terminal is given back: the main screen and the cursor restored, raw mode off.
+#[test]
+fn the_live_view_takes_commands_in_a_terminal_and_gives_the_terminal_back_on_sigterm() {
+    use nix::pty::{openpty, Winsize};
+    use nix::sys::termios::{tcgetattr, LocalFlags};
+    let broker = Broker::start();
+    let root = tempfile::tempdir().unwrap();
+    let base = free_port_range(2);
+    let size = Winsize {
+        ws_row: 40,
+        ws_col: 160,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = openpty(Some(&size), None).expect("open a pseudo-terminal");
+    let before = tcgetattr(&pty.slave).unwrap();
+    assert!(before
+        .local_flags
+        .contains(LocalFlags::ICANON | LocalFlags::ECHO));
+    let terminal = |fd: &std::os::fd::OwnedFd| Stdio::from(fd.try_clone().unwrap());
+    let mut runner = Runner(
+        Command::new(app_bin())
+            .env_remove("KAFKA_BROKER")
+            .env("TERM", "xterm-256color")
+            .args(["local", "--instances", "2", "--partitions", "4"])
+            .args([
+                "--rate",
+                "100",
+                "--keys",
+                "50",
+                "--broker",
+                &broker.address(),
+            ])
+            .args(["--application-id", &unique("counts-app")])
+            .args([
+                "--input-topic",
+                &unique("input"),
+                "--output-topic",
+                &unique("counts"),
+            ])
+            .args(["--metrics-port-base", &base.to_string()])
+            .arg("--state-root")
+            .arg(root.path().join("instances"))
+            .args(["--", "--session-timeout-ms", "6000"])
+            .stdin(terminal(&pty.slave))
+            .stdout(terminal(&pty.slave))
+            .stderr(terminal(&pty.slave))
+            .spawn()
+            .expect("start kstreams-count local"),
+    );
+    let screen = Screen::record(std::fs::File::from(pty.master.try_clone().unwrap()));
+    let mut keyboard = std::fs::File::from(pty.master);
+    let mut type_line = |line: &str| keyboard.write_all(format!("{line}\r").as_bytes()).unwrap();
+
+    wait_until("both instances sharing the tasks", TIMEOUT, || {
+        let (first, second) = (running_tasks(base), running_tasks(base + 1));
+        first > 0 && second > 0 && first + second == 4
+    });
+    wait_until("the view to draw the instances", TIMEOUT, || {
+        let text = screen.text();
+        text.contains("\x1b[?1049h")
+            && text.contains("kstreams-count-1")
+            && text.contains("instances")
+    });
+    let raw = tcgetattr(&pty.slave).unwrap();
+    assert!(
+        !raw.local_flags
+            .intersects(LocalFlags::ICANON | LocalFlags::ECHO),
+        "the view did not put the terminal in raw mode"
+    );
+
+    type_line("kill 1");
+    wait_until("the survivor to run every task", TIMEOUT, || {
+        running_tasks(base) == 4
+            && screen
+                .shown()
+                .contains("kstreams-count-1 exited (killed by SIGKILL)")
+    });
+    type_line("start 1");
+    assert!(
+        poll_until(TIMEOUT, || running_tasks(base + 1) > 0).is_some(),
+        "kstreams-count-1 did not run tasks again; the screen ended:\n{}",
+        screen.shown()
+    );
+    wait_until("the view to show the restart", TIMEOUT, || {
+        screen.text().contains("kstreams-count-1 started")
+    });
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(runner.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = runner
+        .exited(TIMEOUT)
+        .expect("the runner did not stop on SIGTERM");
+    assert!(
+        status.success(),
+        "runner exit {status}; the terminal received at the end:\n{}",
+        screen.shown()
+    );
+    let after = tcgetattr(&pty.slave).unwrap();
+    assert!(
+        after
+            .local_flags
+            .contains(LocalFlags::ICANON | LocalFlags::ECHO),
+        "raw mode was left on after SIGTERM"
+    );
+    wait_until("the runner's last words to arrive", TIMEOUT, || {
+        screen.text().contains("produced ")
+    });
+    let text = screen.text();
+    let entered = text
+        .rfind("\x1b[?1049h")
+        .expect("entered the alternate screen");
+    let left = text
+        .rfind("\x1b[?1049l")
+        .expect("left the alternate screen");
+    assert!(
+        left > entered,
+        "the alternate screen was not left at the end"
+    );
+    let hidden = text.rfind("\x1b[?25l");
+    assert!(
+        hidden < text.rfind("\x1b[?25h"),
+        "the cursor was left hidden"
+    );
+    assert!(
+        text[left..].contains("stopping the load generator"),
+        "the summary is printed on the main screen after the view: {:?}",
+        &text[left..]
+    );
+    for i in 0..2 {
+        assert_eq!(
+            http_get(base + i, "/health/live"),
+            None,
+            "instance {i} still up"
         );
     }
 }

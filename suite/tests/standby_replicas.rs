@@ -7,9 +7,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use kstreams_suite::failover::{failover, restored_records, standbys_caught_up};
+use kstreams_suite::query::Queried;
 use kstreams_suite::{
-    all_tasks, broker_and_app, group_complete, poll_until, produce_round, take_turn, App,
-    AppOptions,
+    all_tasks, broker_and_app, group_complete, java_partition, poll_until, produce_round,
+    take_turn, App, AppOptions,
 };
 
 const PARTITIONS: usize = 4;
@@ -119,6 +120,23 @@ fn a_partition_moved_by_scale_out_comes_back_warm_after_scale_in() {
         ends(),
         apps[0].log()
     );
+    // KIP-535: a query that accepts staleness is answered by the standby where it is asked,
+    // stating its lag; without it, the owner answers.
+    let key = (0..KEYS)
+        .map(|k| format!("key-{k}"))
+        .find(|k| moved.contains(&format!("0_{}", java_partition(k.as_bytes(), 4))))
+        .expect("a key of a moved partition");
+    match apps[0].query_stale("count-store", &key) {
+        Queried::Value(a) => assert!(
+            !a.from_owner && !a.forwarded && a.value == 2 && a.lag.is_some(),
+            "{a:?}"
+        ),
+        other => panic!("{key} asked of its standby's instance: {other:?}"),
+    }
+    match apps[0].query("count-store", &key) {
+        Queried::Value(a) => assert!(a.from_owner && a.forwarded && a.value == 2, "{a:?}"),
+        other => panic!("{key} asked of another instance than its owner: {other:?}"),
+    }
     let before: Vec<u64> = moved
         .iter()
         .map(|t| restored_records(&apps[0], t))

@@ -18,6 +18,7 @@ use clap::Args;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::io::AsyncBufReadExt;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::client_args::ClientArgs;
@@ -190,6 +191,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         cluster.add()?;
     }
     let mut ticker = tokio::time::interval(Duration::from_millis(args.refresh_ms));
+    // SIGTERM and SIGHUP (a closed terminal) stop as `quit` does: instances stopped cleanly,
+    // the terminal given back.
+    let mut terminate = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
+    let mut hangup = signal(SignalKind::hangup()).context("listen for SIGHUP")?;
     loop {
         tokio::select! {
             _ = ticker.tick() => {
@@ -229,6 +234,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                 });
             }
             _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+            _ = hangup.recv() => break,
         }
     }
     screen.finish();
