@@ -62,8 +62,25 @@ fn assert_stored(options: &AppOptions, expected: &HashMap<String, u64>, log: &st
 
 #[test]
 fn a_deleted_changelog_stops_the_instance_and_only_reset_starts_over() {
+    deleted_changelog_stops_the_instance_and_only_reset_starts_over(&[]);
+}
+
+/// The same under exactly-once: its changelogs hold transaction markers, and its restore reads
+/// committed records only.
+#[test]
+fn under_exactly_once_a_deleted_changelog_stops_the_instance_and_only_reset_starts_over() {
+    deleted_changelog_stops_the_instance_and_only_reset_starts_over(&[
+        "--processing-guarantee",
+        "exactly_once_v2",
+    ]);
+}
+
+fn deleted_changelog_stops_the_instance_and_only_reset_starts_over(app_args: &[&str]) {
     let root = tempfile::tempdir().unwrap();
-    let (broker, options) = broker_and_app(root.path());
+    let (broker, mut options) = broker_and_app(root.path());
+    options
+        .extra_args
+        .extend(app_args.iter().map(|a| a.to_string()));
     let changelog = options.changelog_topic();
     let (input, expected) = word_count_input(3_000, 200);
     broker.produce_strings(
