@@ -15,6 +15,9 @@ const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct GroupMember {
     pub id: String,
+    /// Its consumer's `client.id` (empty when the broker gives neither it nor a member id
+    /// that carries it).
+    pub client_id: String,
     /// Where the member answers queries, from its `client.id` (`None`: it published none).
     pub endpoint: Option<String>,
 }
@@ -35,6 +38,7 @@ impl GroupMember {
             .filter(|endpoint| !endpoint.is_empty());
         Self {
             id: id.to_string(),
+            client_id: client_id.to_string(),
             endpoint,
         }
     }

@@ -1,15 +1,36 @@
 //! Where standby replicas go: each instance works out, from the group's member list alone,
-//! which partitions' stores it keeps warm (rendezvous hashing, so every member agrees without
-//! talking and without a custom assignor, which librdkafka cannot take).
+//! which partitions' stores it keeps warm (rendezvous hashing over the members' names, their
+//! consumers' client ids, so every member agrees without talking and without a custom
+//! assignor, which librdkafka cannot take, and a restarted instance keeps its place).
 
 use std::collections::BTreeSet;
 use std::hash::Hasher;
 use std::time::Duration;
 
+use crate::group_members::GroupMember;
+
 /// How often an instance with standbys reads the group's members again (besides after each
 /// of its own rebalances): a member that joins or leaves without changing this instance's
 /// assignment moves standbys too.
 pub(crate) const MEMBERSHIP_REFRESH: Duration = Duration::from_secs(5);
+
+/// The names members are ranked by: their consumer's `client.id` (the instance's name and
+/// query endpoint), which stays when an instance restarts, where the member id the coordinator
+/// hands out does not; so a restarted pod finds the standbys it kept on its volume still placed
+/// on it. A client id two members share (a restarted instance beside its not yet expired
+/// predecessor, or instances that name themselves alike) is told apart by the member id, for
+/// those members only. In the order of `members`.
+pub(crate) fn placement_names(members: &[GroupMember]) -> Vec<String> {
+    let shared = |client_id: &str| members.iter().filter(|m| m.client_id == client_id).count() > 1;
+    members
+        .iter()
+        .map(|m| match m.client_id.as_str() {
+            "" => m.id.clone(),
+            name if shared(name) => format!("{name}/{}", m.id),
+            name => name.to_string(),
+        })
+        .collect()
+}
 
 /// A member's rank for a partition: the highest ranks hold its warm copies.
 fn rank(member: &str, partition: i32) -> u64 {
@@ -55,6 +76,50 @@ mod tests {
 
     fn owned(partitions: &[i32]) -> BTreeSet<i32> {
         partitions.iter().copied().collect()
+    }
+
+    fn member(client_id: &str, uuid: &str) -> GroupMember {
+        GroupMember {
+            id: format!("{client_id}-{uuid}"),
+            client_id: client_id.into(),
+            endpoint: None,
+        }
+    }
+
+    #[test]
+    fn placement_follows_instance_names_so_a_restart_keeps_its_standbys() {
+        let before = [
+            member("app-pod-0-consumer", "a"),
+            member("app-pod-1-consumer", "b"),
+            member("app-pod-2-consumer", "c"),
+        ];
+        // pod-1 restarts: the coordinator gives it a new member id, its name stays.
+        let after = [
+            member("app-pod-0-consumer", "a"),
+            member("app-pod-1-consumer", "z"),
+            member("app-pod-2-consumer", "c"),
+        ];
+        let (names_before, names_after) = (placement_names(&before), placement_names(&after));
+        assert_eq!(names_before, names_after);
+        for name in &names_before {
+            assert_eq!(
+                standby_partitions(name, &names_before, 12, 1, &owned(&[])),
+                standby_partitions(name, &names_after, 12, 1, &owned(&[])),
+            );
+        }
+        // Beside its predecessor, not yet expired, the two are told apart; the others keep their
+        // names.
+        let both = [before[0].clone(), before[1].clone(), after[1].clone()];
+        let names = placement_names(&both);
+        assert_eq!(names[0], "app-pod-0-consumer");
+        assert_ne!(names[1], names[2]);
+        // A member whose client id is unknown is ranked by its member id.
+        let unknown = GroupMember {
+            id: "m-1".into(),
+            client_id: String::new(),
+            endpoint: None,
+        };
+        assert_eq!(placement_names(&[unknown]), ["m-1"]);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::failpoints;
 use crate::fence::Fence;
-use crate::group_members::GroupMembers;
+use crate::group_members::{GroupMember, GroupMembers};
 use crate::metrics::EngineMetrics;
 use crate::runtime::checkpoint::policy::{on_failure, CommitTrigger, FailureVerdict};
 use crate::runtime::state_updater::StateUpdaterHandle;
@@ -32,7 +32,7 @@ use crate::runtime::wiring::{
     ask, CommitOffsets, LoopCommand, SupervisorMsg, TaskCommitted, TaskInbox, TaskMsg,
     STORE_RELEASE_WAIT, TASK_COMMIT_TIMEOUT, TASK_STOP_TIMEOUT,
 };
-use crate::standby::{standby_partitions, MEMBERSHIP_REFRESH};
+use crate::standby::{placement_names, standby_partitions, MEMBERSHIP_REFRESH};
 use crate::state_directory::StateDirectory;
 use crate::status::{unix_millis, AssignmentRecord, InstanceStatus, TaskPhase, TaskProgress};
 use crate::store::TaskStore;
@@ -569,7 +569,7 @@ impl SupervisorState {
         let myself = myself.clone();
         tokio::task::spawn_blocking(move || {
             let members = match group_members.stable_members() {
-                Ok(Some(members)) => members.into_iter().map(|m| m.id).collect(),
+                Ok(Some(members)) => members,
                 Ok(None) => Vec::new(),
                 Err(e) => {
                     warn!("standby placement: {e}; looking again in {MEMBERSHIP_REFRESH:?}");
@@ -581,16 +581,18 @@ impl SupervisorState {
     }
 
     /// Opens the standbys placed here and closes those no longer placed here (or active).
-    fn place_standbys(&mut self, members: &[String]) {
+    fn place_standbys(&mut self, members: &[GroupMember]) {
         let me = self.args.status.member_id();
-        if self.stopped || members.is_empty() || !members.contains(&me) {
+        let names = placement_names(members);
+        let mine = members.iter().position(|m| m.id == me);
+        let (Some(mine), false) = (mine, self.stopped) else {
             return; // rebalancing, or not yet seen as a member: keep what is held
-        }
+        };
         let active = self.owned_partitions();
         let config = &self.args.config;
         let wanted: BTreeSet<TaskId> = standby_partitions(
-            &me,
-            members,
+            &names[mine],
+            &names,
             config.source_partitions,
             config.num_standby_replicas,
             &active,

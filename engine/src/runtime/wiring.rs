@@ -11,6 +11,7 @@ use ractor::{ActorId, ActorRef, RpcReplyPort};
 
 use crate::assignment::AssignmentEvent;
 use crate::error::{EngineError, Result};
+use crate::group_members::GroupMember;
 use crate::processor::InputRecord;
 use crate::runtime::restore::RestoreOutcome;
 use crate::status::TaskProgress;
@@ -70,7 +71,7 @@ pub enum SupervisorMsg {
     /// Time to look at the group's members again (standby placement).
     LookAtGroup,
     /// The group's members, as the broker lists them once the group is stable.
-    GroupMembers(Vec<String>),
+    GroupMembers(Vec<GroupMember>),
 }
 
 pub enum TaskMsg {
