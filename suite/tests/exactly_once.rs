@@ -12,8 +12,9 @@ use std::time::Duration;
 use kstreams_engine::testing::failpoints;
 use kstreams_engine::EXACTLY_ONCE_COMMIT_INTERVAL;
 use kstreams_suite::{
-    broker_and_app, produce_paced, produce_round, read_store_counts, run_until_processed,
-    take_turn, wait_until, word_count_input, wrong_counts, App, AppOptions, Broker, TwoOwners,
+    broker_and_app, poll_until, produce_paced, produce_round, read_store_counts,
+    run_until_processed, take_turn, wait_until, word_count_input, wrong_counts, App, AppOptions,
+    Broker, TwoOwners,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -194,9 +195,15 @@ fn an_aborted_transaction_restarts_its_task_and_is_never_seen() {
         format!("{}=6*off->1*return", failpoints::TRANSACTION_COMMIT_FAILS),
     )];
     let app = App::spawn(&broker.address(), &options);
-    wait_until("a transaction aborted", TIMEOUT, || {
+    let aborted = poll_until(TIMEOUT, || {
         app.metric("kstreams_transactions_total", &[r#"outcome="aborted""#]) == Some(1.0)
     });
+    assert!(
+        aborted.is_some(),
+        "no transaction aborted within {TIMEOUT:?} (committed: {:?}); log:\n{}",
+        app.metric("kstreams_transactions_total", &[r#"outcome="committed""#]),
+        app.log()
+    );
     finish(&broker, &options, app, &expected);
 }
 

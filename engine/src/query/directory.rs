@@ -1,7 +1,8 @@
 //! Where every partition of the group is held, as this instance knows it: the members' query
 //! endpoints from the broker (DescribeGroups, each member's `client.id`), then what each of
-//! them says it holds (`/v1/metadata?scope=local`), refreshed every second and at once when a
-//! query finds no owner. This instance's own part is read from its status when asked.
+//! them says it holds (`/v1/metadata?scope=local`): the members every 5 s, what they hold every
+//! second, both at once when a query finds no owner. This instance's own part is read from
+//! its status when asked.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,8 +15,12 @@ use super::peers::Peers;
 use crate::group_members::GroupMembers;
 use crate::status::InstanceStatus;
 
-/// How often the directory asks the broker and the other members again.
+/// How often the directory asks the other members what they hold.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// How often it asks the broker for the member list (which changes only with the group's
+/// membership), unless a query found no owner; and the soonest it asks again then.
+const MEMBERS_EVERY: Duration = Duration::from_secs(5);
+const MEMBERS_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 /// The soonest a query that found no owner may ask again (a burst of them asks once).
 const WAKE_AT_MOST_EVERY: Duration = Duration::from_millis(200);
 
@@ -42,6 +47,10 @@ struct Known {
     /// What each peer said it holds at the last refresh (those that answered).
     others: Vec<InstanceMetadata>,
     refreshed: Option<Instant>,
+    /// When the broker was last asked for the members.
+    members_asked: Option<Instant>,
+    /// A query found no owner, or its owner did not answer: ask the broker at the next refresh.
+    members_wanted: bool,
 }
 
 pub(crate) struct GroupDirectory {
@@ -95,6 +104,7 @@ impl GroupDirectory {
 
     /// Asks for a refresh now (a query found no owner, or its owner did not answer).
     pub(crate) fn wake(&self) {
+        self.known().members_wanted = true;
         let mut last = self.last_wake.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_none_or(|at| at.elapsed() >= WAKE_AT_MOST_EVERY) {
             *last = Some(Instant::now());
@@ -102,7 +112,30 @@ impl GroupDirectory {
         }
     }
 
+    /// Whether to ask the broker for the members now.
+    fn members_due(&self) -> bool {
+        let known = self.known();
+        match known.members_asked {
+            None => true,
+            Some(at) if known.members_wanted => at.elapsed() >= MEMBERS_AT_MOST_EVERY,
+            Some(at) => at.elapsed() >= MEMBERS_EVERY,
+        }
+    }
+
     async fn refresh(&self) {
+        if self.members_due() {
+            self.refresh_members().await;
+        }
+        self.refresh_holdings().await;
+    }
+
+    /// The member list and their endpoints, from the broker.
+    async fn refresh_members(&self) {
+        {
+            let mut known = self.known();
+            known.members_asked = Some(Instant::now());
+            known.members_wanted = false;
+        }
         let members = self.members.clone();
         match tokio::task::spawn_blocking(move || members.stable_members()).await {
             Ok(Ok(Some(members))) => {
@@ -119,6 +152,10 @@ impl GroupDirectory {
             Ok(Err(e)) => debug!("query directory: {e}"),
             Err(e) => warn!("query directory: the group look failed: {e}"),
         }
+    }
+
+    /// What each other member holds, asked of it.
+    async fn refresh_holdings(&self) {
         let peers = self.known().peers.clone();
         let asked = peers.iter().map(|endpoint| {
             self.peers
