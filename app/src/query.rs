@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use hyper::StatusCode;
-use kstreams_engine::{ErrorAnswer, KeyAnswer, KeysPage};
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use kstreams_engine::{key_path, keys_path, ErrorAnswer, KeyAnswer, KeysPage};
 
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -41,10 +40,6 @@ pub struct QueryArgs {
     /// How long to keep asking while the key's partition is restoring or moving (503).
     #[arg(long, default_value_t = 30_000)]
     wait_ms: u64,
-}
-
-fn encode(text: &str) -> String {
-    utf8_percent_encode(text, NON_ALPHANUMERIC).to_string()
 }
 
 /// `GET path`, asked again while the answer is 503 (honouring `Retry-After`) until the wait is
@@ -82,12 +77,7 @@ pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
 }
 
 async fn one_key(args: &QueryArgs, key: &str) -> anyhow::Result<()> {
-    let path = format!(
-        "/v1/stores/{}/keys/{}?stale={}",
-        encode(&args.store),
-        encode(key),
-        args.stale
-    );
+    let path = format!("{}?stale={}", key_path(&args.store, key), args.stale);
     let (status, body) = ask(args, &path).await?;
     if status == StatusCode::NOT_FOUND && args.json {
         println!("{}", String::from_utf8_lossy(&body));
@@ -126,14 +116,7 @@ async fn all_keys(args: &QueryArgs) -> anyhow::Result<()> {
     let mut from = args.from.clone();
     let mut printed = 0usize;
     loop {
-        let mut path = format!(
-            "/v1/stores/{}/keys?limit={}",
-            encode(&args.store),
-            args.page_size
-        );
-        if let Some(from) = &from {
-            path.push_str(&format!("&from={}", encode(from)));
-        }
+        let path = keys_path(&args.store, from.as_deref(), args.page_size);
         let (status, body) = ask(args, &path).await?;
         if status != StatusCode::OK {
             return Err(failure(status, &body));

@@ -348,7 +348,7 @@ impl StreamsConfig {
 
     /// The name this instance gives itself in its consumer's `client.id`: the static member id,
     /// else the host name (a pod's name in a StatefulSet).
-    pub fn instance_name(&self) -> String {
+    pub(crate) fn instance_name(&self) -> String {
         self.group_instance_id
             .clone()
             .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))

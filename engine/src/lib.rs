@@ -61,8 +61,8 @@ pub use memory_budget::{ClientMemorySettings, MemoryBudget};
 pub use metrics::EngineMetrics;
 pub use processor::{EmitContext, InputRecord, KeyState, Processor, ProcessorContext, RecordError};
 pub use query::{
-    ErrorAnswer, GroupMetadata, HeldPartition, Holder, InstanceMetadata, KeyAnswer, KeyEntry,
-    KeyPartitioner, KeysPage, PartitionHolders, DEFAULT_PAGE, MAX_PAGE,
+    key_path, keys_path, ErrorAnswer, GroupMetadata, HeldPartition, Holder, InstanceMetadata,
+    KeyAnswer, KeyEntry, KeyPartitioner, KeysPage, PartitionHolders, DEFAULT_PAGE, MAX_PAGE,
 };
 pub use reset::{reset_application, ResetReport};
 pub use serde::{I64Serde, Serde, SerdeError, StringSerde};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::reader::StoreReader;
+use crate::store::reader::ReaderSlot;
 use crate::task_id::TaskId;
 
 /// Where a task is in its life: created (opening its store), restoring (its store is with
@@ -98,7 +98,7 @@ pub struct TaskProgress {
     restore_total: AtomicU64,
     restore_done: AtomicU64,
     /// A view of the task's store for queries, once it is open.
-    store: Mutex<Option<StoreReader>>,
+    pub(crate) store: ReaderSlot,
 }
 
 impl Default for TaskProgress {
@@ -110,7 +110,7 @@ impl Default for TaskProgress {
             log_start: AtomicI64::new(-1),
             restore_total: AtomicU64::new(0),
             restore_done: AtomicU64::new(0),
-            store: Mutex::default(),
+            store: ReaderSlot::default(),
         }
     }
 }
@@ -134,16 +134,6 @@ impl TaskProgress {
                 Err(seen) => current = TaskPhase::from_u8(seen),
             }
         }
-    }
-
-    /// Lets queries read the task's store (it stays readable until the store closes).
-    pub(crate) fn set_store(&self, reader: StoreReader) {
-        *self.store.lock().expect("status lock poisoned") = Some(reader);
-    }
-
-    /// The task's store, for queries, if it is open.
-    pub fn store(&self) -> Option<StoreReader> {
-        self.store.lock().expect("status lock poisoned").clone()
     }
 
     pub fn phase(&self) -> TaskPhase {
@@ -271,7 +261,7 @@ pub struct StandbyProgress {
     /// Per store, the changelog offset its promotion would restore from.
     positions: Mutex<Vec<i64>>,
     /// A view of the standby's store, for queries that accept a stale value.
-    store: Mutex<Option<StoreReader>>,
+    pub(crate) store: ReaderSlot,
 }
 
 impl StandbyProgress {
@@ -279,17 +269,8 @@ impl StandbyProgress {
         Self {
             lag: AtomicI64::new(-1),
             positions: Mutex::default(),
-            store: Mutex::default(),
+            store: ReaderSlot::default(),
         }
-    }
-
-    pub(crate) fn set_store(&self, reader: StoreReader) {
-        *self.store.lock().expect("status lock poisoned") = Some(reader);
-    }
-
-    /// The standby's store, for queries, if it is open.
-    pub fn store(&self) -> Option<StoreReader> {
-        self.store.lock().expect("status lock poisoned").clone()
     }
 
     pub(crate) fn set_lag(&self, lag: i64) {
@@ -401,12 +382,12 @@ impl InstanceStatus {
     }
 
     /// Every active task's progress, in task order.
-    pub fn task_progress(&self) -> Vec<(TaskId, Arc<TaskProgress>)> {
+    pub(crate) fn task_progress(&self) -> Vec<(TaskId, Arc<TaskProgress>)> {
         self.tasks().iter().map(|(t, p)| (*t, p.clone())).collect()
     }
 
     /// A standby's progress, if this instance keeps one of `task`.
-    pub fn standby(&self, task: TaskId) -> Option<Arc<StandbyProgress>> {
+    pub(crate) fn standby(&self, task: TaskId) -> Option<Arc<StandbyProgress>> {
         self.standbys().get(&task).cloned()
     }
 

@@ -1,7 +1,7 @@
 //! Asking instances' query API from tests: a key's answer, a page of keys, the group's
 //! metadata, each typed with the engine's own answer types.
 
-use kstreams_engine::{GroupMetadata, KeyAnswer, KeysPage};
+use kstreams_engine::{key_path, keys_path, GroupMetadata, KeyAnswer, KeysPage};
 
 use crate::app::{http_get, App};
 
@@ -17,26 +17,10 @@ pub enum Queried {
     Other(Option<u16>, String),
 }
 
-/// Keys as they sit in a URL path segment.
-pub fn encode_segment(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
-
 /// `GET /v1/stores/{store}/keys/{key}` on the instance serving HTTP on `port`; `stale`: a
 /// standby's answer is accepted.
 pub fn query_key(port: u16, store: &str, key: &str, stale: bool) -> Queried {
-    let path = format!(
-        "/v1/stores/{}/keys/{}?stale={stale}",
-        encode_segment(store),
-        encode_segment(key)
-    );
+    let path = format!("{}?stale={stale}", key_path(store, key));
     match http_get(port, &path) {
         Some((200, body)) => match serde_json::from_str(&body) {
             Ok(answer) => Queried::Value(answer),
@@ -68,10 +52,7 @@ impl App {
         limit: usize,
         local: bool,
     ) -> Result<KeysPage, String> {
-        let mut path = format!("/v1/stores/{}/keys?limit={limit}", encode_segment(store));
-        if let Some(from) = from {
-            path.push_str(&format!("&from={}", encode_segment(from)));
-        }
+        let mut path = keys_path(store, from, limit);
         if local {
             path.push_str("&scope=local");
         }

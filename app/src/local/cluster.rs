@@ -102,10 +102,7 @@ impl Cluster {
         anyhow::ensure!(!up.is_empty(), "no instance is running");
         self.queries_asked += 1;
         let asked = &self.instances[up[self.queries_asked % up.len()]];
-        let path = format!(
-            "/v1/stores/count-store/keys/{}",
-            percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC)
-        );
+        let path = kstreams_engine::key_path("count-store", key);
         let authority = format!("127.0.0.1:{}", asked.port);
         let (status, _, body) =
             crate::http_client::get(&authority, &path, Duration::from_secs(5)).await?;

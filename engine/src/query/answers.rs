@@ -1,15 +1,36 @@
 //! What the query API answers, as JSON: a key's value and where it came from, a page of keys,
-//! and which instance holds each partition. Public, so that clients (our `query` tool, the
-//! test suite) read the same types the server writes.
+//! and which instance holds each partition; and the paths that ask for them. Public, so that
+//! clients (our `query` tool, the local runner, the test suite) ask and read as the server
+//! does.
 
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
+
+fn encode(segment: &str) -> String {
+    utf8_percent_encode(segment, NON_ALPHANUMERIC).to_string()
+}
+
+/// `/v1/stores/{store}/keys/{key}`, each percent-encoded: where a key's value is asked for.
+pub fn key_path(store: &str, key: &str) -> String {
+    format!("/v1/stores/{}/keys/{}", encode(store), encode(key))
+}
+
+/// `/v1/stores/{store}/keys?limit={limit}[&from={from}]`: where a page of keys is asked for
+/// (add `&scope=local` for one instance's own).
+pub fn keys_path(store: &str, from: Option<&str>, limit: usize) -> String {
+    let mut path = format!("/v1/stores/{}/keys?limit={limit}", encode(store));
+    if let Some(from) = from {
+        path.push_str(&format!("&from={}", encode(from)));
+    }
+    path
+}
 
 /// `GET /v1/stores/{store}/keys/{key}`: the key's value as its task last wrote it out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyAnswer {
     pub store: String,
     pub key: String,
-    /// A number for counts; a string (or the bytes' hex, see `value_hex`) otherwise.
+    /// A number for counts; otherwise a string (the bytes' hex when they are not UTF-8).
     pub value: serde_json::Value,
     pub partition: i32,
     /// The instance that read the value (its query endpoint, or its name when it has none).
@@ -85,6 +106,40 @@ pub struct PartitionHolders {
     pub standbys: Vec<Holder>,
 }
 
+impl PartitionHolders {
+    /// Who holds `partition`, as `instances` say.
+    pub fn among<'a>(
+        partition: i32,
+        instances: impl IntoIterator<Item = &'a InstanceMetadata>,
+    ) -> Self {
+        let holder = |instance: &InstanceMetadata, held: &HeldPartition| Holder {
+            instance: instance.instance.clone(),
+            endpoint: instance.endpoint.clone(),
+            state: held.state.clone(),
+            lag: held.lag,
+        };
+        let held_in = |list: &'a [HeldPartition]| list.iter().find(|h| h.partition == partition);
+        let mut owner = None;
+        let mut standbys = Vec::new();
+        for instance in instances {
+            // Two claims pass by during a hand-over: the running one answers.
+            if let Some(held) = held_in(&instance.active) {
+                if owner.as_ref().is_none_or(|o: &Holder| o.state != "running") {
+                    owner = Some(holder(instance, held));
+                }
+            }
+            if let Some(held) = held_in(&instance.standbys) {
+                standbys.push(holder(instance, held));
+            }
+        }
+        Self {
+            partition,
+            owner,
+            standbys,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
     pub instance: String,
@@ -113,38 +168,8 @@ impl GroupMetadata {
         unreachable_members: usize,
         age_ms: u64,
     ) -> Self {
-        let holder = |instance: &InstanceMetadata, held: &HeldPartition| Holder {
-            instance: instance.instance.clone(),
-            endpoint: instance.endpoint.clone(),
-            state: held.state.clone(),
-            lag: held.lag,
-        };
         let table = (0..partitions as i32)
-            .map(|partition| {
-                let held_here = |list: &[HeldPartition]| {
-                    list.iter()
-                        .find(|held| held.partition == partition)
-                        .cloned()
-                };
-                let mut owner = None;
-                let mut standbys = Vec::new();
-                for instance in &instances {
-                    // Two claims pass by during a hand-over: the running one answers.
-                    if let Some(held) = held_here(&instance.active) {
-                        if owner.as_ref().is_none_or(|o: &Holder| o.state != "running") {
-                            owner = Some(holder(instance, &held));
-                        }
-                    }
-                    if let Some(held) = held_here(&instance.standbys) {
-                        standbys.push(holder(instance, &held));
-                    }
-                }
-                PartitionHolders {
-                    partition,
-                    owner,
-                    standbys,
-                }
-            })
+            .map(|partition| PartitionHolders::among(partition, &instances))
             .collect();
         Self {
             partitions: table,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use super::answers::{GroupMetadata, HeldPartition, InstanceMetadata};
+use super::answers::{GroupMetadata, HeldPartition, InstanceMetadata, PartitionHolders};
 use super::peers::Peers;
 use crate::group_members::GroupMembers;
 use crate::status::InstanceStatus;
@@ -206,11 +206,18 @@ impl GroupDirectory {
         let known = self.known();
         let mut instances = vec![self.local()];
         instances.extend(known.others.iter().cloned());
-        let unreachable = known.without_endpoint + known.peers.len() - known.others.len();
+        let unanswered = known.peers.len().saturating_sub(known.others.len());
+        let unreachable = known.without_endpoint + unanswered;
         let age_ms = known
             .refreshed
             .map_or(u64::MAX, |at| at.elapsed().as_millis() as u64);
         GroupMetadata::from_instances(instances, self.partitions, unreachable, age_ms)
+    }
+
+    /// Who among the other members holds `partition`, as last learned (a query forwarded
+    /// there; this instance's own part it reads itself).
+    pub(crate) fn others_holding(&self, partition: i32) -> PartitionHolders {
+        PartitionHolders::among(partition, &self.known().others)
     }
 
     pub(crate) fn me(&self) -> &Me {

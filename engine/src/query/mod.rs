@@ -11,8 +11,8 @@ mod peers;
 mod service;
 
 pub use answers::{
-    ErrorAnswer, GroupMetadata, HeldPartition, Holder, InstanceMetadata, KeyAnswer, KeyEntry,
-    KeysPage, PartitionHolders,
+    key_path, keys_path, ErrorAnswer, GroupMetadata, HeldPartition, Holder, InstanceMetadata,
+    KeyAnswer, KeyEntry, KeysPage, PartitionHolders,
 };
 pub(crate) use api::{routes, QuerySlot};
 pub(crate) use directory::{GroupDirectory, Me};

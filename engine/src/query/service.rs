@@ -7,10 +7,9 @@ use std::sync::Arc;
 
 use hyper::body::Bytes;
 use hyper::StatusCode;
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Serialize;
 
-use super::answers::{ErrorAnswer, KeyAnswer, KeyEntry, KeysPage};
+use super::answers::{key_path, keys_path, ErrorAnswer, KeyAnswer, KeyEntry, KeysPage};
 use super::directory::GroupDirectory;
 use super::partitioner::KeyPartitioner;
 use super::peers::Peers;
@@ -112,10 +111,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn encode(segment: &str) -> String {
-    utf8_percent_encode(segment, NON_ALPHANUMERIC).to_string()
-}
-
 impl QueryService {
     pub(crate) fn directory(&self) -> &GroupDirectory {
         &self.directory
@@ -182,7 +177,7 @@ impl QueryService {
             }
         };
         if let Some(progress) = self.status.task(task) {
-            return match (progress.phase(), progress.store()) {
+            return match (progress.phase(), progress.store.get()) {
                 (TaskPhase::Running, Some(reader)) => read(reader, true, None),
                 (phase, _) => Reply::error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -194,7 +189,7 @@ impl QueryService {
         }
         let standby = || {
             let progress = self.status.standby(task)?;
-            Some((progress.store()?, progress.lag()))
+            Some((progress.store.get()?, progress.lag()))
         };
         if query.stale {
             if let Some((reader, lag)) = standby() {
@@ -209,16 +204,15 @@ impl QueryService {
                 None,
             );
         }
-        let group = self.directory.group();
-        let holders = group.holders(partition);
+        let holders = self.directory.others_holding(partition);
         let owner = holders
-            .and_then(|h| h.owner.as_ref())
+            .owner
+            .as_ref()
             .and_then(|o| o.endpoint.clone())
             .filter(|endpoint| *endpoint != me);
         let path = format!(
-            "/v1/stores/{}/keys/{}?forwarded=true&stale={}",
-            encode(store),
-            encode(key),
+            "{}?forwarded=true&stale={}",
+            key_path(store, key),
             query.stale
         );
         let mut reasons = Vec::new();
@@ -239,8 +233,11 @@ impl QueryService {
             }
         }
         if query.stale {
-            let standbys = holders.map(|h| h.standbys.as_slice()).unwrap_or_default();
-            for endpoint in standbys.iter().filter_map(|s| s.endpoint.as_deref()) {
+            for endpoint in holders
+                .standbys
+                .iter()
+                .filter_map(|s| s.endpoint.as_deref())
+            {
                 if endpoint == me {
                     continue;
                 }
@@ -296,7 +293,7 @@ impl QueryService {
         let from = query.from.as_deref();
         let page = match query.scope.as_deref().unwrap_or("all") {
             "local" => self.local_keys(store, values, from, limit),
-            "all" => self.group_keys(store, from, limit).await,
+            "all" => self.group_keys(store, values, from, limit).await,
             other => {
                 return Reply::error(
                     StatusCode::BAD_REQUEST,
@@ -321,7 +318,8 @@ impl QueryService {
     ) -> Result<KeysPage, Reply> {
         let mut entries = Vec::new();
         for (task, progress) in self.status.task_progress() {
-            let (TaskPhase::Running, Some(reader)) = (progress.phase(), progress.store()) else {
+            let (TaskPhase::Running, Some(reader)) = (progress.phase(), progress.store.get())
+            else {
                 continue;
             };
             let read = reader.range(store, from.map(str::as_bytes), limit + 1);
@@ -345,6 +343,7 @@ impl QueryService {
     async fn group_keys(
         &self,
         store: &str,
+        values: StoreValues,
         from: Option<&str>,
         limit: usize,
     ) -> Result<KeysPage, Reply> {
@@ -366,13 +365,7 @@ impl QueryService {
             ));
         }
         let me = self.directory.me().name().to_string();
-        let mut path = format!(
-            "/v1/stores/{}/keys?scope=local&limit={limit}",
-            encode(store)
-        );
-        if let Some(from) = from {
-            path.push_str(&format!("&from={}", encode(from)));
-        }
+        let path = keys_path(store, from, limit) + "&scope=local";
         let others: Vec<String> = group
             .instances
             .iter()
@@ -380,7 +373,6 @@ impl QueryService {
             .filter_map(|i| i.endpoint.clone())
             .filter(|endpoint| *endpoint != me)
             .collect();
-        let values = self.store_values(store)?;
         let mut entries = self.local_keys(store, values, from, limit)?.entries;
         let asked = others
             .iter()

@@ -627,7 +627,7 @@ impl SupervisorState {
             args.metrics.state_wipes.with_label_values(&[reason]).inc();
         }
         let lag = args.status.add_standby(task);
-        lag.set_store(store.reader());
+        lag.store.set(store.reader());
         args.metrics.start_standby(task);
         self.unowned_since.remove(&task);
         info!(%task, "keeping a standby replica of the task");

@@ -1,7 +1,7 @@
 //! Reads of a task's RocksDB from outside the task (interactive queries): a handle that sees
 //! what the task has written out, valid exactly as long as the task holds its store.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rocksdb::{Direction, IteratorMode, DB};
 
@@ -14,6 +14,21 @@ use super::changelog_format::decode_changelog_value;
 pub struct StoreReader {
     db: Arc<RwLock<Option<Arc<DB>>>>,
     store_names: Arc<[String]>,
+}
+
+/// Where a task's (or a standby's) view is kept for queries: empty until its store opens, and
+/// reading nothing once it closes.
+#[derive(Debug, Default)]
+pub struct ReaderSlot(Mutex<Option<StoreReader>>);
+
+impl ReaderSlot {
+    pub(crate) fn set(&self, reader: StoreReader) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(reader);
+    }
+
+    pub(crate) fn get(&self) -> Option<StoreReader> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// One key's value as the task last wrote it out.
@@ -51,10 +66,6 @@ impl StoreReader {
     /// Opens the view on `db` again (after the store was wiped in place).
     pub(super) fn reopen(&self, db: Arc<DB>) {
         *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(db);
-    }
-
-    pub fn store_names(&self) -> &[String] {
-        &self.store_names
     }
 
     fn with_store<T>(

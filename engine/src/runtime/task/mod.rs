@@ -141,7 +141,7 @@ impl Actor for StreamTask {
         if let Some(reason) = wiped {
             args.metrics.state_wipes.with_label_values(&[reason]).inc();
         }
-        args.progress.set_store(store.reader());
+        args.progress.store.set(store.reader());
         let collector = tokio::task::block_in_place(|| state.new_collector(&myself))?;
         state.collector = Some(collector);
         state.lifecycle.start_restoring()?;
