@@ -11,7 +11,8 @@ missing=()
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
-# patch: applies third_party/tansu/<crate>/*.patch to the broker's source.
+# patch: applies third_party/tansu/<crate>/*.patch to the broker's source, and
+# third_party/librdkafka/*.patch to librdkafka's.
 command -v patch >/dev/null 2>&1 || missing+=(patch)
 # libssl-dev + pkg-config: librdkafka is built with TLS and SASL/SCRAM (OpenSSL).
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
@@ -24,6 +25,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# librdkafka with our patches (third_party/librdkafka/), which Cargo.toml builds.
+"$here/prepare-rdkafka-sys.sh"
 
 if [ -x "$TANSU_BIN" ]; then
   echo "==> tansu $TANSU_VERSION (patches $TANSU_PATCHES_KEY) present at $TANSU_BIN"

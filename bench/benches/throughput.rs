@@ -24,7 +24,9 @@
 //! - BENCH_APP_ARGS: extra kstreams-count flags for every run (default: none, the defaults),
 //!   e.g. `--processing-guarantee exactly_once_v2`; BENCH_COMMIT_INTERVAL_MS [30000] the commit
 //!   interval (200 is exactly-once's default); BENCH_THROUGHPUT_STORAGE [memory] the throughput
-//!   section's broker storage (`sqlite`: what the tests run, with transactions).
+//!   section's broker storage (`sqlite`: what the tests run, with transactions);
+//!   BENCH_PIPE_PRODUCERS [1] producers of the pipes, an input partition's records through one
+//!   (the partition count models the word count's producer per task).
 //! - BENCH_CHART [$CARGO_TARGET_DIR/bench-keys.svg]: where the chart of throughput and peak RSS
 //!   against distinct keys goes (drawn when some input was measured at two key counts or more).
 

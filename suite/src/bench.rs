@@ -206,27 +206,33 @@ fn read_records(
 /// The ceiling: consume `input_topic` and produce every record to each of `output_topics`,
 /// no state. With one output topic, the plain pipe; with two, a pipe that writes what the word
 /// count writes when no key repeats within a commit (an output and a changelog record per input
-/// record), so it prices the Kafka client work alone.
+/// record), so it prices the Kafka client work alone. `producers` producers share the work, an
+/// input partition's records all through one (`BENCH_PIPE_PRODUCERS`: 1, or the partition
+/// count to model a producer per task).
 pub fn plain_pipe(
     broker: &Broker,
     input_topic: &str,
     output_topics: &[&str],
     input: &Input,
+    producers: usize,
 ) -> Figure {
     let partitions = broker.partitions(input_topic).unwrap() as i32;
     Figure::timed(input.records, || {
-        let producer = producer(broker);
+        let producers: Vec<_> = (0..producers.max(1)).map(|_| producer(broker)).collect();
         read_records(broker, input_topic, partitions, input.records, |m| {
+            let producer = &producers[m.partition() as usize % producers.len()];
             for topic in output_topics {
                 send(
-                    &producer,
+                    producer,
                     topic,
                     m.key().unwrap_or_default(),
                     m.payload().unwrap_or_default(),
                 )
             }
         });
-        producer.flush(STEP_TIMEOUT).unwrap();
+        for producer in &producers {
+            producer.flush(STEP_TIMEOUT).unwrap();
+        }
     })
 }
 
@@ -456,8 +462,18 @@ pub fn throughput(
     }
     let produce = produce_input(&broker, &setup.options.input_topic, &input);
     let input_topic = setup.options.input_topic.as_str();
-    let pipe = plain_pipe(&broker, input_topic, &[&pipe_out], &input);
-    let two_output_pipe = plain_pipe(&broker, input_topic, &[&two_out, &two_changelog], &input);
+    let producers = std::env::var("BENCH_PIPE_PRODUCERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let pipe = plain_pipe(&broker, input_topic, &[&pipe_out], &input, producers);
+    let two_output_pipe = plain_pipe(
+        &broker,
+        input_topic,
+        &[&two_out, &two_changelog],
+        &input,
+        producers,
+    );
     let word_count = setup.run_until_processed(&broker, input.records);
     let counts_exact = counts_match(
         &broker,
