@@ -32,6 +32,16 @@ const MAX_RECORDS_PER_ROUND: usize = 2_000;
 pub(crate) const MAX_QUEUED_PER_TASK: usize = 5_000;
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
+/// A partition whose seek keeps failing is warned about at most this often (it is retried
+/// every round).
+const SEEK_FAILURE_WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// A partition's seeks that failed since its last good one.
+struct SeekFailures {
+    tries: u64,
+    since: Instant,
+    last_warned: Instant,
+}
 
 /// A running task's input as the loop tracks it.
 struct Route {
@@ -61,6 +71,9 @@ pub(crate) struct ConsumerLoop<C: InputConsumer> {
     wiring: LoopWiring,
     /// Resumes whose seek failed: the partition stays paused and they are tried again.
     failed_resumes: Vec<(i32, Option<i64>)>,
+    /// Per partition, the seeks that failed in a row (logged once, then every
+    /// [`SEEK_FAILURE_WARN_EVERY`]).
+    seek_failures: HashMap<i32, SeekFailures>,
     routes: HashMap<i32, Route>,
     /// Offsets tasks committed, not yet committed to the group.
     to_commit: BTreeMap<i32, i64>,
@@ -72,6 +85,7 @@ impl<C: InputConsumer> ConsumerLoop<C> {
             consumer,
             wiring,
             failed_resumes: Vec::new(),
+            seek_failures: HashMap::new(),
             routes: HashMap::new(),
             to_commit: BTreeMap::new(),
         }
@@ -155,6 +169,7 @@ impl<C: InputConsumer> ConsumerLoop<C> {
                 LoopCommand::Pause(partition) => {
                     // A pending retry of a resume is void once the task pauses again.
                     self.failed_resumes.retain(|(p, _)| *p != partition);
+                    self.seek_failures.remove(&partition);
                     self.routes.remove(&partition);
                     self.to_commit.remove(&partition);
                     self.pause(partition);
@@ -284,15 +299,42 @@ impl<C: InputConsumer> ConsumerLoop<C> {
             return;
         }
         match self.consumer.seek(partition, next_offset, SEEK_TIMEOUT) {
-            Ok(()) => debug!(
-                partition,
-                "input resumed at {next_offset:?} (none: the beginning)"
-            ),
-            Err(e) => {
-                warn!(
+            Ok(()) => {
+                if let Some(failed) = self.seek_failures.remove(&partition) {
+                    info!(
+                        partition,
+                        "input resumed at {next_offset:?} after {} failed seeks over {:?}",
+                        failed.tries,
+                        failed.since.elapsed()
+                    );
+                }
+                debug!(
                     partition,
-                    "seeking input to {next_offset:?} failed, pausing and retrying: {e}"
+                    "input resumed at {next_offset:?} (none: the beginning)"
                 );
+            }
+            Err(e) => {
+                let now = Instant::now();
+                let failed = self.seek_failures.entry(partition).or_insert(SeekFailures {
+                    tries: 0,
+                    since: now,
+                    last_warned: now,
+                });
+                failed.tries += 1;
+                if failed.tries == 1 || failed.last_warned.elapsed() >= SEEK_FAILURE_WARN_EVERY {
+                    failed.last_warned = now;
+                    warn!(
+                        partition,
+                        tries = failed.tries,
+                        "seeking input to {next_offset:?} failed, pausing and retrying every round (failing for {:?}): {e}",
+                        failed.since.elapsed()
+                    );
+                } else {
+                    debug!(
+                        partition,
+                        "seeking input to {next_offset:?} failed again: {e}"
+                    );
+                }
                 self.pause(partition);
                 self.failed_resumes.push((partition, next_offset));
             }
