@@ -22,3 +22,17 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # Python with confluent-kafka (the broker's transaction conformance test), installed by install-deps.sh.
 export CONFLUENT_KAFKA_VERSION=2.16.1
 export KSTREAMS_PYTHON="${KSTREAMS_PYTHON:-$KSTREAMS_CACHE/venv/bin/python}"
+
+# Copies crate $1's version $2 (`.crate` file) to $3: from cargo's download cache when it is
+# there, else from crates.io (the broker's crates, the patched rdkafka-sys).
+fetch_crate() {
+  local name="$1" version="$2" file="$3" cached
+  cached="$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/"$name-$version.crate" 2>/dev/null | head -n 1 || true)"
+  if [ -n "$cached" ]; then
+    cp "$cached" "$file"
+  else
+    echo "    downloading $name $version from crates.io"
+    python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
+      "https://static.crates.io/crates/$name/$name-$version.crate" "$file"
+  fi
+}

@@ -40,14 +40,7 @@ else
   for dir in "$KSTREAMS_ROOT"/third_party/tansu/*/; do patched+=("$(basename "$dir")"); done
   for crate in tansu "${patched[@]}"; do
     file="$src/$crate-$TANSU_VERSION.crate"
-    cached="$(ls "$HOME"/.cargo/registry/cache/*/"$crate-$TANSU_VERSION.crate" 2>/dev/null | head -n 1 || true)"
-    if [ -n "$cached" ]; then
-      cp "$cached" "$file"
-    else
-      echo "    downloading $crate $TANSU_VERSION from crates.io"
-      python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
-        "https://static.crates.io/crates/$crate/$crate-$TANSU_VERSION.crate" "$file"
-    fi
+    fetch_crate "$crate" "$TANSU_VERSION" "$file"
     tar xzf "$file" -C "$src"
   done
   printf '\n[patch.crates-io]\n' >> "$src/tansu-$TANSU_VERSION/Cargo.toml"

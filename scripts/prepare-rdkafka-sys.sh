@@ -6,6 +6,7 @@
 # needed before any cargo command on a fresh clone.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+source "$root/scripts/env.sh"
 version="4.10.0+2.12.1"
 sha256="e234cf318915c1059d4921ef7f75616b5219b10b46e9f3a511a15eb4b56a3f77"
 patches="$root/third_party/librdkafka"
@@ -18,14 +19,7 @@ echo "==> preparing rdkafka-sys $version with third_party/librdkafka/*.patch"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 file="$work/rdkafka-sys.crate"
-cached="$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/"rdkafka-sys-$version.crate" 2>/dev/null | head -n 1 || true)"
-if [ -n "$cached" ]; then
-  cp "$cached" "$file"
-else
-  echo "    downloading rdkafka-sys $version from crates.io"
-  python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
-    "https://static.crates.io/crates/rdkafka-sys/rdkafka-sys-$version.crate" "$file"
-fi
+fetch_crate rdkafka-sys "$version" "$file"
 echo "$sha256  $file" | sha256sum --check --quiet
 tar xzf "$file" -C "$work"
 for patch_file in "$patches"/*.patch; do

@@ -301,6 +301,14 @@ pub struct AppRun {
     pub ready_seconds: f64,
 }
 
+/// A number from the environment setting `name`, or `default` when it is unset or not one.
+fn bench_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
 /// How to run `kstreams-count` for a benchmark.
 #[derive(Debug, Clone)]
 pub struct AppSetup {
@@ -316,10 +324,7 @@ impl AppSetup {
         let mut options = AppOptions::fresh(state_root);
         // The product's defaults: 30 s commits and a 10 s session (the tests' 6 s session once
         // cost a 1M-key first run on sqlite its assignment when the broker fell behind).
-        options.commit_interval_ms = std::env::var("BENCH_COMMIT_INTERVAL_MS")
-            .ok()
-            .and_then(|ms| ms.parse().ok())
-            .unwrap_or(30_000);
+        options.commit_interval_ms = bench_number("BENCH_COMMIT_INTERVAL_MS", 30_000);
         options.session_timeout_ms = None;
         for (key, value) in broker.storage.client_overrides() {
             options.extra_args.push(format!("-X{key}={value}"));
@@ -462,10 +467,7 @@ pub fn throughput(
     }
     let produce = produce_input(&broker, &setup.options.input_topic, &input);
     let input_topic = setup.options.input_topic.as_str();
-    let producers = std::env::var("BENCH_PIPE_PRODUCERS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1);
+    let producers = bench_number("BENCH_PIPE_PRODUCERS", 1);
     let pipe = plain_pipe(&broker, input_topic, &[&pipe_out], &input, producers);
     let two_output_pipe = plain_pipe(
         &broker,
