@@ -5,8 +5,8 @@
 #   BENCH_SECTIONS=throughput BENCH_KEYS=10000 BENCH_PARTITIONS=4 scripts/bench.sh
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-# The throughput sections run the broker on memory:// storage (tansu's dynostore feature).
-export TANSU_FEATURES=libsql,dynostore
+# The throughput sections run the broker on memory:// storage (tansu's dynostore feature,
+# which scripts/env.sh builds by default).
 source "$here/env.sh"
 cd "$here/.."
 "$here/install-deps.sh"

@@ -3,9 +3,9 @@
 export KSTREAMS_CACHE="${KSTREAMS_CACHE:-$HOME/.cache/kstreams}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$KSTREAMS_CACHE/target}"
 export TANSU_VERSION=0.6.0
-# libsql: sqlite:// storage (tests, demo); scripts/bench.sh adds dynostore, memory:// storage
-# for the throughput benchmarks, a build of its own (built only when a benchmark needs it).
-export TANSU_FEATURES="${TANSU_FEATURES:-libsql}"
+# libsql: sqlite:// storage (tests, demo); dynostore: memory:// storage (the benchmarks, and
+# the suite's conformance test of its offsets). One broker build serves both.
+export TANSU_FEATURES="${TANSU_FEATURES:-libsql,dynostore}"
 # The broker is tansu with our patches (third_party/tansu/<crate>/*.patch, each applied to
 # that crate's source), built into a directory keyed by the patches' hash, so a changed patch
 # builds a new broker.

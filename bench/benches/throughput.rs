@@ -6,7 +6,8 @@
 //! - throughput: BENCH_RECORDS [1000000], BENCH_KEYS [1000,10000,100000,1000000],
 //!   BENCH_DISTRIBUTIONS [uniform,zipf], BENCH_PARTITIONS [4,16], memory:// storage
 //! - memory (peak RSS, each key once): BENCH_MEMORY_KEYS [1000000,10000000], 4 partitions
-//! - recovery (sqlite storage): BENCH_RECOVERY_KEYS [1000000], 4 partitions
+//! - recovery: BENCH_RECOVERY_KEYS [1000000], 4 partitions, BENCH_RECOVERY_STORAGE [sqlite]
+//!   broker storages (`sqlite,memory` for both)
 //! - beside (sqlite storage): a restore of BENCH_BESIDE_CHANGELOG [1000000] changelog records on
 //!   partition 0 while the other tasks process BENCH_BESIDE_RECORDS [1000000] input records
 //!   (10k keys), against the same input with nothing to restore; 4 partitions
@@ -15,9 +16,11 @@
 //!   BENCH_SCALING_PARTITIONS [1,2,4,8,16];
 //!   with BENCH_PIN=1 the word count runs on as many CPUs as partitions (taskset) and the
 //!   broker on the CPUs above them.
-//! - failover (sqlite storage, three instances, the defaults): BENCH_FAILOVER_REPLICAS [0,1,2]
-//!   standby replicas, BENCH_FAILOVER_KEYS [400000] keys (a changelog record each), the
-//!   instance running the most tasks SIGKILLed once every standby caught up.
+//! - failover (three instances, the defaults): BENCH_FAILOVER_REPLICAS [0,1,2] standby
+//!   replicas, BENCH_FAILOVER_KEYS [400000] keys (a changelog record each), the instance
+//!   running the most tasks SIGKILLed once every standby caught up; BENCH_FAILOVER_STORAGE
+//!   [sqlite] the broker storage (memory:// runs a million changelog records per partition in
+//!   minutes).
 //! - queries (sqlite storage, two instances, the defaults): BENCH_QUERY_KEYS [100000] keys
 //!   counted, then BENCH_QUERIES [20000] key queries asked of one instance while a load of
 //!   BENCH_QUERY_LOAD [2000] records/s is counted; p50 and p99 of local and forwarded answers
@@ -54,6 +57,17 @@ fn distribution(name: &str) -> KeyDistribution {
     }
 }
 
+/// The broker storages a section runs on, from `name` (`sqlite`, `memory`, or both).
+fn storages(name: &str, default: &str) -> Vec<Storage> {
+    let value = setting(name, default);
+    let parse = |storage: &str| match storage.trim() {
+        "memory" => Storage::Memory,
+        "sqlite" => Storage::Sqlite,
+        other => panic!("{name}: `{other}` is neither memory nor sqlite"),
+    };
+    value.split(',').map(parse).collect()
+}
+
 fn main() {
     let sections = setting(
         "BENCH_SECTIONS",
@@ -64,11 +78,7 @@ fn main() {
     let mut report = Report::default();
     let show = |report: &Report| println!("{}", report.markdown());
 
-    let throughput_storage = match setting("BENCH_THROUGHPUT_STORAGE", "memory").as_str() {
-        "memory" => Storage::Memory,
-        "sqlite" => Storage::Sqlite,
-        other => panic!("BENCH_THROUGHPUT_STORAGE: `{other}` is neither memory nor sqlite"),
-    };
+    let throughput_storage = storages("BENCH_THROUGHPUT_STORAGE", "memory")[0];
     if wants("throughput") {
         for records in list("BENCH_RECORDS", "1000000") {
             for keys in list("BENCH_KEYS", "1000,10000,100000,1000000") {
@@ -111,10 +121,12 @@ fn main() {
         }
     }
     if wants("recovery") {
-        for keys in list("BENCH_RECOVERY_KEYS", "1000000") {
-            eprintln!("recovery: {keys} keys");
-            report.recovery.push(recovery(keys, 4));
-            show(&report);
+        for storage in storages("BENCH_RECOVERY_STORAGE", "sqlite") {
+            for keys in list("BENCH_RECOVERY_KEYS", "1000000") {
+                eprintln!("recovery: {keys} keys, {} storage", storage.name());
+                report.recovery.push(recovery(keys, 4, storage));
+                show(&report);
+            }
         }
     }
     if wants("beside") {
@@ -170,9 +182,13 @@ fn main() {
     }
     if wants("failover") {
         let keys = list("BENCH_FAILOVER_KEYS", "400000")[0] as usize;
+        let storage = storages("BENCH_FAILOVER_STORAGE", "sqlite")[0];
         for replicas in list("BENCH_FAILOVER_REPLICAS", "0,1,2") {
-            eprintln!("failover: {replicas} standby replicas, {keys} keys");
-            let run = failover_with_standbys(replicas as usize, keys);
+            eprintln!(
+                "failover: {replicas} standby replicas, {keys} keys, {} storage",
+                storage.name()
+            );
+            let run = failover_with_standbys(replicas as usize, keys, storage);
             eprintln!("{}", run.summary());
             report.failover.push(run);
             show(&report);

@@ -502,6 +502,7 @@ pub fn throughput(
 pub struct Recovery {
     pub keys: u64,
     pub partitions: i32,
+    pub storage: Storage,
     pub first_run: AppRun,
     pub changelog_records: u64,
     pub plain_read: Figure,
@@ -518,8 +519,10 @@ impl Recovery {
     }
 }
 
-pub fn recovery(keys: u64, partitions: i32) -> Recovery {
-    let broker = Broker::start();
+/// Counts `keys` keys once each, reads their changelog with a plain consumer, then restarts
+/// the word count on the same state dir and on an empty one, on a fresh broker with `storage`.
+pub fn recovery(keys: u64, partitions: i32, storage: Storage) -> Recovery {
+    let broker = Broker::start_with(free_port(), storage, None);
     let state = tempfile::tempdir().unwrap();
     let mut setup = AppSetup::fresh(&broker, state.path(), partitions);
     let input = Input {
@@ -547,6 +550,7 @@ pub fn recovery(keys: u64, partitions: i32) -> Recovery {
     Recovery {
         keys,
         partitions,
+        storage,
         first_run,
         changelog_records,
         plain_read,
@@ -781,9 +785,9 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         if !self.failover.is_empty() {
-            out += "### Failover with standby replicas (three instances at the defaults, 4 partitions, sqlite storage; the instance running the most tasks SIGKILLed once every standby caught up; counts checked exact after a second round)\n\n";
-            out += "| standby replicas | keys | changelog records | standbys held | records standbys applied | state on disk, 3 instances MiB | SIGKILL to every task running s | moved tasks restoring nothing | records the moved tasks restored | each moved task running after s | survivors' CPU s |\n";
-            out += "|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|\n";
+            out += "### Failover with standby replicas (three instances at the defaults, 4 partitions; the instance running the most tasks SIGKILLed once every standby caught up; counts checked exact after a second round)\n\n";
+            out += "| broker storage | standby replicas | keys | changelog records | standbys held | records standbys applied | state on disk, 3 instances MiB | SIGKILL to every task running s | moved tasks restoring nothing | records the moved tasks restored | each moved task running after s | survivors' CPU s |\n";
+            out += "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|\n";
             for f in &self.failover {
                 let after: Vec<String> = f
                     .moved
@@ -791,7 +795,8 @@ impl Report {
                     .map(|m| format!("{} {:.1}", m.task, m.running_after.as_secs_f64()))
                     .collect();
                 out += &format!(
-                    "| {} | {} | {} | {} | {} | {} | {:.1} | {} of {} | {} | {} | {:.1} |\n",
+                    "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {} of {} | {} | {} | {:.1} |\n",
+                    f.storage.name(),
                     f.replicas,
                     f.keys,
                     f.changelog_records,
@@ -841,14 +846,15 @@ impl Report {
             out += "\n";
         }
         if !self.recovery.is_empty() {
-            out += "### Recovery (sqlite storage; every key counted once, so the changelog holds one record per key)\n\n";
-            out += "| keys | partitions | changelog records | plain read records/s | restore: records | restore: start to ready s | restore records/s | restore / plain read | clean restart, same dir: restored | clean restart: start to ready s | peak RSS MiB (first run / restore) | counts exact |\n";
-            out += "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n";
+            out += "### Recovery (every key counted once, so the changelog holds one record per key)\n\n";
+            out += "| keys | partitions | broker storage | changelog records | plain read records/s | restore: records | restore: start to ready s | restore records/s | restore / plain read | clean restart, same dir: restored | clean restart: start to ready s | peak RSS MiB (first run / restore) | counts exact |\n";
+            out += "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n";
             for r in &self.recovery {
                 out += &format!(
-                    "| {} | {} | {} | {:.0} | {} | {:.2} | {:.0} | {:.2} | {} | {:.2} | {} / {} | {} |\n",
+                    "| {} | {} | {} | {} | {:.0} | {} | {:.2} | {:.0} | {:.2} | {} | {:.2} | {} / {} | {} |\n",
                     r.keys,
                     r.partitions,
+                    r.storage.name(),
                     r.changelog_records,
                     r.plain_read.rate(),
                     r.empty_dir.restored_records,
@@ -917,11 +923,11 @@ pub fn parse_list(value: &str) -> Vec<u64> {
         .collect()
 }
 
-/// The failover with `replicas` standby replicas over `keys` keys, on a fresh sqlite broker at
-/// the product's defaults (see [`failover`]).
-pub fn failover_with_standbys(replicas: usize, keys: usize) -> FailoverRun {
+/// The failover with `replicas` standby replicas over `keys` keys, on a fresh broker with
+/// `storage` at the product's defaults (see [`failover`]).
+pub fn failover_with_standbys(replicas: usize, keys: usize, storage: Storage) -> FailoverRun {
     let root = tempfile::tempdir().unwrap();
-    let broker = Broker::start();
+    let broker = Broker::start_with(free_port(), storage, None);
     let setup = AppSetup::fresh(&broker, root.path(), 4);
     failover(
         &broker,

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use kstreams_engine::status::StandbyView;
 
-use crate::{all_tasks, group_complete, poll_until, produce_round, App, AppOptions, Broker};
+use crate::{
+    all_tasks, group_complete, poll_until, produce_round, App, AppOptions, Broker, Storage,
+};
 
 const PARTITIONS: usize = 4;
 /// From the SIGKILL to every task running on the survivors: the 10 s session running out, a
@@ -33,6 +35,7 @@ pub struct MovedTask {
 /// What one failover showed.
 #[derive(Debug, Clone)]
 pub struct FailoverRun {
+    pub storage: Storage,
     pub replicas: usize,
     pub keys: usize,
     /// Changelog records when the instance was killed.
@@ -300,6 +303,7 @@ pub fn failover(
         survivors_cpu_seconds += stopped_field(&log, "cpu_ms").unwrap_or(0) as f64 / 1000.0;
     }
     FailoverRun {
+        storage: broker.storage,
         replicas,
         keys,
         changelog_records,

@@ -33,8 +33,8 @@ pub use prometheus::{metric_sum, Prometheus, PROMETHEUS_NAMESPACE, PROMETHEUS_PO
 pub use secured::{make_certificates, ScramUser, Security, TlsFront};
 pub use store::{read_store_counts, wrong_counts};
 pub use tansu::{
-    installed_tool, python, shared_broker, skip_for_broker_limit, skip_without_private_broker,
-    tansu_bin, Broker, GroupEvents, Storage,
+    conformance, installed_tool, python, shared_broker, skip_for_broker_limit,
+    skip_without_private_broker, tansu_bin, Broker, GroupEvents, Storage,
 };
 pub use wait::{poll_every, poll_until, wait_until};
 

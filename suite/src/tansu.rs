@@ -29,6 +29,39 @@ pub fn python() -> PathBuf {
     )
 }
 
+/// Runs the independent client's conformance script `suite/conformance/<script>` (Python
+/// confluent-kafka) against `broker` with topic names under `prefix`, and asserts it exited 0
+/// and printed `ok <check> ...` for each of `checks`; the failure shows its output and the
+/// broker's log.
+pub fn conformance(broker: &Broker, script: &str, prefix: &str, checks: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("conformance")
+        .join(script);
+    let output = std::process::Command::new(python())
+        .arg(&script)
+        .args(["--bootstrap", &broker.address()])
+        .args(["--prefix", prefix])
+        .output()
+        .expect("run the conformance script");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{} exited {}\nstdout:\n{stdout}\nstderr:\n{stderr}\nbroker log:\n{}",
+        script.display(),
+        output.status,
+        broker.log_tail(40)
+    );
+    for check in checks {
+        assert!(
+            stdout
+                .lines()
+                .any(|line| line.starts_with(&format!("ok {check} "))),
+            "{check} did not pass; stdout:\n{stdout}"
+        );
+    }
+}
+
 /// A program `scripts/install-deps.sh` installs: `$variable`, else `cached` under
 /// `~/.cache/kstreams/`; fails naming both when it is not there.
 pub fn installed_tool(what: &str, variable: &str, cached: &str) -> PathBuf {
@@ -52,8 +85,9 @@ pub fn installed_tool(what: &str, variable: &str, cached: &str) -> PathBuf {
 pub enum Storage {
     /// sqlite:// in the broker's temp dir: everything the tests need (resume, watermarks).
     Sqlite,
-    /// memory://: much faster, but only for reading sequentially from offset 0 without
-    /// resuming; its high watermarks are wrong (no lag, restore or record counts on it).
+    /// memory://: much faster (the benchmarks'); its end offsets and fetches from inside a
+    /// batch are Kafka's with our patches (`broker_offsets.rs`), but it keeps nothing across
+    /// a broker restart and has no `read_committed` filter of aborted transactions.
     Memory,
 }
 
@@ -277,8 +311,8 @@ impl Broker {
                 tansu_bin().display(),
                 self.storage.name(),
                 if self.storage == Storage::Memory {
-                    " (memory:// needs the broker scripts/bench.sh builds, with \
-                     TANSU_FEATURES=libsql,dynostore)"
+                    " (memory:// needs a broker built with TANSU_FEATURES=libsql,dynostore, \
+                     the default of scripts/env.sh)"
                 } else {
                     ""
                 },

@@ -11,8 +11,7 @@ fn benchmark_smoke_run_completes_with_exact_counts() {
         return;
     }
     let mut report = Report::default();
-    // sqlite only: the suite's broker is built without memory:// storage (scripts/bench.sh
-    // builds a broker with it for the full-size throughput runs).
+    // sqlite, the tests' storage (memory:// has its own conformance test, broker_offsets.rs).
     for (keys, distribution) in [
         (500, KeyDistribution::Zipf),
         (500, KeyDistribution::Uniform),
@@ -27,7 +26,7 @@ fn benchmark_smoke_run_completes_with_exact_counts() {
             .throughput
             .push(throughput(input, 4, Storage::Sqlite, None, None));
     }
-    report.recovery.push(recovery(2_000, 4));
+    report.recovery.push(recovery(2_000, 4, Storage::Sqlite));
     report.latency.push(latency(500, 2, 4, Storage::Sqlite));
     println!("{}", report.markdown());
 

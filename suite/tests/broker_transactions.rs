@@ -2,10 +2,7 @@
 //! relies on them: `suite/conformance/transactions.py` (Python confluent-kafka) against a tansu
 //! broker with our patches (`third_party/tansu/`).
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use kstreams_suite::{python, unique, Broker};
+use kstreams_suite::{conformance, unique, Broker};
 
 /// Commit and abort (read_committed sees exactly the committed records, the group exactly the
 /// committed offsets), the last stable offset at an open transaction, a zombie fenced by its
@@ -13,34 +10,16 @@ use kstreams_suite::{python, unique, Broker};
 /// partition, and an abandoned transaction aborted after its timeout.
 #[test]
 fn transactions_behave_as_kafkas_for_an_independent_client() {
-    let broker = Broker::start();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conformance/transactions.py");
-    let output = Command::new(python())
-        .arg(&script)
-        .args(["--bootstrap", &broker.address()])
-        .args(["--prefix", &unique("txn")])
-        .output()
-        .expect("run the conformance script");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "exit {}\nstdout:\n{stdout}\nstderr:\n{stderr}\nbroker log:\n{}",
-        output.status,
-        broker.log_tail(40)
+    conformance(
+        &Broker::start(),
+        "transactions.py",
+        &unique("txn"),
+        &[
+            "commit_and_abort",
+            "last_stable_offset",
+            "fenced_zombie",
+            "many_and_interleaved",
+            "abandoned_transaction_times_out",
+        ],
     );
-    for check in [
-        "commit_and_abort",
-        "last_stable_offset",
-        "fenced_zombie",
-        "many_and_interleaved",
-        "abandoned_transaction_times_out",
-    ] {
-        assert!(
-            stdout
-                .lines()
-                .any(|line| line.starts_with(&format!("ok {check} "))),
-            "{check} did not pass; stdout:\n{stdout}"
-        );
-    }
 }
