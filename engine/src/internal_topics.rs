@@ -20,7 +20,9 @@ use crate::status::InstanceStatus;
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// How long a lookup serves the client's pending log and error events.
+/// How long a failed lookup waits for the client's log and error events that say why (a
+/// lookup that succeeded serves those already there and waits for none: this wait, once per
+/// topic, was most of an instance's start-up).
 const EVENTS_POLL: Duration = Duration::from_millis(100);
 
 /// Keeps librdkafka's last client-level error (a refused connection, a failed TLS handshake or
@@ -87,6 +89,15 @@ fn admin(config: &StreamsConfig) -> Result<Admin> {
         .map_err(|e| setting_error(&config.client_settings, e))
 }
 
+/// Drops `admin` on a thread of its own: rust-rdkafka's admin client joins its polling
+/// thread when dropped, which wakes every 100 ms, and start-up need not wait for that.
+fn drop_in_background(admin: Admin) {
+    // Should no thread be spared, the closure, and the client in it, is dropped right here.
+    let _ = std::thread::Builder::new()
+        .name("kstreams-admin-drop".into())
+        .spawn(move || drop(admin));
+}
+
 /// What the broker said about a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum TopicLookup {
@@ -105,7 +116,11 @@ async fn look_up(lookups: &Lookups, topic: &str) -> std::result::Result<TopicLoo
             .client()
             .fetch_metadata(Some(topic), METADATA_TIMEOUT);
         // Serves the log and error events the lookup raised (see `LastClientError`).
-        lookups.poll(EVENTS_POLL);
+        lookups.poll(if metadata.is_ok() {
+            Duration::ZERO
+        } else {
+            EVENTS_POLL
+        });
         metadata
     })?;
     let found = metadata.topics().iter().find(|t| t.name() == topic);
@@ -239,12 +254,27 @@ pub async fn ensure_changelog_topics(
 ) -> Result<()> {
     let lookups = lookups(config)?;
     let admin = admin(config)?;
+    let checked =
+        check_changelog_topics(config, &lookups, &admin, source_topic, stores, partitions).await;
+    drop_in_background(admin);
+    checked
+}
+
+/// Checks (or creates) each store's changelog topic: see [`ensure_changelog_topics`].
+async fn check_changelog_topics(
+    config: &StreamsConfig,
+    lookups: &Lookups,
+    admin: &Admin,
+    source_topic: &str,
+    stores: &[String],
+    partitions: usize,
+) -> Result<()> {
     for store in stores {
         let topic = config.changelog_topic(store);
-        let lookup = look_up(&lookups, &topic).await.map_err(|source| {
+        let lookup = look_up(lookups, &topic).await.map_err(|source| {
             warn!(
                 "reading changelog metadata: {}",
-                unreachable_reason(config, &lookups, &source)
+                unreachable_reason(config, lookups, &source)
             );
             EngineError::Kafka {
                 operation: "read changelog metadata",
@@ -260,7 +290,7 @@ pub async fn ensure_changelog_topics(
                     actual,
                 })
             }
-            TopicLookup::Exists { .. } => match cleanup_policy(&admin, &topic).await? {
+            TopicLookup::Exists { .. } => match cleanup_policy(admin, &topic).await? {
                 Some(policy) if !keeps_every_key(&policy) => {
                     return Err(EngineError::ChangelogNotCompacted { topic, policy })
                 }
@@ -285,7 +315,7 @@ pub async fn ensure_changelog_topics(
                     source: KafkaError::MetadataFetch(code),
                 })
             }
-            TopicLookup::Missing => create_changelog(config, &admin, &topic, partitions).await?,
+            TopicLookup::Missing => create_changelog(config, admin, &topic, partitions).await?,
         }
     }
     Ok(())

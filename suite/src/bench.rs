@@ -355,6 +355,7 @@ impl AppSetup {
         let mut app = App::spawn_with_metrics_port(&broker.address(), &self.options, free_port());
         let deadline = started + STEP_TIMEOUT;
         let mut run = AppRun::default();
+        let mut stall = StallReport::default();
         loop {
             let metrics = http_get(app.metrics_port, "/metrics").map(|(_, body)| body);
             let metrics = metrics.as_deref().unwrap_or("");
@@ -401,7 +402,48 @@ impl AppSetup {
                 "kstreams-count did not process {records} records; its log:\n{}",
                 app.log()
             );
+            if run.ready_seconds > 0.0 {
+                stall.check(value("kstreams_records_processed_total"), &app);
+            }
             std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+/// How long a word count may process nothing before the benchmark says so (the step goes on
+/// until `STEP_TIMEOUT`).
+const STALL_REPORT_AFTER: Duration = Duration::from_secs(60);
+
+/// Reports, once per stall, a ready word count (every task running, so not restoring) that
+/// processed nothing for `STALL_REPORT_AFTER`: its
+/// tasks and the end of its log on stderr, so that a run stopped from outside says why.
+#[derive(Default)]
+struct StallReport {
+    processed: f64,
+    since: Option<Instant>,
+    reported: bool,
+}
+
+impl StallReport {
+    fn check(&mut self, processed: f64, app: &App) {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if processed != self.processed {
+            *self = StallReport {
+                processed,
+                since: Some(Instant::now()),
+                reported: false,
+            };
+        } else if !self.reported && since.elapsed() >= STALL_REPORT_AFTER {
+            self.reported = true;
+            let log = app.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "kstreams-count processed nothing for {:?} ({processed} records so far); its \
+                 tasks: {:?}; the end of its log:\n{}",
+                since.elapsed(),
+                app.tasks(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
     }
 }

@@ -30,7 +30,10 @@ use crate::status::InstanceStatus;
 const MAX_RECORDS_PER_ROUND: usize = 2_000;
 /// Input records queued for one task before its partition is paused (resumed at half).
 pub(crate) const MAX_QUEUED_PER_TASK: usize = 5_000;
-const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// The longest a turn waits for input: what the supervisor asked and what the state updater
+/// handed back wait for the next turn, so a restored task's start waited up to this long (it
+/// was 100 ms, a sixth of an instance's start-up). An idle instance turns 50 times a second.
+const POLL_TIMEOUT: Duration = Duration::from_millis(20);
 const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
 /// A partition whose seek keeps failing is warned about at most this often (it is retried
 /// every round).

@@ -256,6 +256,8 @@ impl<R: RestoreConsumer> StateUpdater<R> {
         while let Ok(prepared) = self.prepared.try_recv() {
             self.start(prepared);
         }
+        // A restore with nothing (more) to read goes back before the step waits on a fetch.
+        self.hand_back_restored();
         if !self.tasks.is_empty() {
             self.choose_reader();
             self.step();
