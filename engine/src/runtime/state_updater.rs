@@ -688,6 +688,8 @@ mod tests {
         input_end: Option<i64>,
         /// Where the last record came from, to read the assigned partitions in turn.
         last_read: Option<(String, i32)>,
+        /// Polls asked of this consumer.
+        polls: usize,
     }
 
     #[derive(Default)]
@@ -784,6 +786,7 @@ mod tests {
         /// its end reports it once.
         fn poll(&self, _: Duration) -> Option<KafkaResult<OwnedMessage>> {
             let mut state = self.state();
+            state.polls += 1;
             if state.frozen {
                 return None;
             }
@@ -1023,6 +1026,13 @@ mod tests {
         let restored = restored(h.next_handed_back());
         assert_eq!(restored.outcome.records, 0);
         assert_eq!(restored.outcome.changelog_next, vec![Some(0)]);
+        // Handed back in the turn its restore started, without waiting on a fetch (a poll
+        // waits up to 50 ms, a sixth of a clean restart's start-up).
+        assert_eq!(
+            h.fake.state().polls,
+            0,
+            "the empty restore polled its consumer"
+        );
     }
 
     #[tokio::test]
