@@ -60,10 +60,9 @@ fn distribution(name: &str) -> KeyDistribution {
 /// The broker storages a section runs on, from `name` (`sqlite`, `memory`, or both).
 fn storages(name: &str, default: &str) -> Vec<Storage> {
     let value = setting(name, default);
-    let parse = |storage: &str| match storage.trim() {
-        "memory" => Storage::Memory,
-        "sqlite" => Storage::Sqlite,
-        other => panic!("{name}: `{other}` is neither memory nor sqlite"),
+    let parse = |storage: &str| {
+        Storage::named(storage.trim())
+            .unwrap_or_else(|| panic!("{name}: `{storage}` is neither memory nor sqlite"))
     };
     value.split(',').map(parse).collect()
 }

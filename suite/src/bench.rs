@@ -415,8 +415,8 @@ impl AppSetup {
 const STALL_REPORT_AFTER: Duration = Duration::from_secs(60);
 
 /// Reports, once per stall, a ready word count (every task running, so not restoring) that
-/// processed nothing for `STALL_REPORT_AFTER`: its
-/// tasks and the end of its log on stderr, so that a run stopped from outside says why.
+/// processed nothing for `STALL_REPORT_AFTER`: its tasks and the end of its log on stderr, so
+/// that a run stopped from outside says why.
 #[derive(Default)]
 struct StallReport {
     processed: f64,

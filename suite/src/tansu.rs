@@ -106,6 +106,13 @@ impl Storage {
         }
     }
 
+    /// The storage [`Storage::name`] calls `name`, if any.
+    pub fn named(name: &str) -> Option<Self> {
+        [Storage::Sqlite, Storage::Memory]
+            .into_iter()
+            .find(|storage| storage.name() == name)
+    }
+
     /// Client settings a consumer needs to be fast against this storage: memory:// answers
     /// a fetch only after `fetch.wait.max.ms`, even when records are ready.
     pub fn client_overrides(self) -> Vec<(String, String)> {
