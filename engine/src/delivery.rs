@@ -94,6 +94,8 @@ pub(crate) trait RecordSink: Send + Sync {
     /// The producer's fatal error, once it has one (under exactly-once: fenced by a newer
     /// producer of its transactional id); it sends nothing more.
     fn fatal_error(&self) -> Option<TransactionFailure>;
+    /// Where the partition ends now (its high watermark), as the broker says.
+    fn end_offset(&self, topic: &str, partition: i32, timeout: Duration) -> KafkaResult<i64>;
 }
 
 impl RecordSink for ThreadedProducer<DeliveryTracker> {
@@ -155,6 +157,11 @@ impl RecordSink for ThreadedProducer<DeliveryTracker> {
             fenced: fenced_code(code),
             reason,
         })
+    }
+
+    fn end_offset(&self, topic: &str, partition: i32, timeout: Duration) -> KafkaResult<i64> {
+        let (_, high) = self.client().fetch_watermarks(topic, partition, timeout)?;
+        Ok(high)
     }
 }
 
@@ -563,5 +570,15 @@ impl RecordSink for InstantSink {
 
     fn fatal_error(&self) -> Option<TransactionFailure> {
         None
+    }
+
+    fn end_offset(&self, topic: &str, partition: i32, _: Duration) -> KafkaResult<i64> {
+        let state = self.state.lock().expect("sink lock poisoned");
+        Ok(state
+            .next_offset
+            .get(topic)
+            .and_then(|partitions| partitions.get(&partition))
+            .copied()
+            .unwrap_or(0))
     }
 }

@@ -107,6 +107,7 @@ impl TaskHotPath {
             collector,
             processor,
             changelog_next,
+            owed_from: &[],
         }
     }
 }

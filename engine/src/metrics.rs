@@ -148,7 +148,7 @@ impl EngineMetrics {
             tasks_running: register(r, IntGauge::new("kstreams_tasks_running", "Tasks currently processing")),
             restore_stalls: register(r, IntCounter::new("kstreams_restore_stalls_total", "Restores that read nothing for 30 s and had their changelogs fetched again")),
             changelog_foreign_records: register(r, IntCounterVec::new(
-                opts("kstreams_changelog_foreign_records_total", "Records of another writer found between a task's own acknowledged changelog records: two instances wrote one partition for a while (a zombie); the task restored them"),
+                opts("kstreams_changelog_foreign_records_total", "Records of another writer found between or after a task's own changelog records: two instances wrote one partition for a while (a zombie); the task restored them"),
                 TASK,
             )),
             store_size: register(r, IntGaugeVec::new(opts("kstreams_state_store_size_bytes", "Estimated live data in the task's RocksDB"), TASK)),

@@ -494,6 +494,24 @@ impl RecordCollector {
         &self.tracker.changelog_topics()[store.0]
     }
 
+    /// Whether nothing was sent since the last seal.
+    pub(crate) fn nothing_sent_since_seal(&self) -> bool {
+        self.sent_in_generation == 0
+    }
+
+    /// Where `store`'s changelog partition `partition` ends now, as the broker says.
+    pub(crate) fn changelog_end(
+        &self,
+        store: StoreId,
+        partition: i32,
+        timeout: Duration,
+    ) -> Result<i64> {
+        let topic = self.changelog_topic(store);
+        self.producer
+            .end_offset(topic, partition, timeout)
+            .map_err(EngineError::kafka("read the changelog's end"))
+    }
+
     /// Records sent so far: (changelog, output).
     pub fn sent(&self) -> (u64, u64) {
         (self.changelog_records_sent, self.output_records_sent)

@@ -2,7 +2,8 @@
 //! (from the offset the task's own RocksDB says it applied, up to the changelog's end), how a
 //! changelog record is applied (the newest input offset per key wins), where input resumes
 //! (the task's own last commit or the group's, never past it), and which restored keys are
-//! marked, durably, as possibly owing their output. The state updater drives it.
+//! marked, durably, as possibly owing their output (or owing it again, after an overlapping
+//! owner's older record). The state updater drives it.
 //! A standby replica is a restore that never ends: it follows its changelogs, and the position
 //! it keeps in its store is one its promotion can safely restore from (see [`Follow`]).
 
@@ -37,10 +38,18 @@ pub struct RestoreOutcome {
     /// changelog holds beyond a commit says nothing about the keys whose records did not land
     /// (their input is read again; per-key versions skip what is already applied).
     pub input_next: Option<i64>,
-    /// Restored keys newly marked as owing their output (changelog records at or past the
-    /// resume point: their output may not have reached the broker). The marks are kept in the
-    /// task's store until a commit has flushed the re-emitted output.
+    /// Restored keys newly marked as owing their output: changelog records at or past the
+    /// resume point (their output may not have reached the broker), and keys with an older
+    /// record of another writer after their value (that writer's output may be the key's last
+    /// on the output topic). The marks are kept in the task's store until a commit has flushed
+    /// the re-emitted output.
     pub replay_marked: u64,
+    /// Per store, the changelog offset of the first record restored past the resume point:
+    /// where the previous owner's last uncommitted write-out began. If that owner is still
+    /// running (frozen, or cut off), its output for those keys may land late, after this
+    /// task's; a task that later finds another writer's records restores from here again, so
+    /// those keys owe their output once more.
+    pub owed_from: Vec<Option<i64>>,
     /// Why the local state was wiped before restoring, if it was.
     pub wiped: Option<&'static str>,
     /// Per store, where the changelog stood when the restore ended: every record below it is
@@ -184,6 +193,9 @@ pub(crate) struct ChangelogRestore {
     last_report: Instant,
     /// Set for a standby's changelog.
     follow: Option<Follow>,
+    /// The offset of the first record read past the resume point (see
+    /// [`RestoreOutcome::owed_from`]).
+    owed_from: Option<i64>,
 }
 
 impl ChangelogRestore {
@@ -338,6 +350,7 @@ impl TaskRestore {
                 started: Instant::now(),
                 last_report: Instant::now(),
                 follow: standby.as_ref().map(|_| Follow::new(start)),
+                owed_from: None,
             });
         }
         if standby.is_none() {
@@ -453,9 +466,13 @@ impl TaskRestore {
                 standby.progress.set_lag(self.standby_lag());
             }
         }
+        let resume_from = self.resume_from;
         let changelog = &mut self.changelogs[index];
         if let Some(key) = key {
             let input = payload.and_then(|bytes| decode_changelog_value(bytes).0);
+            if changelog.owed_from.is_none() && input.is_some_and(|input| input >= resume_from) {
+                changelog.owed_from = Some(offset);
+            }
             if let (Some(follow), Some(input)) = (&mut changelog.follow, input) {
                 follow.stretch_max_input = follow.stretch_max_input.max(input);
             }
@@ -495,7 +512,11 @@ impl TaskRestore {
                 None => None,
             };
             if input.is_some_and(|input| current.is_some_and(|c| c > input)) {
+                // Another writer's older value, written after this one (two owners for a
+                // while): its output may be the key's last on the output topic, so the key's
+                // own value owes its output again.
                 self.changelogs[index].skipped += 1;
+                owe_output.push(key);
                 continue;
             }
             if let Some(input) = input {
@@ -564,7 +585,7 @@ impl TaskRestore {
             self.progress.add_restored(changelog.skipped);
             self.outcome.records += changelog.applied;
             if changelog.skipped > 0 {
-                warn!(task = %self.task, store = %changelog.name, "skipped {} changelog records older than the state they would overwrite (written by an overlapping previous owner)", changelog.skipped);
+                warn!(task = %self.task, store = %changelog.name, "skipped {} changelog records older than the state they would overwrite (written by an overlapping previous owner); their keys' own values are output again", changelog.skipped);
             }
             let elapsed = changelog.started.elapsed().as_secs_f64();
             if changelog.total > 0 {
@@ -604,6 +625,7 @@ impl TaskRestore {
             .observe(self.started.elapsed().as_secs_f64());
         let mut outcome = self.outcome;
         outcome.changelog_next = self.offsets.changelog_next;
+        outcome.owed_from = self.changelogs.iter().map(|c| c.owed_from).collect();
         (self.store, outcome)
     }
 

@@ -1049,8 +1049,14 @@ mod tests {
         assert_eq!(count_of(&restored.store, "b").as_deref(), Some("1"));
         assert_eq!(restored.outcome.input_next, Some(15));
         assert_eq!(
-            restored.outcome.replay_marked, 1,
-            "only c is past the commit"
+            restored.outcome.replay_marked, 2,
+            "c is past the commit; a's own value owes its output again, the old owner's older one \
+             lies after it"
+        );
+        assert_eq!(
+            restored.outcome.owed_from,
+            vec![Some(3)],
+            "the first record past the commit (c's, the fourth) begins what may owe output"
         );
     }
 
@@ -1163,6 +1169,18 @@ mod tests {
         assert_eq!(count_of(&restored.store, "b").as_deref(), Some("5"));
         assert_eq!(count_of(&restored.store, "c").as_deref(), Some("2"));
         assert_eq!(restored.outcome.records, 3, "two of five records skipped");
+        let owing: Vec<Vec<u8>> = restored
+            .store
+            .pending_output_after(None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(_, key)| key)
+            .collect();
+        assert_eq!(
+            owing,
+            [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()],
+            "c is past the commit; a and b each had an older record written after their value"
+        );
     }
 
     #[tokio::test]

@@ -483,6 +483,19 @@ impl TaskStore {
         Ok(())
     }
 
+    /// Writes only where each store's next restore on this volume starts (lowered, so that a
+    /// restart reads records again).
+    pub fn write_changelog_positions(&mut self, changelog_next: &[Option<i64>]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        let cf = self.cf(OFFSETS_CF);
+        for (name, next) in self.store_names.iter().zip(changelog_next) {
+            if let Some(next) = next {
+                batch.put_cf(cf, changelog_offset_key(name), encode_offset(*next));
+            }
+        }
+        self.db.write(batch).map_err(self.store_error())
+    }
+
     fn put_offsets(&self, batch: &mut WriteBatch, offsets: &StoredOffsets) {
         let cf = self.cf(OFFSETS_CF);
         batch.put_cf(cf, STATE_FORMAT_KEY, encode_offset(STATE_FORMAT));

@@ -61,6 +61,9 @@ pub(crate) struct TaskCheckpoint<'a> {
     /// Per store, the next changelog offset known written (raised to what each write-out's
     /// acknowledgements reached).
     pub changelog_next: &'a mut [Option<i64>],
+    /// Per store, where the previous owner's last uncommitted write-out began in the changelog
+    /// (found by this task's restore; see `RestoreOutcome::owed_from`).
+    pub owed_from: &'a [Option<i64>],
 }
 
 impl TaskCheckpoint<'_> {
@@ -130,6 +133,70 @@ impl TaskCheckpoint<'_> {
         Ok(written)
     }
 
+    /// Under at-least-once, for a task with nothing to write and nothing in flight: asks the
+    /// broker where each changelog ends, and fails with
+    /// [`EngineError::ForeignChangelogRecords`] when it ends past the task's own position
+    /// (another writer appended there: a frozen or cut-off old owner's late write-out). A task
+    /// that writes finds them in its own acknowledgements; an idle one would not, and the
+    /// other writer's output would stay the last value of its keys. The restart restores those
+    /// records, and keys whose record there is older than the task's own value owe their
+    /// output again (see `restore`). A broker that does not answer in `timeout` is only
+    /// logged: the next interval asks again.
+    pub(crate) fn check_for_other_writers(&mut self, timeout: Duration) -> Result<()> {
+        let idle = self.store.oldest_sealed().is_none()
+            && self.store.dirty_keys() == 0
+            && self.collector.nothing_sent_since_seal();
+        if self.collector.transactional() || !idle {
+            // Exactly-once fences other writers; a write-out's acknowledgements show them.
+            return Ok(());
+        }
+        for (index, next) in self.changelog_next.iter().enumerate() {
+            let Some(next) = *next else { continue };
+            let store = StoreId(index);
+            let end = match self
+                .collector
+                .changelog_end(store, self.task.partition, timeout)
+            {
+                Ok(end) => end,
+                Err(error) => {
+                    tracing::debug!(task = %self.task, "checking the changelog for other writers: {error}");
+                    return Ok(());
+                }
+            };
+            if end > next {
+                let restart_from = self.restart_positions();
+                self.store.write_changelog_positions(&restart_from)?;
+                return Err(EngineError::ForeignChangelogRecords {
+                    task: self.task,
+                    topic: self.collector.changelog_topic(store).to_string(),
+                    foreign: (end - next) as u64,
+                    from: next,
+                    to: end,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the restart after another writer's records were found restores from, per store:
+    /// the changelog position, or further back where the previous owner's last uncommitted
+    /// write-out began. If that owner is the other writer, its output for keys whose
+    /// changelog records landed before this task took over may have landed late too; reading
+    /// them again (older than this task's values now) marks those keys as owing their output.
+    fn restart_positions(&self) -> Vec<Option<i64>> {
+        self.changelog_next
+            .iter()
+            .enumerate()
+            .map(|(store, next)| {
+                let owed = self.owed_from.get(store).copied().flatten();
+                match (*next, owed) {
+                    (Some(next), Some(owed)) => Some(next.min(owed)),
+                    (next, _) => next,
+                }
+            })
+            .collect()
+    }
+
     /// Writes every write-out whose records the broker acknowledged to RocksDB, oldest first
     /// (fails once any record was refused).
     pub(crate) fn write_acknowledged(&mut self) -> Result<Vec<WrittenOut>> {
@@ -154,6 +221,10 @@ impl TaskCheckpoint<'_> {
                     Ok(advanced) => *next = advanced,
                     Err((records, from, to)) => foreign = Some((store, records, from, to)),
                 }
+            }
+            if foreign.is_some() {
+                let restart_from = self.restart_positions();
+                self.changelog_next.copy_from_slice(&restart_from);
             }
             self.store.write_oldest_sealed(self.changelog_next)?;
             written.push(WrittenOut {
@@ -365,6 +436,7 @@ mod tests {
         sink: crate::delivery::InstantSinkHandle,
         processor: Box<dyn Processor>,
         changelog_next: Vec<Option<i64>>,
+        owed_from: Vec<Option<i64>>,
         next_input: i64,
     }
 
@@ -390,6 +462,7 @@ mod tests {
                 processor: topology.new_processor(),
                 // As a restore leaves it: the changelog's end (empty here).
                 changelog_next: vec![Some(0)],
+                owed_from: vec![None],
                 next_input: 0,
             }
         }
@@ -431,6 +504,7 @@ mod tests {
                 collector: &mut self.collector,
                 processor: self.processor.as_mut(),
                 changelog_next: &mut self.changelog_next,
+                owed_from: &self.owed_from,
             }
         }
 
@@ -741,6 +815,53 @@ mod tests {
             .changelog_foreign_records
             .with_label_values(&["0_0", "0"]);
         assert_eq!(counted.get(), 3);
+    }
+
+    /// G2 of the 2026-12-04 correctness review: an idle task (nothing cached, sent or in
+    /// flight) has no acknowledgements to find another writer's records in, so its interval
+    /// commit asks the broker where its changelog ends.
+    #[test]
+    fn an_idle_task_finds_another_writers_records_after_its_own() {
+        let wait = Duration::from_secs(1);
+        let mut h = CheckpointHarness::new();
+        let changelog = h.collector.changelog_topic(StoreId(0)).to_string();
+        h.count(&["a", "b"]);
+        let input_next = Some(h.next_input);
+        h.checkpoint().commit(input_next, WriteOut::Commit).unwrap();
+        h.checkpoint().check_for_other_writers(wait).unwrap();
+
+        h.sink.lock().unwrap().foreign_append(&changelog, 0, 3);
+        // Its restore found the previous owner's uncommitted write-out from offset 1.
+        h.owed_from = vec![Some(1)];
+        match h.checkpoint().check_for_other_writers(wait) {
+            Err(EngineError::ForeignChangelogRecords {
+                foreign, from, to, ..
+            }) => assert_eq!((foreign, from, to), (3, 2, 5)),
+            other => panic!("not a foreign-records error: {other:?}"),
+        }
+        assert_eq!(
+            h.on_disk("a").0.changelog_next,
+            vec![Some(1)],
+            "the restart restores from where the previous owner's write-out began"
+        );
+        h.count(&["c"]);
+        assert!(
+            h.checkpoint().check_for_other_writers(wait).is_ok(),
+            "a task with updates to write finds them in its write-out's acknowledgements"
+        );
+    }
+
+    #[test]
+    fn under_exactly_once_the_broker_is_not_asked_for_other_writers() {
+        let mut h = CheckpointHarness::exactly_once();
+        let changelog = h.collector.changelog_topic(StoreId(0)).to_string();
+        h.count(&["a"]);
+        h.start_write_out().unwrap();
+        h.sink.lock().unwrap().foreign_append(&changelog, 0, 3);
+        assert!(h
+            .checkpoint()
+            .check_for_other_writers(Duration::from_secs(1))
+            .is_ok());
     }
 
     /// G3: a task whose partition may be another member's (lost, or it did not stop in time)

@@ -44,6 +44,12 @@ const REPLAY_STEP: usize = 1_000;
 /// though it processed nothing (the instance's caches share one budget: another task's
 /// write-out can leave this one holding more than its share).
 const CACHE_CHECK_EVERY: Duration = Duration::from_millis(250);
+/// How long an idle task's interval commit waits for the broker to say where its changelogs
+/// end (another writer's records there are found this way; see
+/// `TaskCheckpoint::check_for_other_writers`).
+const OTHER_WRITERS_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most often an idle task asks (short commit intervals do not multiply the requests).
+const OTHER_WRITERS_CHECK_EVERY: Duration = Duration::from_secs(1);
 pub struct TaskArgs {
     pub task: TaskId,
     pub topology: Arc<Topology>,
@@ -99,6 +105,11 @@ struct RunningTask {
     committed: Sender<TaskCommitted>,
     /// This incarnation (its reports are void once it stopped).
     actor: ractor::ActorId,
+    /// When its interval commit last looked for another writer's changelog records.
+    other_writers_checked: Instant,
+    /// Per store, where the previous owner's last uncommitted write-out began (its restore
+    /// found it; see `RestoreOutcome::owed_from`).
+    owed_from: Vec<Option<i64>>,
 }
 
 pub struct StreamTask;
@@ -267,6 +278,8 @@ impl TaskState {
             reported_sent: (0, 0),
             committed: args.committed.clone(),
             actor: myself.get_id(),
+            other_writers_checked: Instant::now(),
+            owed_from: outcome.owed_from.clone(),
         };
         if failpoints::fires(failpoints::ABORT_BEFORE_REPLAY) {
             failpoints::crash(failpoints::ABORT_BEFORE_REPLAY);
@@ -320,11 +333,20 @@ impl TaskState {
     }
 
     /// The interval commit: starts a write-out, whose offset goes to the consumer loop for the
-    /// group once it is in RocksDB.
+    /// group once it is in RocksDB. An idle task first looks for another writer's records in
+    /// its changelogs (a write-out would find them among its acknowledgements).
     fn commit_on_interval(&mut self) -> Result<()> {
         self.last_commit = Instant::now();
         if let Some(running) = self.lifecycle.running_mut() {
-            let started = tokio::task::block_in_place(|| running.start_write_out(WriteOut::Commit));
+            let started = tokio::task::block_in_place(|| {
+                if running.other_writers_checked.elapsed() >= OTHER_WRITERS_CHECK_EVERY {
+                    running.other_writers_checked = Instant::now();
+                    running
+                        .checkpoint()
+                        .check_for_other_writers(OTHER_WRITERS_CHECK_TIMEOUT)?;
+                }
+                running.start_write_out(WriteOut::Commit)
+            });
             self.after_commit(started)?;
         }
         Ok(())
@@ -341,8 +363,9 @@ impl TaskState {
 }
 
 impl RunningTask {
-    /// Re-emits the output of every key marked as owing it (restored from changelog records
-    /// past the last commit, now or by an earlier start that did not get to commit). The marks
+    /// Re-emits the output (and the changelog record) of every key marked as owing it
+    /// (restored from changelog records past the last commit, or found after an older record
+    /// of another writer, now or by an earlier start that did not get to commit). The marks
     /// go with the next commit, which flushes this output. Answers the number of keys.
     fn reemit_restored(&mut self) -> Result<u64> {
         let offset = self.position.next().unwrap_or(0);
@@ -353,9 +376,22 @@ impl RunningTask {
                 .store
                 .pending_output_after(after.as_ref(), REPLAY_STEP)?;
             for (store, key) in &keys {
-                let Some(value) = self.store.get(*store, key)? else {
+                let Some((version, value)) = self.store.get_with_version(*store, key)? else {
                     continue;
                 };
+                if let Some(version) = version {
+                    // The changelog gets the value again too: a key marked because another
+                    // writer's older record lies after this task's (an overlapping owner)
+                    // would otherwise keep that record as its newest, and compaction would
+                    // leave only it for a later full restore.
+                    self.collector.send_changelog(
+                        *store,
+                        self.task.partition,
+                        key,
+                        &value,
+                        version,
+                    )?;
+                }
                 let mut ctx = EmitContext::new(
                     &self.store,
                     &mut self.collector,
@@ -564,6 +600,7 @@ impl RunningTask {
             collector: &mut self.collector,
             processor: self.processor.as_mut(),
             changelog_next: &mut self.changelog_next,
+            owed_from: &self.owed_from,
         }
     }
 
