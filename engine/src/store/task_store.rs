@@ -487,13 +487,18 @@ impl TaskStore {
     /// restart reads records again).
     pub fn write_changelog_positions(&mut self, changelog_next: &[Option<i64>]) -> Result<()> {
         let mut batch = WriteBatch::default();
+        self.put_changelog_positions(&mut batch, changelog_next);
+        self.db.write(batch).map_err(self.store_error())
+    }
+
+    /// Adds each store's changelog position that is known to `batch`.
+    fn put_changelog_positions(&self, batch: &mut WriteBatch, changelog_next: &[Option<i64>]) {
         let cf = self.cf(OFFSETS_CF);
         for (name, next) in self.store_names.iter().zip(changelog_next) {
             if let Some(next) = next {
                 batch.put_cf(cf, changelog_offset_key(name), encode_offset(*next));
             }
         }
-        self.db.write(batch).map_err(self.store_error())
     }
 
     fn put_offsets(&self, batch: &mut WriteBatch, offsets: &StoredOffsets) {
@@ -502,11 +507,7 @@ impl TaskStore {
         if let Some(next) = offsets.input_next {
             batch.put_cf(cf, INPUT_OFFSET_KEY, encode_offset(next));
         }
-        for (name, next) in self.store_names.iter().zip(&offsets.changelog_next) {
-            if let Some(next) = next {
-                batch.put_cf(cf, changelog_offset_key(name), encode_offset(*next));
-            }
-        }
+        self.put_changelog_positions(batch, &offsets.changelog_next);
     }
 
     /// Applies restored changelog updates to one store, marks `owe_output` keys as owing their
