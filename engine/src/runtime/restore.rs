@@ -444,16 +444,18 @@ impl TaskRestore {
         self.changelogs.iter().all(ChangelogRestore::done)
     }
 
-    /// Takes one changelog record of store `index`, writing a batch once it is full or the
-    /// store has reached its changelog's end.
+    /// Takes one changelog record of store `index`, read at about `now` (the caller's clock,
+    /// read once per many records), writing a batch once it is full or the store has reached
+    /// its changelog's end.
     pub(crate) fn offer(
         &mut self,
         index: usize,
         offset: i64,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
+        now: Instant,
     ) -> Result<()> {
-        self.last_progress = Instant::now();
+        self.last_progress = now;
         let changelog = &mut self.changelogs[index];
         if changelog.done() || offset < changelog.position {
             return Ok(()); // read twice (a compacted partition, or a re-seek)
@@ -501,17 +503,28 @@ impl TaskRestore {
             .filter(|(_, _, input)| input.is_some())
             .map(|(key, _, _)| key.as_slice());
         self.store.read_ahead(store, versioned)?;
-        let mut batch = Vec::with_capacity(read.len());
-        // The newest input offset per key among the batch's updates.
-        let mut batch_versions: KeyMap<i64> = KeyMap::default();
-        let mut owe_output = Vec::new();
-        for (key, value, input) in read {
-            let current = match batch_versions.get(&key) {
+        // Which records are older than the key's newest version, the store's or an earlier
+        // one of this batch (the newest input offset per key, by borrowed key: no copy).
+        let mut stale = Vec::with_capacity(read.len());
+        let mut batch_versions: KeyMap<i64, &[u8]> =
+            KeyMap::with_capacity_and_hasher(read.len(), Default::default());
+        for (key, _, input) in &read {
+            let current = match batch_versions.get(key.as_slice()) {
                 Some(version) => Some(*version),
-                None if input.is_some() => self.store.version(store, &key)?,
+                None if input.is_some() => self.store.version(store, key)?,
                 None => None,
             };
-            if input.is_some_and(|input| current.is_some_and(|c| c > input)) {
+            let older = input.is_some_and(|input| current.is_some_and(|c| c > input));
+            if let (false, Some(input)) = (older, input) {
+                batch_versions.insert(key, *input);
+            }
+            stale.push(older);
+        }
+        drop(batch_versions);
+        let mut batch = Vec::with_capacity(read.len());
+        let mut owe_output = Vec::new();
+        for ((key, value, input), older) in read.into_iter().zip(stale) {
+            if older {
                 // Another writer's older value, written after this one (two owners for a
                 // while): its output may be the key's last on the output topic, so the key's
                 // own value owes its output again.
@@ -519,11 +532,8 @@ impl TaskRestore {
                 owe_output.push(key);
                 continue;
             }
-            if let Some(input) = input {
-                batch_versions.insert(key.clone(), input);
-                if input >= self.resume_from {
-                    owe_output.push(key.clone());
-                }
+            if input.is_some_and(|input| input >= self.resume_from) {
+                owe_output.push(key.clone());
             }
             batch.push((key, value));
         }

@@ -37,6 +37,9 @@ const STEP_RECORDS: usize = 5_000;
 /// Longest a step reads before looking at its commands.
 const STEP_TIME: Duration = Duration::from_millis(200);
 const POLL_WAIT: Duration = Duration::from_millis(50);
+/// While records wait in the consumer, a step reads the clock (for its time bound and each
+/// restore's progress) once per this many records: well under a millisecond of reading.
+const CLOCK_EVERY: usize = 64;
 /// How long the updater waits for a command when it has nothing to restore.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// How long the updater waits for a command while a task's restore is being prepared.
@@ -452,10 +455,23 @@ impl<R: RestoreConsumer> StateUpdater<R> {
         if let Some(delay) = failpoints::number(failpoints::RESTORE_STEP_DELAY) {
             std::thread::sleep(Duration::from_millis(delay as u64));
         }
-        let deadline = Instant::now() + STEP_TIME;
+        let mut now = Instant::now();
+        let deadline = now + STEP_TIME;
         let consumer = self.readers.current().clone();
-        for _ in 0..STEP_RECORDS {
-            match consumer.poll(POLL_WAIT) {
+        for read in 1..=STEP_RECORDS {
+            // What the consumer holds already, without a wait. The clock is read around a wait
+            // and otherwise once per `CLOCK_EVERY` records (once per record was 5% of a
+            // restore's CPU).
+            let polled = match consumer.poll(Duration::ZERO) {
+                Some(polled) => Some(polled),
+                None if Instant::now() >= deadline => break,
+                None => {
+                    let polled = consumer.poll(POLL_WAIT);
+                    now = Instant::now();
+                    polled
+                }
+            };
+            match polled {
                 Some(Ok(message)) => {
                     let partition = message.partition();
                     let Some(restoring) = self.tasks.get_mut(&partition) else {
@@ -474,6 +490,7 @@ impl<R: RestoreConsumer> StateUpdater<R> {
                         message.offset(),
                         message.key(),
                         message.payload(),
+                        now,
                     );
                     if let Err(error) = offered {
                         self.drop_failed(partition, error);
@@ -486,8 +503,11 @@ impl<R: RestoreConsumer> StateUpdater<R> {
                 }
                 None => break,
             }
-            if Instant::now() >= deadline {
-                break;
+            if read % CLOCK_EVERY == 0 {
+                now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
             }
         }
     }

@@ -521,7 +521,12 @@ impl TaskStore {
         offsets: &StoredOffsets,
     ) -> Result<()> {
         let mut batch = WriteBatch::default();
-        let updates = updates.iter().map(|(key, value)| (key, value));
+        // In key order, as a write-out's (see `write_oldest_sealed`): a changelog comes in
+        // write order, near random by key, and each memtable insert searched the skiplist from
+        // its top (a quarter of a restore's CPU). A stable sort: of a key's updates in one
+        // batch the last still wins.
+        let mut updates: Vec<_> = updates.iter().map(|(key, value)| (key, value)).collect();
+        updates.sort_by(|a, b| a.0.cmp(b.0));
         add_updates(&mut batch, self.cf(&self.store_names[store.0]), updates);
         let pending = self.cf(PENDING_OUTPUT_CF);
         for key in owe_output {
@@ -692,10 +697,14 @@ mod tests {
             input_next: Some(2),
             changelog_next: vec![Some(3)],
         };
+        // Out of key order, a key deleted after its put and one written twice: of a key's
+        // updates the last wins.
         let updates = vec![
+            (b"c".to_vec(), Some(encode_changelog_value(0, b"1"))),
             (b"a".to_vec(), Some(encode_changelog_value(0, b"1"))),
             (b"b".to_vec(), Some(encode_changelog_value(1, b"1"))),
             (b"a".to_vec(), None),
+            (b"c".to_vec(), Some(encode_changelog_value(1, b"2"))),
         ];
         store
             .apply_restored(StoreId(0), &updates, &[], &offsets)
@@ -703,6 +712,7 @@ mod tests {
         assert_eq!(store.get(StoreId(0), b"a").unwrap(), None);
         assert_eq!(store.get(StoreId(0), b"b").unwrap(), Some(b"1".to_vec()));
         assert_eq!(store.version(StoreId(0), b"b").unwrap(), Some(1));
+        assert_eq!(store.get(StoreId(0), b"c").unwrap(), Some(b"2".to_vec()));
         assert_eq!(store.read_offsets().unwrap(), offsets);
     }
 

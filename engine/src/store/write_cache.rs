@@ -45,8 +45,9 @@ pub struct SealedInfo {
 
 /// A map by store key. aHash rather than the standard SipHash (2.8% of the instance's CPU at
 /// 1M keys): still keyed at random per process, so keys shaped by whoever writes the input
-/// cannot be made to collide.
-pub(crate) type KeyMap<V> = HashMap<Vec<u8>, V, ahash::RandomState>;
+/// cannot be made to collide. Keys owned, or borrowed (`KeyMap<V, &[u8]>`) where the map lives
+/// shorter than the records it indexes.
+pub(crate) type KeyMap<V, K = Vec<u8>> = HashMap<K, V, ahash::RandomState>;
 
 /// A sealed generation of cached writes: its changelog records are sent; it stays readable
 /// until the broker acknowledges them, then reaches RocksDB with its offsets in one batch.
