@@ -520,7 +520,6 @@ impl TaskRestore {
             }
             stale.push(older);
         }
-        drop(batch_versions);
         let mut batch = Vec::with_capacity(read.len());
         let mut owe_output = Vec::new();
         for ((key, value, input), older) in read.into_iter().zip(stale) {
